@@ -1,0 +1,5 @@
+import sys
+
+from metalab.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""The `MetaLearner` contract shared by every method.
+
+A meta-learner is an `nn.Module` with ordinary parameters (so any optimizer, DDP and
+``state_dict`` work) and three entry points:
+
+- ``task_losses(batch, training=True) -> (losses [T], metrics {name: [T]})``: the query
+  loss of every task after adapting to its support set, and per-task metrics;
+- ``meta_loss(batch) -> (loss, metrics)``: their mean, ready for ``loss.backward()``;
+- ``adapt(support_x, support_y) -> Predictor``: meta-test adaptation to one task.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from metalab.tasks import TaskBatch
+
+
+def mse_loss(outputs: Tensor, targets: Tensor) -> Tensor:
+    return F.mse_loss(outputs, targets)
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
+
+
+LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
+    "cross_entropy": F.cross_entropy,
+    "mse": mse_loss,
+}
+# The metric reported for each loss, with the direction that is better.
+METRICS: dict[str, tuple[str, Callable[[Tensor, Tensor], Tensor]]] = {
+    "cross_entropy": ("accuracy", accuracy),
+    "mse": ("mse", mse_loss),
+}
+
+
+def check_loss(loss: str) -> str:
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
+    return loss
+
+
+class Predictor:
+    """A model adapted to one task: ``predictor(x)`` returns logits or predictions."""
+
+    def __init__(self, forward: Callable[[Tensor], Tensor]) -> None:
+        self._forward = forward
+
+    @torch.no_grad()
+    def __call__(self, x: Tensor) -> Tensor:
+        return self._forward(x)
+
+
+class MetaLearner(nn.Module):
+    """Base class. Subclasses implement `task_losses` and `adapt`."""
+
+    def __init__(self, loss: str = "cross_entropy") -> None:
+        super().__init__()
+        self.loss_name = check_loss(loss)
+        self.loss_fn = LOSSES[loss]
+        self.metric_name, self.metric_fn = METRICS[loss]
+
+    @property
+    def task_type(self) -> str:
+        return "classification" if self.loss_name == "cross_entropy" else "regression"
+
+    def task_losses(self, batch: TaskBatch, training: bool = True
+                    ) -> tuple[Tensor, dict[str, Tensor]]:
+        raise NotImplementedError
+
+    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
+        """Mean query loss over the tasks of ``batch``, differentiable w.r.t. the parameters."""
+        losses, metrics = self.task_losses(batch, training=True)
+        loss = losses.mean()
+        summary = {"loss": loss.item()}
+        summary.update({name: values.mean().item() for name, values in metrics.items()})
+        return loss, summary
+
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:
+        raise NotImplementedError

@@ -1,0 +1,126 @@
+"""The ``metalab`` command: train, eval, plot, list (and data)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_config_path(name: str) -> Path:
+    """A path as given, or the name of a config shipped with metalab."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    shipped = CONFIG_DIR / (name if name.endswith(".yaml") else f"{name}.yaml")
+    if shipped.is_file():
+        return shipped
+    raise FileNotFoundError(f"config {name!r} is neither a file nor a shipped config; "
+                            f"`metalab list` shows the shipped ones")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metalab.train import load_config, train_run
+    from metalab.train.run import CONFIG_FILE
+
+    if args.config is None:
+        if not (args.resume and args.out):
+            raise ValueError("give a CONFIG, or --resume with --out RUN_DIR")
+        config_path = Path(args.out) / CONFIG_FILE
+    else:
+        config_path = resolve_config_path(args.config)
+    config = load_config(config_path, args.overrides)
+    out = Path(args.out) if args.out else Path("runs") / config_path.stem
+    trainer = train_run(config, out, resume=args.resume)
+    print(f"trained {trainer.step} steps; run directory: {out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from metalab.train import evaluate_run
+
+    result = evaluate_run(args.run_dir, episodes=args.episodes, split=args.split,
+                          inner_steps=args.inner_steps, seed=args.seed)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from metalab.cli.plot import plot_curves
+
+    out = plot_curves(Path(args.run_dir), Path(args.out) if args.out else None)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from metalab import datasets
+    from metalab.algorithms import ALGORITHMS
+    from metalab.nn import MODELS
+    from metalab.train.build import REGRESSION_FAMILIES
+
+    print("algorithms: " + ", ".join(sorted(ALGORITHMS)))
+    print("models:     " + ", ".join(sorted(MODELS)))
+    print("datasets:   " + ", ".join(sorted(datasets.available())))
+    print("task families: " + ", ".join(sorted(REGRESSION_FAMILIES)))
+    print("configs (metalab train NAME):")
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        print(f"  {path.stem}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="metalab", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="meta-train from a YAML config")
+    train.add_argument("config", nargs="?", help="config file or shipped config name")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200")
+    train.add_argument("--out", help="run directory (default runs/CONFIG_NAME)")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("eval", help="meta-test a trained run (mean, 95%% CI)")
+    evaluate.add_argument("run_dir")
+    evaluate.add_argument("--episodes", type=int, help="number of test tasks (default: config)")
+    evaluate.add_argument("--split", default="test", help="data split (default test)")
+    evaluate.add_argument("--inner-steps", type=int, help="inner steps at meta-test")
+    evaluate.add_argument("--seed", type=int, help="seed of the test episodes")
+    evaluate.set_defaults(func=cmd_eval)
+
+    plot = commands.add_parser("plot", help="PNG of training and validation curves")
+    plot.add_argument("run_dir")
+    plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    plot.set_defaults(func=cmd_plot)
+
+    listing = commands.add_parser("list", help="algorithms, datasets and shipped configs")
+    listing.set_defaults(func=cmd_list)
+
+    try:
+        from metalab.cli.data import add_subparser
+    except ImportError:
+        pass
+    else:
+        add_subparser(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError, KeyError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"metalab {args.command}: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""Backbones. Every model has a ``body`` (features) and a ``head`` (the last layer), so
+methods that adapt only the head (ANIL) or use only the features (ProtoNet) can split it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from torch import Tensor, nn
+
+from metalab.nn.norm import TaskBatchNorm
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        TaskBatchNorm(out_channels),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    """Four [3x3 conv, batch norm, ReLU, 2x2 max-pool] blocks and a linear head.
+
+    The backbone of the MAML (Finn et al. 2017) and Prototypical Networks (Snell et al.
+    2017) experiments: 64 filters on 28x28 Omniglot, 32 filters on 84x84 miniImageNet.
+    Batch norm is transductive per task (`TaskBatchNorm`). With ``out_features=None`` the
+    head is the identity and the model returns the flattened features (an embedding).
+    """
+
+    def __init__(self, in_channels: int = 1, hidden: int = 64, out_features: int | None = 5,
+                 image_size: int = 28) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            _conv_block(in_channels, hidden),
+            _conv_block(hidden, hidden),
+            _conv_block(hidden, hidden),
+            _conv_block(hidden, hidden),
+            nn.Flatten(),
+        )
+        side = image_size
+        for _ in range(4):
+            side //= 2
+        if side < 1:
+            raise ValueError(f"image_size must be >= 16 for four 2x2 poolings, got {image_size}")
+        self.feature_dim = hidden * side * side
+        self.head = nn.Identity() if out_features is None else nn.Linear(self.feature_dim,
+                                                                         out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))
+
+
+class MLP(nn.Module):
+    """A ReLU multilayer perceptron, e.g. 1-40-40-1 for the MAML sinusoid."""
+
+    def __init__(self, in_features: int = 1, hidden: Sequence[int] = (40, 40),
+                 out_features: int | None = 1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self.body = nn.Sequential(*layers)
+        self.feature_dim = width
+        self.head = nn.Identity() if out_features is None else nn.Linear(width, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))

@@ -1,0 +1,165 @@
+"""The one training loop, shared by every `MetaLearner`.
+
+Each step draws a meta-batch from the task source, computes ``learner.meta_loss`` and
+takes one meta-optimizer step. Metrics go to ``RUN_DIR/metrics.jsonl``; a checkpoint with
+the learner, optimizer, task-source and RNG states is written atomically every
+``checkpoint_every`` steps and at the end, so ``fit(resume=True)`` after an interruption
+ends with exactly the parameters of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from metalab.algorithms import MetaLearner
+from metalab.tasks import TaskSource
+from metalab.train.checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint
+from metalab.train.evaluator import Evaluator
+
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
+METRICS_FILE = "metrics.jsonl"
+
+
+def build_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
+    if name not in OPTIMIZERS:
+        raise ValueError(f"train.optimizer must be one of {sorted(OPTIMIZERS)}, got {name!r}")
+    return OPTIMIZERS[name](params, lr=lr)
+
+
+class MetricLog:
+    """Appends one JSON object per line to ``RUN_DIR/metrics.jsonl``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (written after the checkpoint a run resumes from)."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        atomic_write_text(self.path, "".join(line + "\n" for line in kept))
+
+
+class Trainer:
+    """Meta-trains ``learner`` on batches from ``source``.
+
+    Args:
+        learner: the method.
+        source: training task source (its RNG state is checkpointed).
+        run_dir: where metrics and checkpoints go.
+        steps: total meta-iterations.
+        optimizer, lr: the meta-optimizer (Adam by default).
+        val_source: a callable returning a fresh validation source (the same episodes at
+            every validation), or ``None``.
+        val_every, val_episodes: validation schedule.
+        checkpoint_every, log_every: checkpoint and logging periods in steps.
+        grad_clip: max global norm of the meta-gradient, or ``None``.
+        device, dtype: where and in what precision the batches are processed.
+        progress: show a progress bar.
+        seed: seeds torch's global RNG (dropout, reparametrized samples ...).
+    """
+
+    def __init__(self, learner: MetaLearner, source: TaskSource, run_dir: str | Path, *,
+                 steps: int, optimizer: str = "adam", lr: float = 1e-3,
+                 val_source: Callable[[], TaskSource] | None = None, val_every: int = 500,
+                 val_episodes: int = 100, checkpoint_every: int = 500, log_every: int = 10,
+                 grad_clip: float | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None, progress: bool = True, seed: int = 0) -> None:
+        self.learner = learner.to(device=device, dtype=dtype) if dtype else learner.to(device)
+        self.source = source
+        self.run_dir = Path(run_dir)
+        self.steps = steps
+        self.optimizer = build_optimizer(optimizer, learner.parameters(), lr)
+        self.val_source = val_source
+        self.val_every = val_every
+        self.val_episodes = val_episodes
+        self.checkpoint_every = checkpoint_every
+        self.log_every = log_every
+        self.grad_clip = grad_clip
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.progress = progress
+        self.seed = seed
+        self.step = 0
+        self.log = MetricLog(self.run_dir / METRICS_FILE)
+
+    # -- state ---------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"step": self.step, "learner": self.learner.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "source": self.source.state_dict(),
+                "torch_rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step = state["step"]
+        self.learner.load_state_dict(state["learner"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.source.load_state_dict(state["source"])
+        torch.set_rng_state(state["torch_rng"])
+
+    def save_checkpoint(self) -> None:
+        atomic_torch_save(self.state_dict(), self.run_dir / "checkpoint.pt")
+
+    # -- the loop ------------------------------------------------------------------------
+    def _batch(self):
+        batch = self.source.sample().to(self.device)
+        return batch.to(self.dtype) if self.dtype is not None else batch
+
+    def train_step(self) -> dict[str, float]:
+        self.learner.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, metrics = self.learner.meta_loss(self._batch())
+        loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.learner.parameters(), self.grad_clip)
+        self.optimizer.step()
+        return metrics
+
+    def validate(self) -> dict[str, float]:
+        result = Evaluator(self.val_episodes).evaluate(self.learner, self.val_source(),
+                                                       self.device, self.dtype)
+        return {result["metric"]: result["mean"], "ci95": result["ci95"]}
+
+    def fit(self, resume: bool = False) -> MetaLearner:
+        """Train to ``steps``; with ``resume`` continue from the last checkpoint."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self.load_state_dict(load_checkpoint(self.run_dir))
+            self.log.truncate_after(self.step)
+        else:
+            torch.manual_seed(self.seed)
+        window: list[dict[str, float]] = []
+        started = time.perf_counter()
+        with tqdm(total=self.steps, initial=self.step, disable=not self.progress,
+                  dynamic_ncols=True, desc="meta-train") as bar:
+            while self.step < self.steps:
+                window.append(self.train_step())
+                self.step += 1
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in window[-1].items()}, refresh=False)
+                if self.step % self.log_every == 0 or self.step == self.steps:
+                    self._log_window("train", window, started)
+                    window = []
+                if self.val_source is not None and (self.step % self.val_every == 0
+                                                    or self.step == self.steps):
+                    self.log.write({"step": self.step, "split": "val", **self.validate()})
+                if self.step % self.checkpoint_every == 0 or self.step == self.steps:
+                    self.save_checkpoint()
+        return self.learner
+
+    def _log_window(self, split: str, window: list[dict[str, float]], started: float) -> None:
+        record = {"step": self.step, "split": split}
+        for name in window[0]:
+            record[name] = sum(m[name] for m in window) / len(window)
+        record["seconds"] = round(time.perf_counter() - started, 3)
+        self.log.write(record)

@@ -1,0 +1,40 @@
+"""Small builders shared by the tests."""
+
+from __future__ import annotations
+
+import torch
+
+from metalab.tasks import TaskBatch
+
+
+class ToyImages(torch.utils.data.Dataset):
+    """A labelled image dataset: each class a fixed random pattern plus noise."""
+
+    def __init__(self, classes: int = 12, per_class: int = 20, size: int = 16, seed: int = 0,
+                 split: str | None = None) -> None:
+        g = torch.Generator().manual_seed(seed)
+        patterns = torch.rand(classes, 1, size, size, generator=g)
+        self.labels = [c for c in range(classes) for _ in range(per_class)]
+        noise = 0.3 * torch.rand(len(self.labels), 1, size, size, generator=g)
+        self.images = patterns[torch.tensor(self.labels)] + noise
+        self.class_names = [f"class{c}" for c in range(classes)]
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.images[i], self.labels[i]
+
+
+def classification_batch(tasks=3, ways=5, shots=1, queries=3, size=16, seed=0,
+                         dtype=torch.float64) -> TaskBatch:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(ways)
+
+    def images(n):
+        return torch.randn(tasks, n, 1, size, size, generator=g, dtype=dtype)
+
+    return TaskBatch(images(ways * shots), labels.repeat(shots).expand(tasks, -1).contiguous(),
+                     images(ways * queries), labels.repeat(queries).expand(tasks, -1).contiguous(),
+                     num_classes=ways)

@@ -1,0 +1,144 @@
+"""The trainer, evaluator, run directories and the CLI, end to end on tiny configs."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from metalab import load_run
+from metalab.cli.main import main
+from metalab.train import ConfigError, Evaluator, apply_overrides, load_config, mean_ci95
+from metalab.train.run import make_trainer, train_run
+
+TINY_SINUSOID = {
+    "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1, "strategy": "vmap"},
+    "model": {"name": "mlp", "hidden": [16, 16]},
+    "data": {"name": "sinusoid", "shots": 5, "queries": 5},
+    "train": {"steps": 12, "meta_batch": 4, "val_every": 6, "val_episodes": 20,
+              "checkpoint_every": 4, "log_every": 3, "progress": False},
+    "eval": {"episodes": 30, "batch_size": 10},
+}
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_SINUSOID))
+    return path
+
+
+def test_cli_train_then_eval_then_plot(tiny_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", str(tiny_config), "train.steps=8", "--out", str(run)]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [3, 6, 8]
+    assert [r["step"] for r in records if r["split"] == "val"] == [6, 8]
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["steps"] == 8
+    assert main(["eval", str(run), "--episodes", "25"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["metric"] == "mse" and result["episodes"] == 25 and result["ci95"] > 0
+    assert set(result) >= {"metric", "mean", "ci95", "episodes"}
+    assert main(["plot", str(run)]) == 0
+    assert (run / "curves.png").stat().st_size > 1000
+    learner = load_run(run)
+    x = torch.linspace(-5, 5, 5).unsqueeze(-1)
+    assert learner.adapt(x, torch.sin(x))(x).shape == (5, 1)
+
+
+def test_cli_refuses_to_overwrite_a_run_and_reports_bad_input(tiny_config, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("keep me")
+    assert main(["train", str(tiny_config), "--out", str(run)]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert (run / "notes.txt").read_text() == "keep me"
+    assert main(["train", str(tiny_config), "algorithm.name=nope", "--out",
+                 str(tmp_path / "r2")]) == 2
+    assert "algorithm.name must be one of" in capsys.readouterr().err
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    assert "neither a file nor a shipped config" in capsys.readouterr().err
+    assert main(["eval", str(tmp_path / "nowhere")]) == 2
+    assert "is not a metalab run" in capsys.readouterr().err
+
+
+def test_config_overrides_and_errors(tiny_config):
+    config = load_config(tiny_config, ["train.steps=200", "data.shots=10", "algorithm.x=[1, 2]"])
+    assert config["train"]["steps"] == 200 and config["data"]["shots"] == 10
+    assert config["algorithm"]["x"] == [1, 2]
+    assert config["train"]["optimizer"] == "adam"  # default filled in
+    with pytest.raises(ConfigError, match="must look like section.key=value"):
+        apply_overrides({}, ["steps"])
+    with pytest.raises(ConfigError, match="train.steps must be a positive integer"):
+        load_config(tiny_config, ["train.steps=0"])
+    with pytest.raises(ConfigError, match="config needs eval.episodes"):
+        load_config(tiny_config, ["eval=null"])
+    with pytest.raises(ConfigError, match="unknown config sections"):
+        load_config(tiny_config, ["extra.a=1"])
+
+
+def _parameters(learner):
+    return {k: v.clone() for k, v in learner.state_dict().items()}
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
+    config = load_config_from(TINY_SINUSOID, tmp_path)
+    straight = train_run(config, tmp_path / "straight").learner
+
+    trainer = make_trainer(config, tmp_path / "broken")
+    original = trainer.train_step
+    calls = {"n": 0}
+
+    def failing_step():
+        calls["n"] += 1
+        if calls["n"] == 7:  # after the checkpoint at step 4, before the one at step 8
+            raise Interrupt
+        return original()
+
+    trainer.train_step = failing_step
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(Interrupt):
+        trainer.fit()
+    torch.manual_seed(999)  # a resumed process starts with other RNG state
+    resumed = train_run(config, tmp_path / "broken", resume=True).learner
+    for name, value in _parameters(straight).items():
+        assert torch.equal(resumed.state_dict()[name], value), name
+    steps = [json.loads(line)["step"]
+             for line in (tmp_path / "broken" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [json.loads(line)["step"] for line in
+                     (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_refuses_a_changed_config(tmp_path):
+    config = load_config_from(TINY_SINUSOID, tmp_path)
+    train_run(config, tmp_path / "run")
+    changed = apply_overrides(config, ["algorithm.inner_lr=0.5"])
+    from metalab.train import RunDirError
+
+    with pytest.raises(RunDirError, match="algorithm.inner_lr differ"):
+        train_run(changed, tmp_path / "run", resume=True)
+    longer = apply_overrides(config, ["train.steps=14"])
+    assert train_run(longer, tmp_path / "run", resume=True).step == 14
+
+
+def load_config_from(raw, tmp_path):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_config(path)
+
+
+def test_mean_ci95_and_evaluator_episode_count():
+    mean, ci = mean_ci95(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert mean == 2.5 and ci == pytest.approx(1.96 * 1.2909944 / 2, rel=1e-6)
+    from metalab.algorithms import MAML
+    from metalab.nn import MLP
+    from metalab.tasks import Sinusoid
+
+    learner = MAML(MLP(1, (8,), 1), inner_lr=0.01, loss="mse")
+    result = Evaluator(episodes=13).evaluate(learner, Sinusoid(5, 5, tasks_per_batch=5, seed=0))
+    assert result["episodes"] == 13 and result["metric"] == "mse"
