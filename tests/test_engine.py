@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from helpers import classification_batch
 from torch import nn
 
+from helpers import classification_batch
 from metalab.algorithms import ANIL, MAML, MetaSGD, ProtoNet, fomaml
 from metalab.functional import autograd_gradients, func_gradients, inner_loop
 from metalab.nn import MLP, Conv4, TaskBatchNorm

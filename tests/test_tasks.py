@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-from helpers import ToyImages
 
+from helpers import ToyImages
 from metalab.tasks import EpisodeSampler, Sinusoid, Task, TaskBatch
 
 

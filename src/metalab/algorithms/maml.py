@@ -40,12 +40,15 @@ class MAML(MetaLearner):
         strategy: ``"loop"`` over tasks or ``"vmap"``; both give the same meta-gradient.
         adapt: parameter-name prefixes that adapt in the inner loop (``None``: all).
         eval_inner_steps: inner steps at meta-test (default ``inner_steps``).
+        checkpoint_steps: gradient checkpointing across inner steps: second-order memory
+            stops growing with the number of steps, at the cost of recomputing each step
+            once more in the backward pass. Same meta-gradient.
     """
 
     def __init__(self, model: nn.Module, inner_lr: float = 0.4, inner_steps: int = 1,
                  first_order: bool = False, loss: str = "cross_entropy",
                  strategy: str = "loop", adapt: list[str] | str | None = None,
-                 eval_inner_steps: int | None = None) -> None:
+                 eval_inner_steps: int | None = None, checkpoint_steps: bool = False) -> None:
         super().__init__(loss)
         if inner_steps < 0:
             raise ValueError(f"inner_steps must be >= 0, got {inner_steps}")
@@ -56,6 +59,11 @@ class MAML(MetaLearner):
             eval_inner_steps)
         self.first_order = bool(first_order)
         self.strategy = check_strategy(strategy)
+        self.checkpoint_steps = bool(checkpoint_steps)
+        if self.checkpoint_steps and self.strategy == "vmap":
+            raise ValueError("checkpoint_steps=True needs strategy='loop': torch.func.grad, "
+                             "which vmap uses, does not support checkpointing's saved-tensor "
+                             "hooks")
         self.adapt_names = self._select_adapted(adapt)
 
     # -- the parts subclasses change -------------------------------------------------
@@ -95,6 +103,7 @@ class MAML(MetaLearner):
             steps=self.inner_steps if training else self.eval_inner_steps,
             step_size=self.step_size(), adapt_names=self.adapt_names,
             first_order=self.first_order or not training, gradients=gradients,
+            checkpoint_steps=self.checkpoint_steps and training,
         )
 
     def task_losses(self, batch: TaskBatch, training: bool = True

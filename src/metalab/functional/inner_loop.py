@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 from torch.func import functional_call
+from torch.utils.checkpoint import checkpoint
 
 Params = dict[str, Tensor]
 StepSize = float | Tensor | Mapping[str, Tensor]
@@ -57,7 +58,8 @@ def _step_size_for(step_size: StepSize, name: str) -> float | Tensor:
 def inner_loop(module: torch.nn.Module, params: Params, x: Tensor, y: Tensor,
                loss_fn: Callable[[Tensor, Tensor], Tensor], *, steps: int,
                step_size: StepSize, adapt_names: list[str] | None = None,
-               first_order: bool = False, gradients: GradientFn = autograd_gradients) -> Params:
+               first_order: bool = False, gradients: GradientFn = autograd_gradients,
+               checkpoint_steps: bool = False) -> Params:
     """Adapt ``params`` of ``module`` to the support set ``(x, y)``.
 
     Args:
@@ -70,6 +72,9 @@ def inner_loop(module: torch.nn.Module, params: Params, x: Tensor, y: Tensor,
         adapt_names: the names that adapt; the others stay fixed. ``None`` adapts all.
         first_order: drop the second-order terms (FOMAML).
         gradients: gradient backend, `autograd_gradients` or `func_gradients`.
+        checkpoint_steps: keep only each step's parameters and recompute the step's graph
+            during the backward pass (gradient checkpointing), so second-order memory no
+            longer grows with ``steps``; the meta-gradient is unchanged.
 
     Returns:
         A new mapping with the adapted parameters in place of the originals.
@@ -81,7 +86,15 @@ def inner_loop(module: torch.nn.Module, params: Params, x: Tensor, y: Tensor,
     def loss_of(current: Params) -> Tensor:
         return loss_fn(functional_call(module, {**fixed, **current}, (x,)), y)
 
+    def step(*values: Tensor) -> tuple[Tensor, ...]:
+        current = dict(zip(names, values, strict=True))
+        grads = gradients(loss_of, current, not first_order)
+        return tuple(current[n] - _step_size_for(step_size, n) * grads[n] for n in names)
+
+    values = tuple(adapted.values())
     for _ in range(steps):
-        grads = gradients(loss_of, adapted, not first_order)
-        adapted = {n: p - _step_size_for(step_size, n) * grads[n] for n, p in adapted.items()}
-    return {**fixed, **adapted}
+        if checkpoint_steps and torch.is_grad_enabled():
+            values = checkpoint(step, *values, use_reentrant=False)
+        else:
+            values = step(*values)
+    return {**fixed, **dict(zip(names, values, strict=True))}

@@ -46,10 +46,13 @@ class TaskBatch:
         for name in ("support_x", "support_y", "query_x", "query_y"):
             value = getattr(self, name)
             if not isinstance(value, Tensor):
-                raise TypeError(f"TaskBatch.{name} must be a torch.Tensor, got {type(value).__name__}")
+                raise TypeError(
+                    f"TaskBatch.{name} must be a torch.Tensor, got {type(value).__name__}"
+                )
             if value.dim() < 2:
                 raise ValueError(
-                    f"TaskBatch.{name} must have shape [tasks, examples, ...], got {tuple(value.shape)}"
+                    f"TaskBatch.{name} must have shape [tasks, examples, ...], "
+                    f"got {tuple(value.shape)}"
                 )
         tasks = self.support_x.shape[0]
         for name in ("support_y", "query_x", "query_y"):
