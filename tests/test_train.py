@@ -1,6 +1,7 @@
 """The trainer, evaluator, run directories and the CLI, end to end on tiny configs."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -142,3 +143,44 @@ def test_mean_ci95_and_evaluator_episode_count():
     learner = MAML(MLP(1, (8,), 1), inner_lr=0.01, loss="mse")
     result = Evaluator(episodes=13).evaluate(learner, Sinusoid(5, 5, tasks_per_batch=5, seed=0))
     assert result["episodes"] == 13 and result["metric"] == "mse"
+
+
+SHARED_OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
+TINY_IMAGE_RUN = ["train.steps=3", "train.meta_batch=2", "model.hidden=8", "data.queries=2",
+                  "train.val_every=2", "train.val_episodes=4", "train.progress=false"]
+
+
+@pytest.mark.parametrize("config", ["maml-glyphs-5w1s", "protonet-glyphs-5w1s"])
+def test_shipped_glyph_configs_train_and_evaluate_end_to_end(config, tmp_path):
+    run = tmp_path / config
+    assert main(["train", config, *TINY_IMAGE_RUN, "--out", str(run)]) == 0
+    assert main(["eval", str(run), "--episodes", "6"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["metric"] == "accuracy" and 0 <= result["mean"] <= 1
+    learner = load_run(run)
+    from metalab.datasets import Glyphs
+    from metalab.tasks import EpisodeSampler
+
+    task = EpisodeSampler(Glyphs("test"), 5, 1, 2, seed=0).sample()[0]
+    assert learner.adapt(task.support_x, task.support_y)(task.query_x).shape == (10, 5)
+
+
+@pytest.mark.skipif(not SHARED_OMNIGLOT.is_dir(),
+                    reason=f"real Omniglot subsets not found at {SHARED_OMNIGLOT}")
+def test_omniglot_config_on_the_real_subsets(tmp_path):
+    run = tmp_path / "omniglot"
+    overrides = [f"data.root={SHARED_OMNIGLOT}", "data.split_by=alphabet",
+                 "data.train_sources=[small1]", "data.test_sources=[small2]",
+                 "data.rotations=false", *TINY_IMAGE_RUN]
+    assert main(["train", "maml-omniglot-5w1s", *overrides, "--out", str(run)]) == 0
+    assert main(["eval", str(run), "--episodes", "4"]) == 0
+
+
+def test_every_shipped_config_resolves():
+    from metalab.cli.main import CONFIG_DIR
+    from metalab.train.build import build_meta_learner
+
+    paths = sorted(CONFIG_DIR.glob("*.yaml"))
+    assert len(paths) >= 12
+    for path in paths:
+        build_meta_learner(load_config(path))

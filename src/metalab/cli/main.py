@@ -24,6 +24,7 @@ def resolve_config_path(name: str) -> Path:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from metalab.train import load_config, train_run
+    from metalab.train.distributed import init_from_environment, is_main_process
     from metalab.train.run import CONFIG_FILE
 
     if args.config is None:
@@ -34,8 +35,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         config_path = resolve_config_path(args.config)
     config = load_config(config_path, args.overrides)
     out = Path(args.out) if args.out else Path("runs") / config_path.stem
+    init_from_environment(config["train"]["device"])
     trainer = train_run(config, out, resume=args.resume)
-    print(f"trained {trainer.step} steps; run directory: {out}")
+    if is_main_process():
+        print(f"trained {trainer.step} steps; run directory: {out}")
     return 0
 
 
@@ -99,12 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     listing = commands.add_parser("list", help="algorithms, datasets and shipped configs")
     listing.set_defaults(func=cmd_list)
 
-    try:
-        from metalab.cli.data import add_subparser
-    except ImportError:
-        pass
-    else:
-        add_subparser(commands)
+    from metalab.cli.data import add_subparser
+
+    add_subparser(commands)
     return parser
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from typing import Any
 
@@ -40,8 +41,13 @@ def build_meta_learner(config: dict[str, Any]) -> MetaLearner:
 
 
 @lru_cache(maxsize=8)
-def _dataset(name: str, split: str, root: str | None, options: tuple):
-    return datasets.build(name, split=split, root=root, **dict(options))
+def _cached_dataset(name: str, split: str, root: str | None, options_json: str):
+    return datasets.build(name, split=split, root=root, **json.loads(options_json))
+
+
+def _dataset(name: str, split: str, root: str | None, options: dict[str, Any]):
+    """Datasets are built once per process (train, val and test sources share them)."""
+    return _cached_dataset(name, split, root, json.dumps(options, sort_keys=True))
 
 
 def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
@@ -57,7 +63,7 @@ def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, 
     for key in ("ways", "shots", "queries"):
         if key not in data:
             raise ValueError(f"config needs data.{key} for an episodic dataset")
-    options = tuple(sorted((k, v) for k, v in data.items() if k not in SAMPLER_KEYS))
+    options = {k: v for k, v in data.items() if k not in SAMPLER_KEYS}
     dataset = _dataset(data["name"], data[f"{split}_split"], data.get("root"), options)
     return EpisodeSampler(dataset, ways=data["ways"], shots=data["shots"], queries=queries,
                           tasks_per_batch=tasks_per_batch,

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from metalab.algorithms import MetaLearner
+from metalab.train import distributed
 from metalab.train.build import build_meta_learner, build_task_source
 from metalab.train.checkpoint import atomic_write_text, load_checkpoint
 from metalab.train.config import ConfigError, resolve, save_config
@@ -78,8 +79,10 @@ def train_run(config: dict[str, Any], run_dir: str | Path, resume: bool = False)
     elif run_dir.exists() and any(run_dir.iterdir()):
         raise RunDirError(f"run directory {str(run_dir)!r} exists and is not empty; pass "
                           f"--resume to continue it or choose another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, run_dir / CONFIG_FILE)
+    distributed.barrier()  # every rank has checked the directory before rank 0 writes
+    if distributed.is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / CONFIG_FILE)
     trainer = make_trainer(config, run_dir)
     trainer.fit(resume=resume)
     return trainer

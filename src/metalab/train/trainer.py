@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from metalab.algorithms import MetaLearner
 from metalab.tasks import TaskSource
+from metalab.train import distributed
 from metalab.train.checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint
 from metalab.train.evaluator import Evaluator
 
@@ -108,6 +109,8 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
     def save_checkpoint(self) -> None:
+        if not distributed.is_main_process():
+            return
         atomic_torch_save(self.state_dict(), self.run_dir / "checkpoint.pt")
 
     # -- the loop ------------------------------------------------------------------------
@@ -118,8 +121,11 @@ class Trainer:
     def train_step(self) -> dict[str, float]:
         self.learner.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss, metrics = self.learner.meta_loss(self._batch())
-        loss.backward()
+        batch, share = distributed.shard(self._batch())
+        loss, metrics = self.learner.meta_loss(batch)
+        (loss * share).backward()
+        distributed.all_reduce_gradients(self.learner.parameters())
+        metrics = distributed.all_reduce_metrics(metrics, share)
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.learner.parameters(), self.grad_clip)
         self.optimizer.step()
@@ -135,26 +141,30 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self.load_state_dict(load_checkpoint(self.run_dir))
-            self.log.truncate_after(self.step)
+            distributed.barrier()  # every rank has read the checkpoint before rank 0 writes
+            if distributed.is_main_process():
+                self.log.truncate_after(self.step)
         else:
             torch.manual_seed(self.seed)
         window: list[dict[str, float]] = []
         started = time.perf_counter()
-        with tqdm(total=self.steps, initial=self.step, disable=not self.progress,
+        main = distributed.is_main_process()
+        with tqdm(total=self.steps, initial=self.step, disable=not (self.progress and main),
                   dynamic_ncols=True, desc="meta-train") as bar:
             while self.step < self.steps:
                 window.append(self.train_step())
                 self.step += 1
                 bar.update(1)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in window[-1].items()}, refresh=False)
-                if self.step % self.log_every == 0 or self.step == self.steps:
+                if main and (self.step % self.log_every == 0 or self.step == self.steps):
                     self._log_window("train", window, started)
                     window = []
-                if self.val_source is not None and (self.step % self.val_every == 0
-                                                    or self.step == self.steps):
+                if main and self.val_source is not None and (self.step % self.val_every == 0
+                                                             or self.step == self.steps):
                     self.log.write({"step": self.step, "split": "val", **self.validate()})
                 if self.step % self.checkpoint_every == 0 or self.step == self.steps:
                     self.save_checkpoint()
+        distributed.barrier()
         return self.learner
 
     def _log_window(self, split: str, window: list[dict[str, float]], started: float) -> None:

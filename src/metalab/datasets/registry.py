@@ -1,0 +1,128 @@
+"""Dataset registry: build any dataset by name.
+
+``build(name, split, root=None, **kwargs)`` constructs the dataset class registered under
+``name`` (see :func:`available`). ``root`` is passed to datasets that read files and must
+be omitted (None) for the embedded ones, which need no files.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class Entry:
+    """How to build one registered dataset."""
+
+    factory: Callable[..., Dataset]
+    splits: tuple[str, ...]
+    needs_files: bool
+    description: str
+
+
+def _omniglot(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .omniglot import Omniglot
+
+    return Omniglot(root, split, **kwargs)
+
+
+def _glyphs(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .glyphs import Glyphs
+
+    return Glyphs(split, **kwargs)
+
+
+def _digits(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .digits import Digits
+
+    return Digits(split, **kwargs)
+
+
+def _mini_imagenet(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .mini_imagenet import MiniImageNet
+
+    return MiniImageNet(root, split, **kwargs)
+
+
+def _cifar_fs(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .cifar_fs import CIFARFS
+
+    return CIFARFS(root, split, **kwargs)
+
+
+def _mnist(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .mnist import MNIST
+
+    return MNIST(root, train=split == "train", **kwargs)
+
+
+REGISTRY: dict[str, Entry] = {
+    "omniglot": Entry(
+        _omniglot,
+        ("train", "val", "test", "trainval"),
+        True,
+        "Omniglot handwritten characters (official archives; download=True fetches them)",
+    ),
+    "glyphs": Entry(
+        _glyphs,
+        ("train", "val", "test", "all"),
+        False,
+        "embedded Omniglot-like glyphs rendered from matplotlib's fonts (no download)",
+    ),
+    "digits": Entry(
+        _digits,
+        ("all", "train", "test"),
+        False,
+        "scikit-learn's bundled 8x8 handwritten digits (no download)",
+    ),
+    "mini-imagenet": Entry(
+        _mini_imagenet,
+        ("train", "val", "test"),
+        True,
+        "miniImageNet, Ravi & Larochelle split (cache pickles or images + CSV)",
+    ),
+    "cifar-fs": Entry(
+        _cifar_fs,
+        ("train", "val", "test"),
+        True,
+        "CIFAR-FS: CIFAR-100 python pickles with the Bertinetto et al. class split",
+    ),
+    "mnist": Entry(
+        _mnist,
+        ("train", "test"),
+        True,
+        "MNIST handwritten digits from the IDX files (gzipped or not)",
+    ),
+}
+
+
+def available() -> list[str]:
+    """Names accepted by :func:`build`."""
+    return list(REGISTRY)
+
+
+def entry(name: str) -> Entry:
+    """The registry entry of ``name``; a ValueError lists the valid names otherwise."""
+    if name not in REGISTRY:
+        raise ValueError(f"unknown dataset {name!r}; available datasets: {available()}")
+    return REGISTRY[name]
+
+
+def build(name: str, split: str, root: str | None = None, **kwargs: Any) -> Dataset:
+    """Construct dataset ``name`` for ``split``.
+
+    Raises ValueError for an unknown name or split (naming the valid ones), and when a
+    ``root`` is given to a dataset that reads no files.
+    """
+    spec = entry(name)
+    if split not in spec.splits:
+        raise ValueError(
+            f"unknown split {split!r} for dataset {name!r}; valid splits: {list(spec.splits)}"
+        )
+    if root is not None and not spec.needs_files:
+        raise ValueError(f"dataset {name!r} is embedded and takes no root (got root={root!r})")
+    return spec.factory(split, root, **kwargs)
