@@ -125,6 +125,15 @@ def test_resume_refuses_a_changed_config(tmp_path):
         train_run(changed, tmp_path / "run", resume=True)
     longer = apply_overrides(config, ["train.steps=14"])
     assert train_run(longer, tmp_path / "run", resume=True).step == 14
+    # the CLI form: no CONFIG, the run's own config.yaml (already complete: nothing to do)
+    assert main(["train", "--resume", "--out", str(tmp_path / "run"), "train.steps=16"]) == 0
+    assert load_run_step(tmp_path / "run") == 16
+
+
+def load_run_step(run_dir):
+    from metalab.train.checkpoint import load_checkpoint
+
+    return load_checkpoint(run_dir)["step"]
 
 
 def load_config_from(raw, tmp_path):

@@ -27,6 +27,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from metalab.train.distributed import init_from_environment, is_main_process
     from metalab.train.run import CONFIG_FILE
 
+    if args.config and "=" in args.config and not Path(args.config).exists():
+        args.overrides.insert(0, args.config)  # `metalab train --resume --out RUN key=value`
+        args.config = None
     if args.config is None:
         if not (args.resume and args.out):
             raise ValueError("give a CONFIG, or --resume with --out RUN_DIR")

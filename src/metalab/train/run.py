@@ -88,24 +88,29 @@ def train_run(config: dict[str, Any], run_dir: str | Path, resume: bool = False)
     return trainer
 
 
-def load_run(run_dir: str | Path) -> MetaLearner:
-    """The trained `MetaLearner` of ``run_dir`` (its last checkpoint), ready for `adapt`."""
+def _restore(run_dir: str | Path) -> tuple[dict[str, Any], MetaLearner, int]:
+    """The config, the learner with its last checkpoint's parameters, and that step."""
     config = read_run_config(run_dir)
     learner = build_meta_learner(config)
     dtype = _dtype(config)
     if dtype is not None:
         learner = learner.to(dtype)
-    learner.load_state_dict(load_checkpoint(run_dir)["learner"])
-    return learner.eval()
+    state = load_checkpoint(run_dir)
+    learner.load_state_dict(state["learner"])
+    return config, learner.eval(), state["step"]
+
+
+def load_run(run_dir: str | Path) -> MetaLearner:
+    """The trained `MetaLearner` of ``run_dir`` (its last checkpoint), ready for `adapt`."""
+    return _restore(run_dir)[1]
 
 
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = "test",
                  inner_steps: int | None = None, seed: int | None = None) -> dict[str, Any]:
     """Meta-test ``run_dir`` on ``split`` and write ``eval.json`` (``eval-<split>.json``)."""
     run_dir = Path(run_dir)
-    config = read_run_config(run_dir)
+    config, learner, step = _restore(run_dir)
     evaluation = config["eval"]
-    learner = load_run(run_dir)
     inner_steps = evaluation.get("inner_steps") if inner_steps is None else inner_steps
     if inner_steps is not None:
         if not hasattr(learner, "eval_inner_steps"):
@@ -117,7 +122,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = 
                                queries=evaluation.get("queries"))
     result = Evaluator(episodes).evaluate(learner, source, config["train"]["device"],
                                           _dtype(config))
-    result.update({"split": split, "step": load_checkpoint(run_dir)["step"]})
+    result.update({"split": split, "step": step})
     if inner_steps is not None:
         result["inner_steps"] = int(inner_steps)
     name = "eval.json" if split == "test" else f"eval-{split}.json"
