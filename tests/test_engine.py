@@ -182,3 +182,13 @@ def test_batch_norm_is_transductive_and_mode_independent():
     mean = train_out.mean(dim=(0, 2, 3))
     torch.testing.assert_close(mean, torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
     assert not list(norm.buffers())
+
+
+def test_channels_last_layout_gives_the_same_meta_gradient():
+    batch = classification_batch(tasks=2, ways=5, shots=2, queries=3)
+    grads = []
+    for channels_last in (False, True):
+        torch.manual_seed(0)
+        model = Conv4(hidden=6, image_size=16, channels_last=channels_last).double()
+        grads.append(_meta_gradient(MAML(model, inner_lr=0.4, inner_steps=2), batch))
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-10)

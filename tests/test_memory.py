@@ -24,3 +24,36 @@ def test_checkpointed_inner_loop_gives_the_same_meta_gradient(cls):
 def test_checkpointing_needs_the_loop_strategy():
     with pytest.raises(ValueError, match="checkpoint_steps=True needs strategy='loop'"):
         MAML(Conv4(hidden=4, image_size=16), strategy="vmap", checkpoint_steps=True)
+
+
+def _peak_allocated_mib(learner, batch) -> float:
+    """Peak of bytes allocated and not yet freed during one meta-loss + backward.
+
+    Read from the profiler's allocator events, so it is exact and independent of how the
+    C library reuses freed memory (unlike peak RSS).
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        learner.meta_loss(batch)[0].backward()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for event in events:
+        live += event.nbytes()
+        peak = max(peak, live)
+    return peak / 2**20
+
+
+def test_ten_checkpointed_steps_peak_within_twice_one_step():
+    batch = classification_batch(tasks=1, ways=5, shots=5, queries=5, size=16)
+
+    def peak(steps, checkpoint_steps):
+        torch.manual_seed(0)
+        model = Conv4(hidden=8, image_size=16).double()
+        return _peak_allocated_mib(MAML(model, inner_steps=steps,
+                                        checkpoint_steps=checkpoint_steps), batch)
+
+    one, ten, ten_checkpointed = peak(1, False), peak(10, False), peak(10, True)
+    assert ten > 4 * one  # without checkpointing memory grows with the steps
+    assert ten_checkpointed <= 2 * one, (one, ten_checkpointed)

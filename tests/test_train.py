@@ -193,3 +193,16 @@ def test_every_shipped_config_resolves():
     assert len(paths) >= 12
     for path in paths:
         build_meta_learner(load_config(path))
+
+
+def test_task_chunks_accumulate_to_the_same_update(tmp_path):
+    base = apply_overrides(TINY_SINUSOID, ["train.dtype=float64", "train.steps=4",
+                                           "train.meta_batch=5", "train.val_every=0"])
+    whole = train_run(load_config_from(base, tmp_path), tmp_path / "whole").learner
+    chunked_config = apply_overrides(base, ["train.task_chunk=2"])
+    chunked = train_run(load_config_from(chunked_config, tmp_path), tmp_path / "chunked").learner
+    for name, value in whole.state_dict().items():
+        torch.testing.assert_close(chunked.state_dict()[name], value, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="train.task_chunk must be a positive integer"):
+        make_trainer(load_config_from(apply_overrides(base, ["train.task_chunk=0"]), tmp_path),
+                     tmp_path / "bad")

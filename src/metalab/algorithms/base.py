@@ -6,6 +6,7 @@ A meta-learner is an `nn.Module` with ordinary parameters (so any optimizer, DDP
 - ``task_losses(batch, training=True) -> (losses [T], metrics {name: [T]})``: the query
   loss of every task after adapting to its support set, and per-task metrics;
 - ``meta_loss(batch) -> (loss, metrics)``: their mean, ready for ``loss.backward()``;
+- ``meta_backward(batch, task_chunk)``: the same gradient, back-propagated chunk by chunk;
 - ``adapt(support_x, support_y) -> Predictor``: meta-test adaptation to one task.
 """
 
@@ -80,6 +81,25 @@ class MetaLearner(nn.Module):
         summary = {"loss": loss.item()}
         summary.update({name: values.mean().item() for name, values in metrics.items()})
         return loss, summary
+
+    def meta_backward(self, batch: TaskBatch, task_chunk: int | None = None,
+                      scale: float = 1.0) -> dict[str, float]:
+        """Accumulate ``scale`` times the meta-gradient of ``batch`` into ``.grad``.
+
+        The tasks are back-propagated in chunks of at most ``task_chunk`` (``None``: all at
+        once), so peak memory holds one chunk's graph; the gradient is the same.
+        Returns the task-weighted mean metrics.
+        """
+        size = len(batch) if task_chunk is None else task_chunk
+        metrics: dict[str, float] = {}
+        for start in range(0, len(batch), size):
+            chunk = batch[start: start + size]
+            weight = len(chunk) / len(batch)
+            loss, chunk_metrics = self.meta_loss(chunk)
+            (loss * (scale * weight)).backward()
+            for name, value in chunk_metrics.items():
+                metrics[name] = metrics.get(name, 0.0) + weight * value
+        return metrics
 
     def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:
         raise NotImplementedError

@@ -6,9 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from metalab.nn.norm import TaskBatchNorm
+
+
+def _is_vmapped(x: Tensor) -> bool:
+    is_batched = getattr(torch._C._functorch, "is_batchedtensor", None)
+    return bool(is_batched and is_batched(x))
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -27,11 +33,14 @@ class Conv4(nn.Module):
     2017) experiments: 64 filters on 28x28 Omniglot, 32 filters on 84x84 miniImageNet.
     Batch norm is transductive per task (`TaskBatchNorm`). With ``out_features=None`` the
     head is the identity and the model returns the flattened features (an embedding).
+    ``channels_last=True`` runs the convolutions in NHWC layout, which oneDNN's CPU kernels
+    (max-pooling above all) process several times faster; results are the same.
     """
 
     def __init__(self, in_channels: int = 1, hidden: int = 64, out_features: int | None = 5,
-                 image_size: int = 28) -> None:
+                 image_size: int = 28, channels_last: bool = True) -> None:
         super().__init__()
+        self.channels_last = channels_last
         self.body = nn.Sequential(
             _conv_block(in_channels, hidden),
             _conv_block(hidden, hidden),
@@ -47,8 +56,12 @@ class Conv4(nn.Module):
         self.feature_dim = hidden * side * side
         self.head = nn.Identity() if out_features is None else nn.Linear(self.feature_dim,
                                                                          out_features)
+        if channels_last:  # NHWC weights make oneDNN keep every activation NHWC
+            self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.channels_last and x.dim() == 4 and not _is_vmapped(x):
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.body(x))
 
 

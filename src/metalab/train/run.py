@@ -60,7 +60,8 @@ def make_trainer(config: dict[str, Any], run_dir: str | Path) -> Trainer:
         lr=train["lr"], val_source=val_source if train["val_every"] else None,
         val_every=train["val_every"] or 1, val_episodes=train["val_episodes"],
         checkpoint_every=train["checkpoint_every"], log_every=train["log_every"],
-        grad_clip=train["grad_clip"], device=train["device"], dtype=_dtype(config),
+        grad_clip=train["grad_clip"], task_chunk=train["task_chunk"], device=train["device"],
+        dtype=_dtype(config),
         progress=train["progress"], seed=train["seed"],
     )
 

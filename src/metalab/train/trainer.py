@@ -66,6 +66,9 @@ class Trainer:
         val_every, val_episodes: validation schedule.
         checkpoint_every, log_every: checkpoint and logging periods in steps.
         grad_clip: max global norm of the meta-gradient, or ``None``.
+        task_chunk: back-propagate the meta-batch in chunks of at most this many tasks
+            (gradients accumulate, so the update is the same); peak memory then holds one
+            chunk's graph instead of the whole meta-batch's. ``None``: all tasks at once.
         device, dtype: where and in what precision the batches are processed.
         progress: show a progress bar.
         seed: seeds torch's global RNG (dropout, reparametrized samples ...).
@@ -75,7 +78,8 @@ class Trainer:
                  steps: int, optimizer: str = "adam", lr: float = 1e-3,
                  val_source: Callable[[], TaskSource] | None = None, val_every: int = 500,
                  val_episodes: int = 100, checkpoint_every: int = 500, log_every: int = 10,
-                 grad_clip: float | None = None, device: str | torch.device = "cpu",
+                 grad_clip: float | None = None, task_chunk: int | None = None,
+                 device: str | torch.device = "cpu",
                  dtype: torch.dtype | None = None, progress: bool = True, seed: int = 0) -> None:
         self.learner = learner.to(device=device, dtype=dtype) if dtype else learner.to(device)
         self.source = source
@@ -88,6 +92,11 @@ class Trainer:
         self.checkpoint_every = checkpoint_every
         self.log_every = log_every
         self.grad_clip = grad_clip
+        if task_chunk is not None and (isinstance(task_chunk, bool)
+                                       or not isinstance(task_chunk, int) or task_chunk < 1):
+            raise ValueError(f"train.task_chunk must be a positive integer or null, "
+                             f"got {task_chunk!r}")
+        self.task_chunk = task_chunk
         self.device = torch.device(device)
         self.dtype = dtype
         self.progress = progress
@@ -122,8 +131,7 @@ class Trainer:
         self.learner.train()
         self.optimizer.zero_grad(set_to_none=True)
         batch, share = distributed.shard(self._batch())
-        loss, metrics = self.learner.meta_loss(batch)
-        (loss * share).backward()
+        metrics = self.learner.meta_backward(batch, self.task_chunk, scale=share)
         distributed.all_reduce_gradients(self.learner.parameters())
         metrics = distributed.all_reduce_metrics(metrics, share)
         if self.grad_clip is not None:
