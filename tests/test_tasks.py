@@ -2,6 +2,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from helpers import ToyImages
 from metalab.tasks import EpisodeSampler, Sinusoid, Task, TaskBatch
@@ -145,3 +147,20 @@ def test_sinusoid_ranges_shapes_and_determinism():
     assert torch.equal(again.query_y, batch.query_y)
     with pytest.raises(ValueError, match="amplitude must be a \\(low, high\\) pair"):
         Sinusoid(5, 5, amplitude=(5, 1))
+
+
+@settings(max_examples=25, deadline=None)
+@given(ways=st.integers(1, 6), shots=st.integers(1, 4), queries=st.integers(1, 4),
+       tasks=st.integers(1, 3), shuffle=st.booleans(), seed=st.integers(0, 2**31))
+def test_sampler_invariants_for_any_request(ways, shots, queries, tasks, shuffle, seed):
+    data = ToyImages(classes=8, per_class=8, size=4)
+    batch = EpisodeSampler(data, ways, shots, queries, tasks, shuffle_labels=shuffle,
+                           seed=seed).sample()
+    assert batch.support_x.shape == (tasks, ways * shots, 1, 4, 4)
+    assert batch.query_x.shape == (tasks, ways * queries, 1, 4, 4)
+    for t in range(tasks):
+        assert torch.bincount(batch.support_y[t], minlength=ways).tolist() == [shots] * ways
+        assert torch.bincount(batch.query_y[t], minlength=ways).tolist() == [queries] * ways
+        support = {float(img.sum()) for img in batch.support_x[t]}
+        assert len(support) == ways * shots  # distinct examples
+        assert not support & {float(img.sum()) for img in batch.query_x[t]}
