@@ -9,12 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from metalab.nn.norm import TaskBatchNorm
-
-
-def _is_vmapped(x: Tensor) -> bool:
-    is_batched = getattr(torch._C._functorch, "is_batchedtensor", None)
-    return bool(is_batched and is_batched(x))
+from metalab.nn.norm import TaskBatchNorm, is_vmapped
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -60,7 +55,7 @@ class Conv4(nn.Module):
             self.to(memory_format=torch.channels_last)
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.channels_last and x.dim() == 4 and not _is_vmapped(x):
+        if self.channels_last and x.dim() == 4 and not is_vmapped(x):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.body(x))
 
