@@ -192,3 +192,16 @@ def test_channels_last_layout_gives_the_same_meta_gradient():
         model = Conv4(hidden=6, image_size=16, channels_last=channels_last).double()
         grads.append(_meta_gradient(MAML(model, inner_lr=0.4, inner_steps=2), batch))
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-10)
+
+
+def test_compiled_training_pass_gives_the_same_meta_gradient():
+    batch = Sinusoid(5, 5, tasks_per_batch=4, seed=0).sample().to(torch.float64)
+    grads = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        learner = MAML(MLP(1, (8, 8), 1).double(), inner_lr=0.05, inner_steps=2, loss="mse",
+                       strategy="vmap")
+        if compiled:
+            learner.compile()
+        grads.append(_meta_gradient(learner, batch))
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=1e-12)

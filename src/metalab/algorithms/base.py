@@ -65,6 +65,7 @@ class MetaLearner(nn.Module):
         self.loss_name = check_loss(loss)
         self.loss_fn = LOSSES[loss]
         self.metric_name, self.metric_fn = METRICS[loss]
+        self._compiled_task_losses: Callable | None = None
 
     @property
     def task_type(self) -> str:
@@ -74,9 +75,20 @@ class MetaLearner(nn.Module):
                     ) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
 
+    def compile(self, **options) -> MetaLearner:
+        """Compile the meta-training pass with `torch.compile` (``options`` go to it).
+
+        Same numbers (tested in float64); for small models, where the step is bound by
+        Python and dispatch overhead, it is several times faster after a one-off compile.
+        Evaluation and `adapt` stay eager.
+        """
+        self._compiled_task_losses = torch.compile(self.task_losses, **options)
+        return self
+
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """Mean query loss over the tasks of ``batch``, differentiable w.r.t. the parameters."""
-        losses, metrics = self.task_losses(batch, training=True)
+        task_losses = self._compiled_task_losses or self.task_losses
+        losses, metrics = task_losses(batch, training=True)
         loss = losses.mean()
         summary = {"loss": loss.item()}
         summary.update({name: values.mean().item() for name, values in metrics.items()})

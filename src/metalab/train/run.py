@@ -49,6 +49,8 @@ def make_trainer(config: dict[str, Any], run_dir: str | Path) -> Trainer:
     train = config["train"]
     torch.manual_seed(train["seed"])  # the initial parameters depend on the seed only
     learner = build_meta_learner(config)
+    if train["compile"]:
+        learner.compile()
     source = build_task_source(config, "train", train["meta_batch"], seed=train["seed"])
 
     def val_source():
