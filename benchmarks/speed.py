@@ -147,13 +147,17 @@ StepFn = Callable[[TaskBatch], None]
 LOSSES = {"mse": F.mse_loss, "cross_entropy": F.cross_entropy}
 
 
-def metalab_builder(strategy: str) -> Callable[[Case, nn.Module], StepFn]:
+def metalab_builder(strategy: str, compiled: bool = False) -> Callable[[Case, nn.Module], StepFn]:
+    """metalab's meta-gradient step; ``compiled`` adds `MetaLearner.compile` (train.compile)."""
+
     def build(case: Case, model: nn.Module) -> StepFn:
         if case.kind == "protonet":
             learner = ProtoNet(model, strategy=strategy)
         else:
             learner = MAML(model, inner_lr=case.inner_lr, inner_steps=case.inner_steps,
                            first_order=case.first_order, loss=case.loss, strategy=strategy)
+        if compiled:
+            learner.compile()
 
         def step(batch: TaskBatch) -> None:
             # the loop back-propagates task by task (the shipped Conv4 configs' task_chunk: 1)
@@ -244,6 +248,7 @@ def torch_protonet_builder(case: Case, model: nn.Module) -> StepFn:
 IMPLEMENTATIONS = {
     "metalab-loop": metalab_builder("loop"),
     "metalab-vmap": metalab_builder("vmap"),
+    "metalab-vmap-compiled": metalab_builder("vmap", compiled=True),
     "learn2learn": learn2learn_builder,
     "higher": higher_builder,
     "torch": torch_protonet_builder,
@@ -265,7 +270,8 @@ def library_available(impl: str) -> bool:
 
 def implementations_for(case: Case) -> list[str]:
     family = "protonet" if case.kind == "protonet" else "maml"
-    return ["metalab-loop", "metalab-vmap", *REFERENCES[family]]
+    compiled = ["metalab-vmap-compiled"] if case.kind == "sine-maml" else []
+    return ["metalab-loop", "metalab-vmap", *compiled, *REFERENCES[family]]
 
 
 # -- child processes ---------------------------------------------------------------------
