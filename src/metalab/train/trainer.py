@@ -20,7 +20,12 @@ from tqdm import tqdm
 from metalab.algorithms import MetaLearner
 from metalab.tasks import TaskSource
 from metalab.train import distributed
-from metalab.train.checkpoint import atomic_torch_save, atomic_write_text, load_checkpoint
+from metalab.train.checkpoint import (
+    CHECKPOINT,
+    atomic_torch_save,
+    atomic_write_text,
+    load_checkpoint,
+)
 from metalab.train.evaluator import Evaluator
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
@@ -120,7 +125,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         if not distributed.is_main_process():
             return
-        atomic_torch_save(self.state_dict(), self.run_dir / "checkpoint.pt")
+        atomic_torch_save(self.state_dict(), self.run_dir / CHECKPOINT)
 
     # -- the loop ------------------------------------------------------------------------
     def _batch(self):
@@ -160,10 +165,12 @@ class Trainer:
         with tqdm(total=self.steps, initial=self.step, disable=not (self.progress and main),
                   dynamic_ncols=True, desc="meta-train") as bar:
             while self.step < self.steps:
-                window.append(self.train_step())
+                metrics = self.train_step()
                 self.step += 1
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in window[-1].items()}, refresh=False)
+                bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
+                if main:
+                    window.append(metrics)
                 if main and (self.step % self.log_every == 0 or self.step == self.steps):
                     self._log_window("train", window, started)
                     window = []
