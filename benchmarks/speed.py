@@ -106,11 +106,11 @@ CASES = {case.name: case for case in [
 
 
 def build_model(case: Case, dtype: torch.dtype, seed: int = 0,
-                channels_last: bool = True) -> nn.Module:
+                channels_last: bool = False) -> nn.Module:
     """The same architecture and initial parameters for every implementation.
 
-    metalab runs its default NHWC (channels-last) Conv4; the references get the standard
-    NCHW layout their users would have. The values are identical either way.
+    metalab's ProtoNet runs channels-last (NHWC) as its shipped configs do; everything else
+    runs the standard NCHW layout. The values are identical either way.
     """
     torch.manual_seed(seed)
     if case.kind == "sine-maml":
@@ -120,6 +120,10 @@ def build_model(case: Case, dtype: torch.dtype, seed: int = 0,
         model = Conv4(in_channels=1, hidden=64, out_features=head, image_size=28,
                       channels_last=channels_last)
     return model.to(dtype)
+
+
+def _nhwc(case: Case, impl: str) -> bool:
+    return impl.startswith("metalab") and case.kind == "protonet"
 
 
 def build_batch(case: Case, dtype: torch.dtype, tasks: int | None = None,
@@ -304,7 +308,7 @@ class RssSampler(threading.Thread):
 def measure(case: Case, impl: str, threads: int, memory_limit: int) -> dict:
     """Time ``case.iterations`` meta-iterations of ``impl`` (run in a fresh process)."""
     torch.set_num_threads(threads)
-    model = build_model(case, torch.float32, channels_last=impl.startswith("metalab"))
+    model = build_model(case, torch.float32, channels_last=_nhwc(case, impl))
     step = IMPLEMENTATIONS[impl](case, model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch = build_batch(case, torch.float32)
@@ -348,7 +352,7 @@ def gradient_check(case: Case, impls: list[str], tasks: int) -> dict[str, dict]:
     batch = build_batch(case, torch.float64, tasks=tasks, seed=1)
     gradients = {}
     for impl in impls:
-        model = build_model(case, torch.float64, channels_last=impl.startswith("metalab"))
+        model = build_model(case, torch.float64, channels_last=_nhwc(case, impl))
         IMPLEMENTATIONS[impl](case, model)(batch)
         gradients[impl] = [p.grad.detach().clone() for p in model.parameters()]
     references = [i for i in impls if not i.startswith("metalab")]
