@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from metalab.datasets.atomic import atomic_file
+
 
 def read_metrics(run_dir: Path) -> list[dict]:
     path = run_dir / "metrics.jsonl"
@@ -43,8 +45,7 @@ def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
     fig.suptitle(run_dir.name)
     fig.tight_layout()
     out = out or run_dir / "curves.png"
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)
-    tmp.replace(out)
     return out

@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from metalab.datasets.atomic import atomic_file, atomic_torch_save
+
+__all__ = ["CHECKPOINT", "atomic_torch_save", "atomic_write_text", "load_checkpoint"]
+
 CHECKPOINT = "checkpoint.pt"
 
 
-def _atomic(path: Path, write) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode()))
-
-
-def atomic_torch_save(obj: Any, path: Path) -> None:
-    _atomic(path, lambda f: torch.save(obj, f))
+    with atomic_file(path) as tmp:
+        tmp.write_text(text)
 
 
 def load_checkpoint(run_dir: Path) -> dict[str, Any]:
