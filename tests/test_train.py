@@ -206,3 +206,13 @@ def test_task_chunks_accumulate_to_the_same_update(tmp_path):
     with pytest.raises(ValueError, match="train.task_chunk must be a positive integer"):
         make_trainer(load_config_from(apply_overrides(base, ["train.task_chunk=0"]), tmp_path),
                      tmp_path / "bad")
+
+
+def test_meta_backward_rejects_a_bad_task_chunk():
+    from metalab.algorithms import MAML
+    from metalab.nn import MLP
+    from metalab.tasks import Sinusoid
+
+    learner = MAML(MLP(1, (8,), 1), inner_lr=0.01, loss="mse")
+    with pytest.raises(ValueError, match="task_chunk must be an integer >= 1, got 0"):
+        learner.meta_backward(Sinusoid(5, 5, tasks_per_batch=2, seed=0).sample(), task_chunk=0)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab.tasks import TaskBatch
+from metalab.tasks.source import check_positive_int
 
 
 def mse_loss(outputs: Tensor, targets: Tensor) -> Tensor:
@@ -102,7 +103,8 @@ class MetaLearner(nn.Module):
         once), so peak memory holds one chunk's graph; the gradient is the same.
         Returns the task-weighted mean metrics.
         """
-        size = len(batch) if task_chunk is None else task_chunk
+        size = len(batch) if task_chunk is None else check_positive_int("task_chunk",
+                                                                         task_chunk)
         metrics: dict[str, float] = {}
         for start in range(0, len(batch), size):
             chunk = batch[start: start + size]
