@@ -278,7 +278,18 @@ def test_digits() -> None:
 
 
 def test_registry_names_and_errors(tmp_path: Path) -> None:
-    assert available() == ["omniglot", "glyphs", "digits", "mini-imagenet", "cifar-fs", "mnist"]
+    assert available() == [
+        "omniglot",
+        "glyphs",
+        "digits",
+        "mini-imagenet",
+        "cifar-fs",
+        "mnist",
+        "rotated-digits",
+        "rotated-mnist",
+        "femnist",
+        "corrupted-glyphs",
+    ]
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*'omniglot'.*'mnist'"):
         build("imagenet", "train")
     with pytest.raises(

@@ -22,9 +22,12 @@ CONFIG = {
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed missing")
-def test_two_gloo_processes_match_one_process(tmp_path):
+@pytest.mark.parametrize("combiner", [None, "pcgrad"])
+def test_two_gloo_processes_match_one_process(tmp_path, combiner):
+    """With a combiner the processes gather the task gradients (3 and 2 tasks per shard)."""
+    config = {**CONFIG, "train": {**CONFIG["train"], "combiner": combiner}}
     config_path = tmp_path / "config.yaml"
-    config_path.write_text(yaml.safe_dump(CONFIG))
+    config_path.write_text(yaml.safe_dump(config))
     single = train_run(load_config(config_path), tmp_path / "single").learner
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",

@@ -86,10 +86,21 @@ class MetaLearner(nn.Module):
         self._compiled_task_losses = torch.compile(self.task_losses, **options)
         return self
 
+    def training_losses(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """``task_losses(batch, training=True)``, through `compile` when it was called."""
+        task_losses = self._compiled_task_losses or self.task_losses
+        return task_losses(batch, training=True)
+
+    def shared_parameter_names(self) -> list[str]:
+        """Parameters every task shares (a gradient combiner's ``combine_params="shared"``).
+
+        All trainable parameters by default; multi-task learners exclude per-task heads.
+        """
+        return [n for n, p in self.named_parameters() if p.requires_grad]
+
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
         """Mean query loss over the tasks of ``batch``, differentiable w.r.t. the parameters."""
-        task_losses = self._compiled_task_losses or self.task_losses
-        losses, metrics = task_losses(batch, training=True)
+        losses, metrics = self.training_losses(batch)
         loss = losses.mean()
         summary = {"loss": loss.item()}
         summary.update({name: values.mean().item() for name, values in metrics.items()})

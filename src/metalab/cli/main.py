@@ -55,9 +55,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from metalab.cli.plot import plot_curves
+    from metalab.cli.plot import plot_curves, plot_groups
 
-    out = plot_curves(Path(args.run_dir), Path(args.out) if args.out else None)
+    runs = [Path(run) for run in args.run_dirs]
+    if args.groups:
+        out = plot_groups(runs, Path(args.out) if args.out else runs[0] / "groups.png")
+    elif len(runs) > 1:
+        raise ValueError("several run directories need --groups (per-group comparison)")
+    else:
+        out = plot_curves(runs[0], Path(args.out) if args.out else None)
     print(f"wrote {out}")
     return 0
 
@@ -97,9 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, help="seed of the test episodes")
     evaluate.set_defaults(func=cmd_eval)
 
-    plot = commands.add_parser("plot", help="PNG of training and validation curves")
-    plot.add_argument("run_dir")
-    plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png)")
+    plot = commands.add_parser("plot", help="PNG of training curves, or per-group results")
+    plot.add_argument("run_dirs", nargs="+", metavar="run_dir")
+    plot.add_argument("--groups", action="store_true",
+                      help="compare the runs' per-group eval.json results (bars with 95%% CI)")
+    plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or "
+                                    "FIRST_RUN/groups.png with --groups)")
     plot.set_defaults(func=cmd_plot)
 
     listing = commands.add_parser("list", help="algorithms, datasets and shipped configs")

@@ -1,4 +1,9 @@
-"""``metalab plot RUN_DIR``: training and validation curves as a PNG."""
+"""``metalab plot``: training and validation curves of a run, or per-group results of runs.
+
+``metalab plot RUN_DIR`` draws the curves of ``metrics.jsonl``; ``metalab plot --groups
+RUN_DIR [RUN_DIR ...]`` draws, side by side, the per-group (or per-task) metric of each
+run's ``eval.json`` with its 95% CI, for comparing methods under group shift.
+"""
 
 from __future__ import annotations
 
@@ -15,13 +20,63 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
-    """Draw loss and metric per step for the train and val records of ``run_dir``."""
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(fig, out: Path) -> Path:
+    with atomic_file(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    fig.clf()
+    return out
+
+
+def read_group_results(run_dir: Path) -> dict:
+    path = run_dir / "eval.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{str(path)!r} does not exist; run `metalab eval` first")
+    result = json.loads(path.read_text())
+    if "per_group" not in result:
+        raise ValueError(f"{str(path)!r} has no per-group results: its evaluation batches "
+                         f"carry no group or task ids")
+    return result
+
+
+def plot_groups(run_dirs: list[Path], out: Path) -> Path:
+    """Grouped bars: one group of bars per group id, one bar per run, with 95% CIs."""
+    plt = _pyplot()
+    results = [read_group_results(run) for run in run_dirs]
+    metric = results[0]["metric"]
+    groups = sorted({int(g) for r in results for g in r["per_group"]})
+    width = 0.8 / len(results)
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.5 * len(groups) * len(results) + 2), 4))
+    for i, (run, result) in enumerate(zip(run_dirs, results, strict=True)):
+        table = {int(g): v for g, v in result["per_group"].items()}
+        xs = [g + (i - (len(results) - 1) / 2) * width for g in groups]
+        means = [table[g]["mean"] if g in table else float("nan") for g in groups]
+        errors = [table[g]["ci95"] if g in table else 0.0 for g in groups]
+        label = (f"{run.name} (avg {result[f'average_{metric}']:.3f}, "
+                 f"worst {result[f'worst_group_{metric}']:.3f})")
+        ax.bar(xs, means, width, yerr=errors, capsize=2, label=label)
+    ax.set_xticks(groups)
+    ax.set_xlabel("group")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out)
+    plt.close(fig)
+    return out
+
+
+def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
+    """Draw loss and metric per step for the train and val records of ``run_dir``."""
+    plt = _pyplot()
     records = read_metrics(run_dir)
     metrics = sorted({k for r in records for k in r} - {"step", "split", "seconds", "ci95"},
                      key=lambda k: (k != "loss", k))
@@ -44,8 +99,6 @@ def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
         ax.legend()
     fig.suptitle(run_dir.name)
     fig.tight_layout()
-    out = out or run_dir / "curves.png"
-    with atomic_file(out) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    out = _save(fig, out or run_dir / "curves.png")
     plt.close(fig)
     return out

@@ -11,6 +11,7 @@ from .cifar_fs import CIFARFS
 from .digits import Digits
 from .errors import CorruptDatasetError, DatasetFileError, MissingDatasetError
 from .glyphs import Glyphs
+from .groups import GroupDataset
 from .mini_imagenet import MiniImageNet
 from .mnist import MNIST
 from .omniglot import Omniglot, preprocess_omniglot
@@ -24,6 +25,7 @@ __all__ = [
     "DatasetFileError",
     "Digits",
     "Glyphs",
+    "GroupDataset",
     "ImageDataset",
     "MiniImageNet",
     "MissingDatasetError",

@@ -60,6 +60,30 @@ def _mnist(split: str, root: Any, **kwargs: Any) -> Dataset:
     return MNIST(root, train=split == "train", **kwargs)
 
 
+def _rotated_digits(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .rotated import rotated_digits
+
+    return rotated_digits(split, root, **kwargs)
+
+
+def _rotated_mnist(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .rotated import rotated_mnist
+
+    return rotated_mnist(split, root, **kwargs)
+
+
+def _femnist(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .femnist import femnist
+
+    return femnist(split, root, **kwargs)
+
+
+def _corrupted_glyphs(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .corruptions import corrupted_glyphs
+
+    return corrupted_glyphs(split, root, **kwargs)
+
+
 REGISTRY: dict[str, Entry] = {
     "omniglot": Entry(
         _omniglot,
@@ -96,6 +120,30 @@ REGISTRY: dict[str, Entry] = {
         ("train", "test"),
         True,
         "MNIST handwritten digits from the IDX files (gzipped or not)",
+    ),
+    "rotated-digits": Entry(
+        _rotated_digits,
+        ("train", "val", "test"),
+        False,
+        "group shift: embedded digits in 14 rotation groups, ARM's skewed training mix",
+    ),
+    "rotated-mnist": Entry(
+        _rotated_mnist,
+        ("train", "val", "test"),
+        True,
+        "group shift: MNIST in 14 rotation groups (0-130 degrees), ARM's skewed training mix",
+    ),
+    "femnist": Entry(
+        _femnist,
+        ("train", "val", "test"),
+        True,
+        "group shift: LEAF FEMNIST JSON, one group per writer (62 classes)",
+    ),
+    "corrupted-glyphs": Entry(
+        _corrupted_glyphs,
+        ("train", "val", "test"),
+        False,
+        "group shift: embedded glyphs under corruption x severity groups (disjoint train/test)",
     ),
 }
 

@@ -22,7 +22,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "train": {"optimizer": "adam", "lr": 1e-3, "seed": 0, "device": "cpu",
               "val_every": 500, "val_episodes": 100, "checkpoint_every": 500,
               "log_every": 10, "grad_clip": None, "task_chunk": None, "compile": False,
-              "progress": True},
+              "progress": True, "combiner": None, "combine_params": "all",
+              "diagnostics": False},
     "eval": {"episodes": 600, "seed": 1234, "batch_size": 20},
 }
 REQUIRED = {"algorithm": ("name",), "model": ("name",), "data": ("name",),

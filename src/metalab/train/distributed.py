@@ -14,6 +14,7 @@ import os
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 from metalab.tasks import TaskBatch
 
@@ -71,6 +72,21 @@ def all_reduce_gradients(parameters) -> None:
     for p in params:
         p.grad.copy_(flat[offset: offset + p.numel()].view_as(p))
         offset += p.numel()
+
+
+def all_gather_tasks(values: Tensor) -> Tensor:
+    """Concatenate every process's ``values`` (one row per task) in rank order."""
+    if world_size() == 1:
+        return values
+    count = torch.tensor([values.shape[0]], device=values.device)
+    counts = [torch.zeros_like(count) for _ in range(world_size())]
+    dist.all_gather(counts, count)
+    sizes = [int(c) for c in counts]
+    padded = values.new_zeros((max(sizes), *values.shape[1:]))
+    padded[: values.shape[0]] = values
+    parts = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
 
 
 def all_reduce_metrics(metrics: dict[str, float], share: float) -> dict[str, float]:

@@ -15,7 +15,7 @@ import yaml
 
 from metalab.algorithms import MetaLearner
 from metalab.train import distributed
-from metalab.train.build import build_meta_learner, build_task_source
+from metalab.train.build import build_combiner_for, build_meta_learner, build_task_source
 from metalab.train.checkpoint import atomic_write_text, load_checkpoint
 from metalab.train.config import ConfigError, resolve, save_config
 from metalab.train.evaluator import Evaluator
@@ -65,6 +65,8 @@ def make_trainer(config: dict[str, Any], run_dir: str | Path) -> Trainer:
         grad_clip=train["grad_clip"], task_chunk=train["task_chunk"], device=train["device"],
         dtype=_dtype(config),
         progress=train["progress"], seed=train["seed"],
+        combiner=build_combiner_for(config, source), combine_params=train["combine_params"],
+        diagnostics=train["diagnostics"],
     )
 
 

@@ -15,9 +15,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch.nn.utils import parameters_to_vector
 from tqdm import tqdm
 
 from metalab.algorithms import MetaLearner
+from metalab.combiners import build_combiner, gradient_statistics
 from metalab.tasks import TaskSource
 from metalab.train import distributed
 from metalab.train.checkpoint import (
@@ -26,7 +28,13 @@ from metalab.train.checkpoint import (
     atomic_write_text,
     load_checkpoint,
 )
+from metalab.train.combined_step import CombinedStep
 from metalab.train.evaluator import Evaluator
+
+
+def _place(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
+    return module.to(device=device, dtype=dtype) if dtype else module.to(device)
+
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 METRICS_FILE = "metrics.jsonl"
@@ -77,6 +85,14 @@ class Trainer:
         device, dtype: where and in what precision the batches are processed.
         progress: show a progress bar.
         seed: seeds torch's global RNG (dropout, reparametrized samples ...).
+        combiner: a `metalab.combiners.Combiner` that merges the tasks' losses or gradients
+            into the update (PCGrad, group DRO ...); ``None``: the mean loss. Its state is
+            checkpointed and its parameters (if any) trained with the learner's.
+        combine_params: ``"all"`` or ``"shared"``: which parameters the combiner acts on
+            (``learner.shared_parameter_names()``; the others take the mean gradient).
+        diagnostics: on every logged step, also log the task-gradient statistics (pairwise
+            cosines, fraction conflicting, norm ratio) and the curvature of the loss along
+            the update: the three conditions of the "tragic triad" (Yu et al. 2020).
     """
 
     def __init__(self, learner: MetaLearner, source: TaskSource, run_dir: str | Path, *,
@@ -85,12 +101,18 @@ class Trainer:
                  val_episodes: int = 100, checkpoint_every: int = 500, log_every: int = 10,
                  grad_clip: float | None = None, task_chunk: int | None = None,
                  device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None, progress: bool = True, seed: int = 0) -> None:
-        self.learner = learner.to(device=device, dtype=dtype) if dtype else learner.to(device)
+                 dtype: torch.dtype | None = None, progress: bool = True, seed: int = 0,
+                 combiner: torch.nn.Module | None = None, combine_params: str = "all",
+                 diagnostics: bool = False) -> None:
+        self.learner = _place(learner, device, dtype)
+        self.combiner = None if combiner is None else _place(combiner, device, dtype)
         self.source = source
         self.run_dir = Path(run_dir)
         self.steps = steps
-        self.optimizer = build_optimizer(optimizer, learner.parameters(), lr)
+        trained = list(learner.parameters())
+        if self.combiner is not None:
+            trained += list(self.combiner.parameters())
+        self.optimizer = build_optimizer(optimizer, trained, lr)
         self.val_source = val_source
         self.val_every = val_every
         self.val_episodes = val_episodes
@@ -102,6 +124,12 @@ class Trainer:
             raise ValueError(f"train.task_chunk must be a positive integer or null, "
                              f"got {task_chunk!r}")
         self.task_chunk = task_chunk
+        self.diagnostics = bool(diagnostics)
+        self.combined_step = None
+        if self.combiner is not None or self.diagnostics:
+            self.combined_step = CombinedStep(learner, self.combiner or build_combiner("mean"),
+                                              combine_params, task_chunk)
+        self._pending_diagnostics: dict[str, float] = {}
         self.device = torch.device(device)
         self.dtype = dtype
         self.progress = progress
@@ -111,13 +139,18 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"step": self.step, "learner": self.learner.state_dict(),
-                "optimizer": self.optimizer.state_dict(), "source": self.source.state_dict(),
-                "torch_rng": torch.get_rng_state()}
+        state = {"step": self.step, "learner": self.learner.state_dict(),
+                 "optimizer": self.optimizer.state_dict(), "source": self.source.state_dict(),
+                 "torch_rng": torch.get_rng_state()}
+        if self.combiner is not None:
+            state["combiner"] = self.combiner.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
         self.learner.load_state_dict(state["learner"])
+        if self.combiner is not None:
+            self.combiner.load_state_dict(state["combiner"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.source.load_state_dict(state["source"])
         torch.set_rng_state(state["torch_rng"])
@@ -136,13 +169,43 @@ class Trainer:
         self.learner.train()
         self.optimizer.zero_grad(set_to_none=True)
         batch, share = distributed.shard(self._batch())
-        metrics = self.learner.meta_backward(batch, self.task_chunk, scale=share)
-        distributed.all_reduce_gradients(self.learner.parameters())
+        diagnose = self.diagnostics and self._is_log_step(self.step + 1)
+        if self.combined_step is None:
+            metrics = self.learner.meta_backward(batch, self.task_chunk, scale=share)
+            distributed.all_reduce_gradients(self.learner.parameters())
+        else:  # every process computes the same update from the gathered task gradients
+            metrics = self.combined_step.backward(batch, keep_gradients=diagnose)
         metrics = distributed.all_reduce_metrics(metrics, share)
         if self.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.learner.parameters(), self.grad_clip)
+        before = parameters_to_vector(self.combined_step.parameters) if diagnose else None
         self.optimizer.step()
+        if diagnose:
+            self._pending_diagnostics = self._diagnose(batch, share, before)
         return metrics
+
+    def _is_log_step(self, step: int) -> bool:
+        return step % self.log_every == 0 or step == self.steps
+
+    def _diagnose(self, batch, share: float, before: torch.Tensor) -> dict[str, float]:
+        """Gradient statistics of this step, and the loss curvature along its update.
+
+        Along the update ``u = theta' - theta``, ``L(theta') = L + g.u + u^T H u / 2`` to
+        second order, so ``2 (L(theta') - L(theta) - g.u) / |u|^2`` estimates the Rayleigh
+        quotient ``u^T H u / |u|^2`` on the same batch (one extra forward pass).
+        """
+        step = self.combined_step
+        rows = step.last_gradients
+        combined = rows.grads[:, : step.combined_size]
+        stats = gradient_statistics(combined @ combined.T)
+        update = parameters_to_vector(step.parameters).detach() - before
+        with torch.no_grad():
+            after = self.learner.training_losses(batch)[0].detach().mean().item()
+        after = distributed.all_reduce_metrics({"loss": after}, share)["loss"]
+        change = after - rows.losses.mean().item() - (rows.grads.mean(dim=0) @ update).item()
+        norm2 = (update @ update).item()
+        stats["curvature"] = 2.0 * change / norm2 if norm2 > 0 else 0.0
+        return {f"diag/{name}": value for name, value in stats.items()}
 
     def validate(self) -> dict[str, float]:
         result = Evaluator(self.val_episodes).evaluate(self.learner, self.val_source(),
@@ -186,5 +249,7 @@ class Trainer:
         record = {"step": self.step, "split": split}
         for name in window[0]:
             record[name] = sum(m[name] for m in window) / len(window)
+        record.update(self._pending_diagnostics)
+        self._pending_diagnostics = {}
         record["seconds"] = round(time.perf_counter() - started, 3)
         self.log.write(record)
