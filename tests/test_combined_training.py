@@ -172,3 +172,51 @@ def test_resume_with_a_stateful_combiner_matches_uninterrupted(tmp_path):
 def test_bad_combine_params_is_rejected():
     with pytest.raises(ValueError, match="combine_params"):
         CombinedStep(_learner(), build_combiner("mean"), combine_params="heads")
+
+
+class WeightDecayMAML(MAML):
+    """A learner with a meta-regularizer: ``0.3 * |theta|^2``, once per meta-batch."""
+
+    def regularizer(self):
+        return 0.3 * sum((p**2).sum() for p in self.parameters())
+
+    def regularizer_metrics(self):
+        return {"penalty": self.regularizer().item()}
+
+
+def _regularized(seed=0):
+    torch.manual_seed(seed)
+    model = MLP(in_features=1, hidden=[8, 8], out_features=1).double()
+    return WeightDecayMAML(model, inner_lr=0.05, loss="mse")
+
+
+@pytest.mark.parametrize("options", [{"task_chunk": 2}, {"diagnostics": True}, {}])
+def test_regularizer_is_added_once_whichever_path(tmp_path, options):
+    def run(name, **kwargs):
+        learner = _regularized()
+        Trainer(learner, _source(), tmp_path / name, steps=3, lr=1e-2, dtype=torch.float64,
+                progress=False, log_every=1, **kwargs).fit()
+        return learner
+
+    plain = run("plain", task_chunk=options.get("task_chunk"))
+    combined = run("mean", combiner=build_combiner("mean"), **options)
+    _same(plain, combined)
+    records = [json.loads(line) for line in (tmp_path / "mean" / "metrics.jsonl").open()]
+    train = [r for r in records if r.get("split", "train") == "train" and "penalty" in r]
+    assert train and all(r["loss"] > r["query_loss"] for r in train)
+
+
+def test_pcgrad_combines_the_tasks_and_adds_the_regularizer_gradient():
+    learner = _regularized()
+    batch = _source().sample().to(torch.float64)
+    params = list(learner.parameters())
+    rows = torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(
+        learner.training_losses(batch[t: t + 1])[0].sum(), params)]) for t in range(len(batch))])
+    penalty = torch.cat([g.reshape(-1) for g in torch.autograd.grad(learner.regularizer(),
+                                                                      params)])
+    expected = build_combiner("pcgrad", seed=2).combine(rows, torch.zeros(len(batch)), None)
+    step = CombinedStep(learner, build_combiner("pcgrad", seed=2))
+    metrics = step.backward(batch)
+    got = torch.cat([p.grad.reshape(-1) for p in step.parameters])
+    torch.testing.assert_close(got, expected + penalty, rtol=0, atol=1e-12)
+    assert metrics["loss"] == pytest.approx(metrics["query_loss"] + metrics["penalty"])

@@ -289,6 +289,9 @@ def test_registry_names_and_errors(tmp_path: Path) -> None:
         "rotated-mnist",
         "femnist",
         "corrupted-glyphs",
+        "multimnist",
+        "cifar10",
+        "cifar10-c",
     ]
     with pytest.raises(ValueError, match="unknown dataset 'imagenet'.*'omniglot'.*'mnist'"):
         build("imagenet", "train")

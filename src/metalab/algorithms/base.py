@@ -98,12 +98,31 @@ class MetaLearner(nn.Module):
         """
         return [n for n, p in self.named_parameters() if p.requires_grad]
 
+    def regularizer(self) -> Tensor | None:
+        """A term of the meta-parameters alone, added once per meta-batch to the task loss.
+
+        ``None`` (the default) adds nothing. Meta-regularization (MR-MAML's
+        ``beta * KL(q || p)``) overrides it; the trainer adds it whichever way the tasks
+        are combined, and `regularizer_metrics` names it in the logs.
+        """
+        return None
+
+    def regularizer_metrics(self) -> dict[str, float]:
+        """Extra logged values that explain `regularizer` (e.g. the KL itself)."""
+        return {}
+
     def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
-        """Mean query loss over the tasks of ``batch``, differentiable w.r.t. the parameters."""
+        """Mean query loss over the tasks of ``batch`` plus `regularizer`, differentiable
+        w.r.t. the parameters."""
         losses, metrics = self.training_losses(batch)
         loss = losses.mean()
-        summary = {"loss": loss.item()}
-        summary.update({name: values.mean().item() for name, values in metrics.items()})
+        summary = {name: values.mean().item() for name, values in metrics.items()}
+        regularizer = self.regularizer()
+        if regularizer is not None:
+            summary["query_loss"] = loss.item()
+            summary.update(self.regularizer_metrics())
+            loss = loss + regularizer
+        summary["loss"] = loss.item()
         return loss, summary
 
     def meta_backward(self, batch: TaskBatch, task_chunk: int | None = None,

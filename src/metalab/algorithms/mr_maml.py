@@ -32,6 +32,7 @@ from torch.func import functional_call
 
 from metalab.algorithms.base import Predictor
 from metalab.algorithms.maml import MAML
+from metalab.nn.backbones import BodyHead  # noqa: F401  (the model these methods take)
 from metalab.tasks import TaskBatch
 
 
@@ -41,18 +42,6 @@ def gaussian_kl_to_standard(mean: Tensor, log_sigma: Tensor) -> Tensor:
     ``0.5 * (sigma^2 + mean^2 - 1) - log_sigma`` (the closed form of the Gaussian KL).
     """
     return 0.5 * (torch.exp(2 * log_sigma) + mean.square() - 1.0) - log_sigma
-
-
-class BodyHead(nn.Module):
-    """``head(body(x))``: an encoder and the network that adapts on its output."""
-
-    def __init__(self, body: nn.Module, head: nn.Module) -> None:
-        super().__init__()
-        self.body = body
-        self.head = head
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.body(x))
 
 
 def _check_body_head(model: nn.Module, method: str) -> None:
@@ -126,8 +115,8 @@ class MRMAMLW(_EncodedMAML):
     checkpoints); the support and the query of a task share it.
 
     The KL term does not depend on the tasks, so it is added once per meta-batch by
-    `meta_loss` (`regularizer`); under ``meta_backward``'s task chunks, each chunk adds it
-    with the chunk's weight, and the weights sum to one.
+    the trainer through the `MetaLearner.regularizer` hook; under ``meta_backward``'s task
+    chunks, each chunk adds it with the chunk's weight, and the weights sum to one.
 
     Args:
         model: a module with ``body`` (the stochastic encoder) and ``head`` (adapted).
@@ -173,6 +162,9 @@ class MRMAMLW(_EncodedMAML):
         """The meta-batch term added to the mean query loss: ``beta * KL``."""
         return self.beta * self.kl()
 
+    def regularizer_metrics(self) -> dict[str, float]:
+        return {"kl": self.kl().item()}
+
     def _body_weights(self, sample: bool) -> dict[str, Tensor]:
         """Body parameters and buffers with one reparametrized draw of the stochastic ones."""
         weights = dict(self.model.body.named_parameters())
@@ -204,14 +196,6 @@ class MRMAMLW(_EncodedMAML):
                     ) -> tuple[Tensor, dict[str, Tensor]]:
         encoded, _ = self._encoded(batch, training)
         return super().task_losses(encoded, training)
-
-    def meta_loss(self, batch: TaskBatch) -> tuple[Tensor, dict[str, float]]:
-        """Mean query loss (over the sampled weights) plus ``beta * KL(q || N(0, I))``."""
-        query_loss, summary = super().meta_loss(batch)
-        kl = self.kl()
-        loss = query_loss + self.beta * kl
-        summary.update({"loss": loss.item(), "query_loss": query_loss.item(), "kl": kl.item()})
-        return loss, summary
 
 
 class MRMAMLA(_EncodedMAML):

@@ -49,7 +49,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from metalab.train import evaluate_run
 
     result = evaluate_run(args.run_dir, episodes=args.episodes, split=args.split,
-                          inner_steps=args.inner_steps, seed=args.seed)
+                          inner_steps=args.inner_steps, seed=args.seed,
+                          support_size=args.support_size)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -72,7 +73,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from metalab import datasets
     from metalab.algorithms import ALGORITHMS
     from metalab.nn import MODELS
-    from metalab.train.build import REGRESSION_FAMILIES
+    from metalab.train.sources import REGRESSION_FAMILIES
 
     print("algorithms: " + ", ".join(sorted(ALGORITHMS)))
     print("models:     " + ", ".join(sorted(MODELS)))
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="data split (default test)")
     evaluate.add_argument("--inner-steps", type=int, help="inner steps at meta-test")
     evaluate.add_argument("--seed", type=int, help="seed of the test episodes")
+    evaluate.add_argument("--support-size", type=int,
+                          help="group data: unlabelled examples per test batch (writes "
+                               "eval-<split>-support<N>.json)")
     evaluate.set_defaults(func=cmd_eval)
 
     plot = commands.add_parser("plot", help="PNG of training curves, or per-group results")

@@ -63,7 +63,9 @@ def plot_groups(run_dirs: list[Path], out: Path) -> Path:
         label = (f"{run.name} (avg {result[f'average_{metric}']:.3f}, "
                  f"worst {result[f'worst_group_{metric}']:.3f})")
         ax.bar(xs, means, width, yerr=errors, capsize=2, label=label)
-    ax.set_xticks(groups)
+    names = {int(g): v.get("name", g) for r in results for g, v in r["per_group"].items()}
+    ax.set_xticks(groups, [str(names[g]) for g in groups], rotation=60 if len(groups) > 8
+                  else 0, ha="right" if len(groups) > 8 else "center", fontsize=8)
     ax.set_xlabel("group")
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3, axis="y")

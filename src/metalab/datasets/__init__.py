@@ -7,21 +7,37 @@ name with :func:`build`; :func:`available` lists the names.
 """
 
 from .base import ImageDataset
+from .cifar10 import CIFAR10, CIFAR10C, cifar10_c
 from .cifar_fs import CIFARFS
+from .corruptions import (
+    CorruptedDataset,
+    available_corruptions,
+    corrupt,
+    corrupted,
+    corrupted_glyphs,
+    corruption_groups,
+)
 from .digits import Digits
 from .errors import CorruptDatasetError, DatasetFileError, MissingDatasetError
+from .femnist import FEMNIST
 from .glyphs import Glyphs
 from .groups import GroupDataset
 from .mini_imagenet import MiniImageNet
 from .mnist import MNIST
+from .multimnist import MultiMNIST, multimnist
 from .omniglot import Omniglot, preprocess_omniglot
 from .paths import cache_dir
 from .registry import available, build
+from .rotated import RotatedDataset, rotated_digits, rotated_mnist
 
 __all__ = [
+    "CIFAR10",
+    "CIFAR10C",
     "CIFARFS",
+    "FEMNIST",
     "MNIST",
     "CorruptDatasetError",
+    "CorruptedDataset",
     "DatasetFileError",
     "Digits",
     "Glyphs",
@@ -29,9 +45,20 @@ __all__ = [
     "ImageDataset",
     "MiniImageNet",
     "MissingDatasetError",
+    "MultiMNIST",
     "Omniglot",
+    "RotatedDataset",
     "available",
+    "available_corruptions",
     "build",
     "cache_dir",
+    "cifar10_c",
+    "corrupt",
+    "corrupted",
+    "corrupted_glyphs",
+    "corruption_groups",
+    "multimnist",
     "preprocess_omniglot",
+    "rotated_digits",
+    "rotated_mnist",
 ]

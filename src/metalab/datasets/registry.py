@@ -22,6 +22,7 @@ class Entry:
     splits: tuple[str, ...]
     needs_files: bool
     description: str
+    optional_files: bool = False  # embedded, but reads files from ``root`` when given
 
 
 def _omniglot(split: str, root: Any, **kwargs: Any) -> Dataset:
@@ -82,6 +83,24 @@ def _corrupted_glyphs(split: str, root: Any, **kwargs: Any) -> Dataset:
     from .corruptions import corrupted_glyphs
 
     return corrupted_glyphs(split, root, **kwargs)
+
+
+def _multimnist(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .multimnist import multimnist
+
+    return multimnist(split, root, **kwargs)
+
+
+def _cifar10(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .cifar10 import CIFAR10
+
+    return CIFAR10(root, train=split == "train", **kwargs)
+
+
+def _cifar10_c(split: str, root: Any, **kwargs: Any) -> Dataset:
+    from .cifar10 import cifar10_c
+
+    return cifar10_c(split, root, **kwargs)
 
 
 REGISTRY: dict[str, Entry] = {
@@ -145,6 +164,27 @@ REGISTRY: dict[str, Entry] = {
         False,
         "group shift: embedded glyphs under corruption x severity groups (disjoint train/test)",
     ),
+    "multimnist": Entry(
+        _multimnist,
+        ("train", "test"),
+        False,
+        "multi-task: two overlapping digits, labels [N, 2] (MNIST files if found under root, "
+        "else the embedded digits)",
+        optional_files=True,
+    ),
+    "cifar10": Entry(
+        _cifar10,
+        ("train", "test"),
+        True,
+        "CIFAR-10 python pickles (cifar-10-batches-py/ or cifar-10-python.tar.gz)",
+    ),
+    "cifar10-c": Entry(
+        _cifar10_c,
+        ("train", "val", "test"),
+        True,
+        "group shift: CIFAR-10 under ARM's corruption x severity groups; test groups from "
+        "the CIFAR-10-C .npy files",
+    ),
 }
 
 
@@ -171,6 +211,6 @@ def build(name: str, split: str, root: str | None = None, **kwargs: Any) -> Data
         raise ValueError(
             f"unknown split {split!r} for dataset {name!r}; valid splits: {list(spec.splits)}"
         )
-    if root is not None and not spec.needs_files:
+    if root is not None and not (spec.needs_files or spec.optional_files):
         raise ValueError(f"dataset {name!r} is embedded and takes no root (got root={root!r})")
     return spec.factory(split, root, **kwargs)

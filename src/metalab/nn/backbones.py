@@ -79,3 +79,19 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.body(x))
+
+
+class BodyHead(nn.Module):
+    """``head(body(x))``: an encoder and the network that adapts on its output.
+
+    Methods that treat the two parts differently (ANIL adapts the head; MR-MAML puts a
+    distribution on the body) take any model with ``body`` and ``head``; this one joins two.
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.body(x))

@@ -11,8 +11,8 @@ integer tensor, and says which of its parameters all tasks share
   every stage, with ``(gamma, beta)`` looked up per task (the FiLM generator applied to a
   one-hot task code is a table of rows). One shared head, or one head per task.
 
-Constructors: `lenet_trunk` (the LeNet-style encoder Sener & Koltun use on MultiMNIST) and
-`conv_trunk` (Conv4-style blocks for glyphs), and `multi_head_lenet`, `multi_head_conv`,
+Constructors: `LeNetTrunk` (the LeNet-style encoder Sener & Koltun use on MultiMNIST) and
+`ConvTrunk` (Conv4-style blocks for glyphs), and `multi_head_lenet`, `multi_head_conv`,
 `film_lenet`, `film_conv` around them.
 """
 

@@ -1,10 +1,37 @@
 """Where tasks come from: task batches and the task sources that draw them."""
 
+from metalab.tasks.augmented import AugmentedEpisodes
 from metalab.tasks.batch import Task, TaskBatch
-from metalab.tasks.episodes import EpisodeSampler
+from metalab.tasks.episodes import EpisodeSampler, gather_inputs, indices_by_class
 from metalab.tasks.groups import GroupBatchSampler, GroupEvalSampler
+from metalab.tasks.memorization import GlyphPose, NonMutuallyExclusiveSinusoid
+from metalab.tasks.multitask import (
+    MultiLabelSource,
+    PartitionedTaskSource,
+    partition_by_info,
+    split_per_class,
+)
 from metalab.tasks.regression import Sinusoid
 from metalab.tasks.source import TaskSource
+from metalab.tasks.symmetry import RotationEquivariantTasks, TranslationEquivariantTasks
 
-__all__ = ["EpisodeSampler", "GroupBatchSampler", "GroupEvalSampler", "Sinusoid", "Task",
-           "TaskBatch", "TaskSource"]
+__all__ = [
+    "AugmentedEpisodes",
+    "EpisodeSampler",
+    "GlyphPose",
+    "GroupBatchSampler",
+    "GroupEvalSampler",
+    "MultiLabelSource",
+    "NonMutuallyExclusiveSinusoid",
+    "PartitionedTaskSource",
+    "RotationEquivariantTasks",
+    "Sinusoid",
+    "Task",
+    "TaskBatch",
+    "TaskSource",
+    "TranslationEquivariantTasks",
+    "gather_inputs",
+    "indices_by_class",
+    "partition_by_info",
+    "split_per_class",
+]

@@ -34,7 +34,7 @@ class EpisodeSampler(TaskSource):
         self.shots = check_positive_int("shots", shots)
         self.queries = check_positive_int("queries", queries)
         self.shuffle_labels = bool(shuffle_labels)
-        self.class_ids, self.class_indices = _indices_by_class(dataset)
+        self.class_ids, self.class_indices = indices_by_class(dataset)
         self._check_request()
         self.label_groups = None if self.shuffle_labels else self._fixed_label_groups()
 
@@ -88,7 +88,7 @@ class EpisodeSampler(TaskSource):
     def sample(self) -> TaskBatch:
         indices = torch.stack([self._draw_task() for _ in range(self.tasks_per_batch)])
         # indices: [T, ways, shots + queries]
-        x = _gather(self.dataset, indices.reshape(-1))
+        x = gather_inputs(self.dataset, indices.reshape(-1))
         x = x.reshape(*indices.shape, *x.shape[1:])
         labels = torch.arange(self.ways).view(1, self.ways, 1).expand_as(indices)
         support_x, query_x = x[:, :, : self.shots], x[:, :, self.shots :]
@@ -101,7 +101,7 @@ class EpisodeSampler(TaskSource):
                          flat(query_y).contiguous(), num_classes=self.ways)
 
 
-def _indices_by_class(dataset) -> tuple[list[int], list[Tensor]]:
+def indices_by_class(dataset) -> tuple[list[int], list[Tensor]]:
     """The distinct labels of ``dataset`` and, for each, the indices of its examples."""
     labels = getattr(dataset, "labels", None)
     if labels is None:
@@ -121,7 +121,7 @@ def _indices_by_class(dataset) -> tuple[list[int], list[Tensor]]:
     return class_ids.tolist(), list(torch.split(order, counts))
 
 
-def _gather(dataset, indices: Tensor) -> Tensor:
+def gather_inputs(dataset, indices: Tensor) -> Tensor:
     """Inputs of ``indices`` stacked; uses ``dataset.gather`` when the dataset offers it."""
     gather = getattr(dataset, "gather", None)
     if gather is not None:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metalab.tasks.batch import TaskBatch
-from metalab.tasks.episodes import _gather, _indices_by_class
+from metalab.tasks.episodes import gather_inputs, indices_by_class
 from metalab.tasks.source import TaskSource, check_positive_int
 
 SPLITS = ("train", "test")
@@ -203,7 +203,7 @@ class GlyphPose(TaskSource):
         self.queries = check_positive_int("queries", queries)
         self.rotation_range = _check_interval("rotation_range", rotation_range)
         self.canonical_range = _check_interval("canonical_range", canonical_range)
-        self.class_ids, self.class_indices = _indices_by_class(dataset)
+        self.class_ids, self.class_indices = indices_by_class(dataset)
         chooser = torch.Generator().manual_seed(int(canonical_seed))
         low, high = self.canonical_range
         self.canonical = low + (high - low) * torch.rand(len(self.class_ids), generator=chooser,
@@ -253,7 +253,7 @@ class GlyphPose(TaskSource):
         low, high = self.rotation_range
         rotation = low + (high - low) * torch.rand(tasks, per_task, generator=self.generator,
                                                    dtype=torch.float64)
-        images = _gather(self.dataset, indices.reshape(-1))
+        images = gather_inputs(self.dataset, indices.reshape(-1))
         x = rotate_images(images, rotation.reshape(-1)).reshape(tasks, per_task,
                                                                 *images.shape[1:])
         y = (rotation - self.canonical[positions].unsqueeze(1)).to(x.dtype).unsqueeze(-1)

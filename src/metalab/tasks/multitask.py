@@ -30,7 +30,7 @@ from torch import Tensor
 
 from metalab.datasets import ImageDataset
 from metalab.tasks.batch import TaskBatch
-from metalab.tasks.episodes import _gather
+from metalab.tasks.episodes import gather_inputs
 from metalab.tasks.source import TaskSource, check_positive_int
 
 
@@ -80,7 +80,7 @@ class MultiLabelSource(TaskSource):
         self.num_classes = max(self.classes_per_task)
 
     def _batch(self, indices: Tensor) -> TaskBatch:
-        x = _gather(self.dataset, indices)
+        x = gather_inputs(self.dataset, indices)
         x = x.unsqueeze(0).expand(self.num_tasks, *x.shape)
         y = self.labels[indices].T.contiguous()
         return multitask_batch(x, y, self.num_classes, torch.arange(self.num_tasks))
@@ -168,7 +168,7 @@ class PartitionedTaskSource(TaskSource):
         return local
 
     def _batch(self, indices: Tensor, task_id: Tensor) -> TaskBatch:
-        x = _gather(self.dataset, indices.reshape(-1))
+        x = gather_inputs(self.dataset, indices.reshape(-1))
         x = x.reshape(*indices.shape, *x.shape[1:])
         return multitask_batch(x, self.local_labels[indices], self.num_classes, task_id)
 

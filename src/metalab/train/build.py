@@ -1,106 +1,118 @@
-"""Turn a resolved config into a learner and its task sources."""
+"""Turn a resolved config into a learner and the combiner of its tasks.
+
+The data decide what the config may leave out: `complete_model_config` fills the model's
+input and output sizes (``in_channels``, ``image_size``, ``in_features``, ``out_features``
+or ``num_classes``, ``out_channels``) from one batch of the training source, so a config
+names only what is a choice. The run directory saves the completed config, so a trained
+run is rebuilt without its data.
+"""
 
 from __future__ import annotations
 
+import copy
 import inspect
-import json
-from functools import lru_cache
 from typing import Any
 
-from metalab import datasets
-from metalab.algorithms import EMBEDDING_METHODS, MetaLearner, build_learner
-from metalab.datasets import GroupDataset
-from metalab.nn import build_model
-from metalab.tasks import (
-    EpisodeSampler,
-    GroupBatchSampler,
-    GroupEvalSampler,
-    Sinusoid,
-    TaskSource,
-)
+from metalab.algorithms import EMBEDDING_METHODS, INNER_LOOP_METHODS, MetaLearner, build_learner
+from metalab.nn import MODELS, build_model, inner_parameter_names
+from metalab.tasks import TaskSource
+from metalab.train.sources import REGRESSION_FAMILIES, build_task_source, is_regression
 
-REGRESSION_FAMILIES = {"sinusoid": Sinusoid}
-SAMPLER_KEYS = {"name", "root", "ways", "shots", "queries", "shuffle_labels", "train_split",
-                "val_split", "test_split", "support_size", "sampling", "distinct_groups"}
+__all__ = ["REGRESSION_FAMILIES", "build_combiner_for", "build_meta_learner",
+           "build_task_source", "complete_model_config", "is_regression"]
+
+SIZE_KEYS = ("in_channels", "image_size", "in_features", "out_features", "num_classes",
+             "ways", "out_channels")
 
 
-def is_regression(config: dict[str, Any]) -> bool:
-    return config["data"]["name"] in REGRESSION_FAMILIES
+def _accepted(model_name: str) -> set[str]:
+    if model_name not in MODELS:
+        raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {model_name!r}")
+    return set(inspect.signature(MODELS[model_name]).parameters)
+
+
+def _config_sizes(config: dict[str, Any]) -> dict[str, Any]:
+    """Sizes the config itself gives (episodes: ``ways`` outputs); no data is read."""
+    data = config["data"]
+    episodic = not is_regression(config) and not {"support_size", "batch_size"} & set(data)
+    if episodic and "ways" in data:
+        return {"outputs": data["ways"], **_named_sizes(data["ways"])}
+    return {}
+
+
+def _named_sizes(outputs: Any) -> dict[str, Any]:
+    return {key: outputs for key in ("out_features", "num_classes", "ways")}
+
+
+def _data_sizes(config: dict[str, Any]) -> dict[str, Any]:
+    """Input and output sizes of the training data, read from one batch."""
+    source = build_task_source(config, "train", 1, seed=0)
+    batch = source.sample()
+    x_shape, y_shape = tuple(batch.query_x.shape[2:]), tuple(batch.query_y.shape[2:])
+    sizes: dict[str, Any] = {}
+    if len(x_shape) == 3:
+        sizes.update(in_channels=x_shape[0], image_size=x_shape[-1])
+    elif len(x_shape) == 1:
+        sizes["in_features"] = x_shape[0]
+    if batch.num_classes is None:  # regression: a vector target or a map of channels
+        sizes["outputs"] = y_shape[0] if y_shape else 1
+        if len(y_shape) == 3:
+            sizes["out_channels"] = y_shape[0]
+    else:
+        per_task = getattr(source, "classes_per_task", None)
+        sizes["outputs"] = list(per_task) if per_task is not None else batch.num_classes
+    return sizes
+
+
+def complete_model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the model's size arguments it leaves out filled from the data.
+
+    Sizes the config gives are kept. ProtoNet's embedding gets ``out_features: null``;
+    ARM-CML's prediction network gets the image channels plus the context channels.
+    """
+    config = copy.deepcopy(config)
+    model, algorithm = config["model"], config["algorithm"]
+    accepted = _accepted(model["name"])
+    if algorithm["name"] in EMBEDDING_METHODS and "out_features" in accepted:
+        model.setdefault("out_features", None)
+    missing = [key for key in SIZE_KEYS if key in accepted and key not in model]
+    if not missing:
+        return config
+    sizes = _config_sizes(config)
+    if any(key not in sizes for key in missing):
+        sizes = _data_sizes(config)
+    if algorithm["name"] == "arm-cml" and "in_channels" in sizes:
+        algorithm.setdefault("image_channels", sizes["in_channels"])
+        sizes["in_channels"] += algorithm.get("context_channels", 12)
+    sizes.update(_named_sizes(sizes["outputs"]))
+    for key in missing:
+        if key in sizes:
+            model[key] = sizes[key]
+    return config
 
 
 def build_meta_learner(config: dict[str, Any]) -> MetaLearner:
-    """The model of ``config['model']`` wrapped by the method of ``config['algorithm']``."""
+    """The model of ``config['model']`` wrapped by the method of ``config['algorithm']``.
+
+    Inner-loop methods on a model with MSR layers adapt all but the sharing matrices
+    (`inner_parameter_names`) unless ``algorithm.adapt`` says otherwise.
+    """
+    config = complete_model_config(config)
     algorithm = dict(config["algorithm"])
     name = algorithm.pop("name")
     model_kwargs = dict(config["model"])
     model_name = model_kwargs.pop("name")
-    if name in EMBEDDING_METHODS:
-        model_kwargs.setdefault("out_features", None)
-    elif is_regression(config):
-        model_kwargs.setdefault("out_features", 1)
+    if is_regression(config) and name not in EMBEDDING_METHODS:
         algorithm.setdefault("loss", "mse")
-    else:
-        model_kwargs.setdefault("out_features", config["data"]["ways"])
     try:
         model = build_model(model_name, **model_kwargs)
+        if name in INNER_LOOP_METHODS and "adapt" not in algorithm:
+            adapted = inner_parameter_names(model)
+            if len(adapted) < len(list(model.parameters())):
+                algorithm["adapt"] = adapted
         return build_learner(name, model, **algorithm)
     except TypeError as error:
         raise ValueError(f"config for {name!r} with model {model_name!r}: {error}") from error
-
-
-@lru_cache(maxsize=8)
-def _cached_dataset(name: str, split: str, root: str | None, options_json: str):
-    return datasets.build(name, split=split, root=root, **json.loads(options_json))
-
-
-def _dataset(name: str, split: str, root: str | None, options: dict[str, Any]):
-    """Datasets are built once per process (train, val and test sources share them)."""
-    return _cached_dataset(name, split, root, json.dumps(options, sort_keys=True))
-
-
-def _group_source(data: dict[str, Any], dataset: GroupDataset, split: str, tasks_per_batch: int,
-                  seed: int, support_size: int | None) -> TaskSource:
-    """Training: batches of several groups drawn as ``data.sampling`` says; evaluation:
-    batches of one group each, cycling through the groups (``support_size`` examples, by
-    default ``data.support_size``)."""
-    if split == "train":
-        return GroupBatchSampler(dataset, tasks_per_batch, data["support_size"],
-                                 sampling=data.get("sampling", "frequency"),
-                                 distinct_groups=data.get("distinct_groups", False), seed=seed)
-    size = data["support_size"] if support_size is None else support_size
-    return GroupEvalSampler(dataset, size, groups_per_batch=tasks_per_batch, seed=seed)
-
-
-def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
-                      queries: int | None = None, support_size: int | None = None
-                      ) -> TaskSource:
-    """A seeded task source for ``split`` ("train", "val" or "test") of ``config['data']``.
-
-    ``queries`` (episodes) and ``support_size`` (group batches) override the config's
-    for evaluation.
-    """
-    data = config["data"]
-    queries = data.get("queries") if queries is None else queries
-    if is_regression(config):
-        options = {k: v for k, v in data.items() if k not in SAMPLER_KEYS}
-        return REGRESSION_FAMILIES[data["name"]](
-            shots=data["shots"], queries=queries, tasks_per_batch=tasks_per_batch, seed=seed,
-            **options)
-    if "support_size" in data:  # group shift: tasks are unlabelled batches of one group
-        options = {k: v for k, v in data.items() if k not in SAMPLER_KEYS}
-        dataset = _dataset(data["name"], data[f"{split}_split"], data.get("root"), options)
-        if not isinstance(dataset, GroupDataset):
-            raise ValueError(f"data.support_size is for group datasets, and {data['name']!r} "
-                             f"has no groups; use data.ways/shots/queries for episodes")
-        return _group_source(data, dataset, split, tasks_per_batch, seed, support_size)
-    for key in ("ways", "shots", "queries"):
-        if key not in data:
-            raise ValueError(f"config needs data.{key} for an episodic dataset")
-    options = {k: v for k, v in data.items() if k not in SAMPLER_KEYS}
-    dataset = _dataset(data["name"], data[f"{split}_split"], data.get("root"), options)
-    return EpisodeSampler(dataset, ways=data["ways"], shots=data["shots"], queries=queries,
-                          tasks_per_batch=tasks_per_batch,
-                          shuffle_labels=data["shuffle_labels"], seed=seed)
 
 
 def build_combiner_for(config: dict[str, Any], source: TaskSource):

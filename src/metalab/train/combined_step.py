@@ -99,7 +99,11 @@ class CombinedStep:
         learner: the method; its trainable parameters receive ``.grad``.
         combiner: a `metalab.combiners.Combiner`.
         combine_params: ``"all"`` or ``"shared"`` (``learner.shared_parameter_names()``).
-        task_chunk: tasks whose graphs are held at once while building ``G``.
+        task_chunk: tasks whose graphs are held at once while building ``G`` (``None``:
+            one, since each row is a separate backward pass anyway).
+
+    The learner's `regularizer` (a term of the meta-parameters alone) is not a task: its
+    gradient is added once, after the tasks are combined.
     """
 
     def __init__(self, learner: MetaLearner, combiner: nn.Module, combine_params: str = "all",
@@ -136,20 +140,38 @@ class CombinedStep:
                       or self.task_chunk is not None or distributed.world_size() > 1)
         if not needs_rows:
             return self._weighted_backward(batch)
-        rows = task_gradients(self.learner, batch, self.parameters, self.task_chunk)
+        # One task per backward by default: a per-task `autograd.grad` through a graph of
+        # the whole batch traverses every task's part of it, T times the work.
+        chunk = 1 if self.task_chunk is None else self.task_chunk
+        rows = task_gradients(self.learner, batch, self.parameters, chunk)
         rows = self._gather(rows)
         task_ids = distributed.all_gather_tasks(batch.task_id) if batch.task_id is not None \
             else None
         self._write(self._update(rows, task_ids))
+        metrics = dict(rows.metrics)
+        regularizer = self.learner.regularizer()
+        if regularizer is not None:  # the same in every process: added after the gather
+            regularizer.backward()
+            metrics.update(self._regularizer_summary(metrics["loss"], regularizer))
         if keep_gradients:
             self.last_gradients = rows
-        return rows.metrics
+        return metrics
+
+    def _regularizer_summary(self, query_loss: float, regularizer: Tensor) -> dict[str, float]:
+        return {"query_loss": query_loss, **self.learner.regularizer_metrics(),
+                "loss": query_loss + regularizer.item()}
 
     def _weighted_backward(self, batch: TaskBatch) -> dict[str, float]:
         losses, metrics = self.learner.training_losses(batch)
         weights = loss_weights(self.combiner, losses, batch.task_id)
-        (weights * losses).sum().backward()
-        return _task_weighted([{"loss": losses, **metrics}], len(batch))
+        total = (weights * losses).sum()
+        summary = _task_weighted([{"loss": losses, **metrics}], len(batch))
+        regularizer = self.learner.regularizer()
+        if regularizer is not None:
+            total = total + regularizer
+            summary.update(self._regularizer_summary(summary["loss"], regularizer))
+        total.backward()
+        return summary
 
     def _gather(self, rows: TaskGradients) -> TaskGradients:
         if distributed.world_size() == 1:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from metalab.algorithms import MetaLearner
-from metalab.tasks import TaskSource
+from metalab.tasks import TaskBatch, TaskSource
 
 LOWER_IS_BETTER = {"mse", "loss"}
 
@@ -38,12 +39,13 @@ class Evaluator:
                  ) -> dict[str, torch.Tensor]:
         """Per-task values of every metric (and ``loss``) over ``episodes`` tasks.
 
-        When the batches carry task ids (groups, multi-task heads), ``"task_id"`` holds them.
+        A source with a fixed evaluation set (``evaluation_batches()``, the multi-task
+        sources) is scored on all of it once, whatever ``episodes`` says. When the batches
+        carry task ids (groups, multi-task heads), ``"task_id"`` holds them.
         """
         collected: dict[str, list[torch.Tensor]] = {}
-        seen = 0
-        while seen < self.episodes:
-            batch = source.sample().to(device)
+        for batch in self._batches(source):
+            batch = batch.to(device)
             if dtype is not None:
                 batch = batch.to(dtype)
             losses, metrics = learner.task_losses(batch, training=False)
@@ -52,15 +54,27 @@ class Evaluator:
                 values_of["task_id"] = batch.task_id
             for name, values in values_of.items():
                 collected.setdefault(name, []).append(values.detach().cpu())
+        limit = None if hasattr(source, "evaluation_batches") else self.episodes
+        return {name: torch.cat(parts)[:limit] for name, parts in collected.items()}
+
+    def _batches(self, source: TaskSource) -> Iterator[TaskBatch]:
+        if hasattr(source, "evaluation_batches"):
+            yield from source.evaluation_batches()
+            return
+        seen = 0
+        while seen < self.episodes:
+            batch = source.sample()
+            yield batch
             seen += len(batch)
-        return {name: torch.cat(parts)[: self.episodes] for name, parts in collected.items()}
 
     def evaluate(self, learner: MetaLearner, source: TaskSource,
                  device: torch.device | str = "cpu", dtype: torch.dtype | None = None
                  ) -> dict[str, float | int | str]:
         """``{"metric", "mean", "ci95", "episodes"}`` for the learner's main metric.
 
-        With task ids (groups, tasks of a multi-task model) it adds `group_summary`'s keys.
+        When the source names its groups or tasks (group data, multi-task data; see
+        `group_names`) it adds `group_summary`'s keys. Task ids without names (a regression
+        family's task index) get no per-group table.
         """
         was_training = learner.training
         learner.eval()
@@ -70,20 +84,33 @@ class Evaluator:
             learner.train(was_training)
         metric = learner.metric_name
         mean, ci95 = mean_ci95(values[metric])
-        result = {"metric": metric, "mean": mean, "ci95": ci95, "episodes": self.episodes}
-        if "task_id" in values:
-            result.update(group_summary(values[metric], values["task_id"], metric))
+        result = {"metric": metric, "mean": mean, "ci95": ci95,
+                  "episodes": int(values[metric].numel())}
+        names = group_names(source)
+        if "task_id" in values and names is not None:
+            result.update(group_summary(values[metric], values["task_id"], metric, names))
         return result
 
 
-def group_summary(values: torch.Tensor, groups: torch.Tensor, metric: str = "accuracy"
-                  ) -> dict[str, Any]:
+def group_names(source: TaskSource) -> list[str] | None:
+    """Names of a source's groups or tasks (its dataset's groups, its task names)."""
+    dataset = getattr(source, "dataset", None)
+    names = getattr(source, "task_names", None)
+    for attribute in ("group_names", "task_names"):
+        if names is None:
+            names = getattr(dataset, attribute, None)
+    return None if names is None else [str(name) for name in names]
+
+
+def group_summary(values: torch.Tensor, groups: torch.Tensor, metric: str = "accuracy",
+                  names: list[str] | None = None) -> dict[str, Any]:
     """Average and worst-group ``metric`` over evaluation batches labelled by ``groups``.
 
     ``average_<metric>`` is the mean over all batches (the per-group average when every
     group has the same number of batches) with its 95% CI; ``worst_group_<metric>`` is the
     lowest per-group mean (the highest for an error such as ``mse`` or ``loss``), with that
-    group's CI; ``per_group`` maps each group id to ``{"mean", "ci95", "batches"}``.
+    group's CI; ``per_group`` maps each group id to ``{"mean", "ci95", "batches"}`` (and
+    ``"name"``, with ``names``).
     """
     if values.shape != groups.shape or values.dim() != 1:
         raise ValueError(f"values and groups must be 1-D of the same length, got "
@@ -95,6 +122,8 @@ def group_summary(values: torch.Tensor, groups: torch.Tensor, metric: str = "acc
         mean, ci95 = mean_ci95(values[groups == group])
         per_group[int(group)] = {"mean": mean, "ci95": ci95,
                                  "batches": int((groups == group).sum())}
+        if names is not None:
+            per_group[int(group)]["name"] = names[int(group)]
     lower_is_better = metric in LOWER_IS_BETTER
     worst = (max if lower_is_better else min)(per_group, key=lambda g: per_group[g]["mean"])
     mean, ci95 = mean_ci95(values)

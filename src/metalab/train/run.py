@@ -15,7 +15,12 @@ import yaml
 
 from metalab.algorithms import MetaLearner
 from metalab.train import distributed
-from metalab.train.build import build_combiner_for, build_meta_learner, build_task_source
+from metalab.train.build import (
+    build_combiner_for,
+    build_meta_learner,
+    build_task_source,
+    complete_model_config,
+)
 from metalab.train.checkpoint import atomic_write_text, load_checkpoint
 from metalab.train.config import ConfigError, resolve, save_config
 from metalab.train.evaluator import Evaluator
@@ -73,8 +78,9 @@ def make_trainer(config: dict[str, Any], run_dir: str | Path) -> Trainer:
 def train_run(config: dict[str, Any], run_dir: str | Path, resume: bool = False) -> Trainer:
     """Meta-train ``config`` into ``run_dir`` (new and empty, or a run to resume)."""
     run_dir = Path(run_dir)
+    config = complete_model_config(config)
     if resume:
-        saved = read_run_config(run_dir)
+        saved = complete_model_config(read_run_config(run_dir))
         changed = sorted(f"{s}.{k}" for s in saved for k in set(saved[s]) | set(config[s])
                          if saved[s].get(k) != config[s].get(k)
                          and f"{s}.{k}" not in {"train.steps", "train.progress"})
@@ -111,10 +117,19 @@ def load_run(run_dir: str | Path) -> MetaLearner:
 
 
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = "test",
-                 inner_steps: int | None = None, seed: int | None = None) -> dict[str, Any]:
-    """Meta-test ``run_dir`` on ``split`` and write ``eval.json`` (``eval-<split>.json``)."""
+                 inner_steps: int | None = None, seed: int | None = None,
+                 support_size: int | None = None) -> dict[str, Any]:
+    """Meta-test ``run_dir`` on ``split`` and write ``eval.json`` (``eval-<split>.json``).
+
+    ``support_size`` (group data) sets the number of unlabelled examples in each test
+    batch, for the test-batch-size ablation; the result goes to
+    ``eval-<split>-support<N>.json``.
+    """
     run_dir = Path(run_dir)
     config, learner, step = _restore(run_dir)
+    if support_size is not None and "support_size" not in config["data"]:
+        raise ValueError("support_size is for group data (a config with data.support_size); "
+                         f"{config['data']['name']!r} has none")
     evaluation = config["eval"]
     inner_steps = evaluation.get("inner_steps") if inner_steps is None else inner_steps
     if inner_steps is not None:
@@ -124,12 +139,15 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = 
     episodes = evaluation["episodes"] if episodes is None else episodes
     source = build_task_source(config, split, evaluation["batch_size"],
                                seed=evaluation["seed"] if seed is None else seed,
-                               queries=evaluation.get("queries"))
+                               queries=evaluation.get("queries"), support_size=support_size)
     result = Evaluator(episodes).evaluate(learner, source, config["train"]["device"],
                                           _dtype(config))
     result.update({"split": split, "step": step})
     if inner_steps is not None:
         result["inner_steps"] = int(inner_steps)
-    name = "eval.json" if split == "test" else f"eval-{split}.json"
-    atomic_write_text(run_dir / name, json.dumps(result, indent=2) + "\n")
+    name = "eval" if split == "test" else f"eval-{split}"
+    if support_size is not None:
+        result["support_size"] = int(support_size)
+        name = f"eval-{split}-support{int(support_size)}"
+    atomic_write_text(run_dir / f"{name}.json", json.dumps(result, indent=2) + "\n")
     return result

@@ -1,0 +1,156 @@
+"""Task sources from the ``data`` section of a config.
+
+The keys of ``data`` say which kind of source it is:
+
+- a task family by name (``sinusoid``, ``nme-sinusoid``, ``translation-equivariant``,
+  ``rotation-equivariant``): tasks generated on the fly or from a seeded pool;
+- ``support_size``: group shift; a task is an unlabelled batch of one group's examples
+  (`GroupBatchSampler` for training, `GroupEvalSampler` cycling through the groups for
+  evaluation);
+- ``batch_size``: multi-task learning; every step holds a batch for each task, from a
+  dataset labelled for every task (``labels [N, T]``, e.g. MultiMNIST) or a dataset whose
+  classes are partitioned into tasks (``partition_by: alphabet, tasks: 20``);
+- otherwise ``ways``, ``shots``, ``queries``: N-way K-shot episodes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from functools import lru_cache
+from typing import Any
+
+from metalab import datasets
+from metalab.datasets import GroupDataset
+from metalab.tasks import (
+    EpisodeSampler,
+    GroupBatchSampler,
+    GroupEvalSampler,
+    MultiLabelSource,
+    NonMutuallyExclusiveSinusoid,
+    PartitionedTaskSource,
+    RotationEquivariantTasks,
+    Sinusoid,
+    TaskSource,
+    TranslationEquivariantTasks,
+    partition_by_info,
+    split_per_class,
+)
+
+REGRESSION_FAMILIES = {
+    "sinusoid": Sinusoid,
+    "nme-sinusoid": NonMutuallyExclusiveSinusoid,
+    "translation-equivariant": TranslationEquivariantTasks,
+    "rotation-equivariant": RotationEquivariantTasks,
+}
+# Keys of ``data`` read by the task sources; the rest are options of the dataset or family.
+SAMPLER_KEYS = {"name", "root", "ways", "shots", "queries", "shuffle_labels", "train_split",
+                "val_split", "test_split", "support_size", "sampling", "distinct_groups",
+                "batch_size", "partition_by", "tasks", "held_out"}
+
+
+def is_regression(config: dict[str, Any]) -> bool:
+    return config["data"]["name"] in REGRESSION_FAMILIES
+
+
+def _options(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in SAMPLER_KEYS}
+
+
+@lru_cache(maxsize=8)
+def _cached_dataset(name: str, split: str, root: str | None, options_json: str):
+    return datasets.build(name, split=split, root=root, **json.loads(options_json))
+
+
+def _dataset(data: dict[str, Any], split: str):
+    """Datasets are built once per process (train, val and test sources share them)."""
+    return _cached_dataset(data["name"], split, data.get("root"),
+                           json.dumps(_options(data), sort_keys=True))
+
+
+def _family_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
+                   queries: int | None) -> TaskSource:
+    """A task family; families with splits get ``data.<split>_split``."""
+    family = REGRESSION_FAMILIES[data["name"]]
+    kwargs = _options(data)
+    if "split" in inspect.signature(family).parameters:
+        kwargs["split"] = data[f"{split}_split"]
+    for key, value in (("shots", data.get("shots")), ("queries", queries)):
+        if value is not None:
+            kwargs[key] = value
+    try:
+        return family(tasks_per_batch=tasks_per_batch, seed=seed, **kwargs)
+    except TypeError as error:
+        raise ValueError(f"data for task family {data['name']!r}: {error}") from error
+
+
+def _group_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
+                  support_size: int | None) -> TaskSource:
+    """Training: batches of several groups drawn as ``data.sampling`` says; evaluation:
+    batches of one group each, cycling through the groups (``support_size`` examples, by
+    default ``data.support_size``)."""
+    dataset = _dataset(data, data[f"{split}_split"])
+    if not isinstance(dataset, GroupDataset):
+        raise ValueError(f"data.support_size is for group datasets, and {data['name']!r} "
+                         f"has no groups; use data.ways/shots/queries for episodes")
+    if split == "train":
+        return GroupBatchSampler(dataset, tasks_per_batch, data["support_size"],
+                                 sampling=data.get("sampling", "frequency"),
+                                 distinct_groups=data.get("distinct_groups", False), seed=seed)
+    size = data["support_size"] if support_size is None else support_size
+    return GroupEvalSampler(dataset, size, groups_per_batch=tasks_per_batch, seed=seed)
+
+
+def _multitask_source(data: dict[str, Any], split: str, seed: int) -> TaskSource:
+    """One batch of ``data.batch_size`` examples per task at every step.
+
+    With ``partition_by`` the classes of the dataset (``data.train_split``, default
+    ``all``) are assigned to ``tasks`` tasks by that ``class_info`` key, and ``held_out``
+    examples of every class are kept for evaluation (the val and test splits).
+    """
+    if "partition_by" not in data:
+        dataset = _dataset(data, data[f"{split}_split"])
+        return MultiLabelSource(dataset, data["batch_size"], seed=seed)
+    dataset = _dataset(data, data["train_split"])
+    partition, names = partition_by_info(dataset, data["partition_by"], data.get("tasks", 20))
+    train, held_out = _held_out_split(dataset, data.get("held_out", 5))
+    return PartitionedTaskSource(train if split == "train" else held_out, partition,
+                                 data["batch_size"], seed=seed, task_names=names)
+
+
+@lru_cache(maxsize=4)
+def _held_out_split(dataset, held_out: int):
+    return split_per_class(dataset, held_out, seed=0)
+
+
+def _episode_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
+                    queries: int | None) -> TaskSource:
+    for key in ("ways", "shots", "queries"):
+        if key not in data:
+            raise ValueError(f"config needs data.{key} for an episodic dataset (or "
+                             f"data.support_size for group data, data.batch_size for "
+                             f"multi-task data)")
+    dataset = _dataset(data, data[f"{split}_split"])
+    return EpisodeSampler(dataset, ways=data["ways"], shots=data["shots"], queries=queries,
+                          tasks_per_batch=tasks_per_batch,
+                          shuffle_labels=data["shuffle_labels"], seed=seed)
+
+
+def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
+                      queries: int | None = None, support_size: int | None = None
+                      ) -> TaskSource:
+    """A seeded task source for ``split`` ("train", "val" or "test") of ``config['data']``.
+
+    ``queries`` (episodes, task families) and ``support_size`` (group batches) override
+    the config's for evaluation. Multi-task sources hold every task in each batch, so
+    ``tasks_per_batch`` does not apply to them.
+    """
+    data = config["data"]
+    queries = data.get("queries") if queries is None else queries
+    if is_regression(config):
+        return _family_source(data, split, tasks_per_batch, seed, queries)
+    if "support_size" in data:
+        return _group_source(data, split, tasks_per_batch, seed, support_size)
+    if "batch_size" in data:
+        return _multitask_source(data, split, seed)
+    return _episode_source(data, split, tasks_per_batch, seed, queries)
