@@ -51,6 +51,27 @@ def test_info_reports_missing_files_with_exit_code(
     assert "train-images-idx3-ubyte: missing" in out and "unavailable" in out
 
 
+def test_info_for_group_and_multitask_data(capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("info", "rotated-digits") == 0
+    assert "14 of 14 groups" in capsys.readouterr().out
+    assert run("info", "multimnist", "--json") == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["splits"]["test"]["tasks"] == ["left", "right"]
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("femnist", "missing ({train,val,test}/*.json or all_data/*.json)"),
+    ("cifar10-c", "the test groups are generated from CIFAR-10 instead"),
+    ("rotated-mnist", "train-images-idx3-ubyte: missing"),
+])
+def test_info_names_the_missing_files_of_group_data(
+    name: str, expected: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("info", name, "--root", str(tmp_path)) == 1
+    out = capsys.readouterr().out
+    assert expected in out and "unavailable" in out
+
+
 @pytest.mark.skipif(not OMNIGLOT.is_dir(), reason=f"real Omniglot subsets not at {OMNIGLOT}")
 def test_info_omniglot_checksums(capsys: pytest.CaptureFixture[str]) -> None:
     options = ["--option", "split_by=alphabet", "--option", "train_sources=[small2]"]

@@ -141,3 +141,17 @@ def test_one_shot_tasks_are_learnable_but_not_trivial(default_build: dict) -> No
         total += 5
     accuracy = correct / total
     assert 0.35 < accuracy < 0.9, accuracy
+
+
+def test_atomic_files_get_the_mode_of_a_normally_written_file(tmp_path):
+    import os
+    import stat
+
+    from metalab.datasets.atomic import atomic_file, default_file_mode
+
+    with atomic_file(tmp_path / "result.json") as tmp:
+        tmp.write_text("{}")
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    mode = stat.S_IMODE(os.stat(tmp_path / "result.json").st_mode)
+    assert mode == stat.S_IMODE(os.stat(plain).st_mode) == default_file_mode()

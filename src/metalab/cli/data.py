@@ -145,7 +145,14 @@ def _print_info(report: dict[str, Any]) -> None:
         if "error" in summary:
             print(f"  {split}: unavailable: {summary['error']}")
             continue
-        parts = [f"{summary['classes']} classes", f"{summary['images']} images"]
+        parts = [f"{summary['images']} images"]
+        if "classes" in summary:
+            parts.insert(0, f"{summary['classes']} classes")
+        if "tasks" in summary:
+            parts.insert(0, f"tasks {', '.join(summary['tasks'])} with "
+                            f"{'/'.join(map(str, summary['classes_per_task']))} classes")
+        if "groups" in summary:
+            parts.append(f"{summary['groups_with_images']} of {summary['groups']} groups")
         if "alphabets" in summary:
             parts.insert(0, f"{summary['alphabets']} alphabets")
         if "image_shape" in summary:

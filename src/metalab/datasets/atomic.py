@@ -17,6 +17,13 @@ from typing import Any
 import torch
 
 
+def default_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: ``0o666`` less the umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success it is renamed to ``path``."""
@@ -29,6 +36,7 @@ def atomic_file(path: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with tmp.open("rb") as written:  # on disk before the rename makes it visible
             os.fsync(written.fileno())
+        os.chmod(tmp, default_file_mode())  # mkstemp's 0600, as if opened normally
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)

@@ -120,6 +120,12 @@ class MultiMNIST(Dataset):
         """Float images ``[B, 1, H, W]`` of many composites in one gather."""
         return to_float(self.images[torch.as_tensor(indices, dtype=torch.long)])
 
+    def summary(self) -> dict:
+        """Counts that describe the dataset (used by ``metalab data info``)."""
+        return {"split": self.split, "images": len(self), "image_shape": list(self.image_shape),
+                "tasks": list(self.task_names), "classes_per_task": list(self.classes_per_task),
+                "source": getattr(self, "source", None)}
+
     def __repr__(self) -> str:
         return (f"MultiMNIST(split={self.split!r}, images={len(self)}, "
                 f"shape={list(self.image_shape)}, tasks={list(self.task_names)})")
