@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,8 +36,8 @@ from .corruptions import (
     CORRUPTIONS,
     SEVERITIES,
     CorruptedDataset,
-    _check_severity,
     corruption_groups,
+    group_list,
     group_seed,
 )
 from .errors import CorruptDatasetError, MissingDatasetError
@@ -182,22 +183,12 @@ def file_groups(corruptions: Sequence[str | tuple[str, int]],
                 severities: Sequence[int] = SEVERITIES) -> list[tuple[str, int]]:
     """``(corruption, severity)`` groups: each name at every one of ``severities``, pairs as
     given. Any file name is a valid corruption (CIFAR-10-C has fog, snow, ...)."""
-    if isinstance(corruptions, str) or not len(corruptions):
-        raise ValueError(
-            "corruptions must be a non-empty list of names or (name, severity) pairs, "
-            f"got {corruptions!r}"
-        )
-    groups = []
-    for item in corruptions:
-        pairs = [(item, s) for s in severities] if isinstance(item, str) else [tuple(item)]
-        for name, severity in pairs:
-            if not isinstance(name, str) or not name or "/" in name or name == "labels":
-                raise ValueError(f"not a CIFAR-10-C corruption name: {name!r}")
-            _check_severity(severity)
-            groups.append((name, int(severity)))
-    if len(set(groups)) != len(groups):
-        raise ValueError(f"corruption groups must be distinct, got {groups}")
-    return groups
+    return group_list(corruptions, severities, check_name=_check_file_name)
+
+
+def _check_file_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or "/" in name or name == "labels":
+        raise ValueError(f"not a CIFAR-10-C corruption name: {name!r}")
 
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:

@@ -512,8 +512,11 @@ def corruption_groups(split: str, channels: int = 3) -> list[tuple[str, int]]:
     return groups
 
 
-def _group_list(corruptions: Sequence[str | tuple[str, int]],
-                severities: Sequence[int]) -> list[tuple[str, int]]:
+def group_list(corruptions: Sequence[str | tuple[str, int]], severities: Sequence[int],
+               check_name: Callable[[Any], None] | None = None) -> list[tuple[str, int]]:
+    """Distinct ``(corruption, severity)`` groups: each name at every one of ``severities``,
+    pairs as given. ``check_name`` validates a name (default: one of the library's
+    corruptions)."""
     if isinstance(corruptions, str) or not len(corruptions):
         raise ValueError(
             "corruptions must be a non-empty list of names or (name, severity) pairs, "
@@ -523,15 +526,17 @@ def _group_list(corruptions: Sequence[str | tuple[str, int]],
     for item in corruptions:
         pairs = [(item, s) for s in severities] if isinstance(item, str) else [tuple(item)]
         for name, severity in pairs:
-            if name not in CORRUPTIONS:
-                raise ValueError(
-                    f"unknown corruption {name!r}; available: {available_corruptions()}"
-                )
+            (check_name or _check_known)(name)
             _check_severity(severity)
             groups.append((name, int(severity)))
     if len(set(groups)) != len(groups):
         raise ValueError(f"corruption groups must be distinct, got {groups}")
     return groups
+
+
+def _check_known(name: Any) -> None:
+    if name not in CORRUPTIONS:
+        raise ValueError(f"unknown corruption {name!r}; available: {available_corruptions()}")
 
 
 def group_seed(seed: int, name: str, severity: int) -> int:
@@ -567,7 +572,7 @@ class CorruptedDataset(GroupDataset):
                 f"dataset must be an ImageDataset with uint8 images [N, C, H, W]; "
                 f"{type(dataset).__name__} has none"
             )
-        groups = _group_list(corruptions, severities)
+        groups = group_list(corruptions, severities)
         size = len(dataset)
         if images_per_group is not None and not 1 <= images_per_group <= size:
             raise ValueError(
