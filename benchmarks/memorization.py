@@ -18,6 +18,14 @@ Across seeds: mean and Student-t 95% interval of the per-seed means.
 
     OMP_NUM_THREADS=1 python benchmarks/memorization.py             # full run, ~40 min
     OMP_NUM_THREADS=1 python benchmarks/memorization.py --smoke     # a few seconds
+
+The authors' MR-MAML(W) notebook configuration (meta-batch 1 x 15000 steps, sigma pinned at
+1.19e-7, a new Adam at every step, its initialisation):
+
+    OMP_NUM_THREADS=1 python benchmarks/memorization.py --families sinusoid \
+        --methods "MR-MAML(W)" --seeds 2 --out /tmp/notebook_w.json --set \
+        sinusoid.tasks_per_batch=1 sinusoid.steps=15000 sinusoid.w_sigma=notebook \
+        sinusoid.init=notebook sinusoid.optimizer=adam_per_step
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ from torch import nn
 from metalab import datasets
 from metalab.algorithms import ANIL, MAML, MetaLearner
 from metalab.algorithms.memorization import support_swap_loss
-from metalab.algorithms.mr_maml import MRMAMLA, MRMAMLW, BodyHead
+from metalab.algorithms.mr_maml import FLOAT32_EPS, MRMAMLA, MRMAMLW, BodyHead
 from metalab.nn import MLP
 from metalab.tasks import TaskSource
 from metalab.tasks.memorization import (
@@ -73,6 +81,16 @@ class Settings:
     test_tasks: int
     swap_tasks: int
     eval_batch: int = 25
+    # Opt-in notebook options (``--set sinusoid.KEY=VALUE``); the defaults are unchanged:
+    # w_sigma: "exp" (sigma = exp(s), s from -6) or "notebook" (sigma = float32 eps +
+    #   softplus(rho), rho from -50: TFP's parametrization, sigma stays at 1.19e-7);
+    # init: "torch" (PyTorch defaults) or "notebook" (sinusoid nets only: Bayesian-layer
+    #   kernels and biases ~ N(0, 0.1^2), other layers Glorot-uniform kernels, zero biases);
+    # optimizer: "adam" or "adam_per_step" (the MR-MAML(W) notebook builds a new keras Adam
+    #   at every step, see `AdamPerStep`).
+    w_sigma: str = "exp"
+    init: str = "torch"
+    optimizer: str = "adam"
 
 
 SETTINGS = {
@@ -90,18 +108,68 @@ SETTINGS = {
 
 
 # -- models and learners ----------------------------------------------------------------
+class AdamPerStep(torch.optim.Optimizer):
+    """Adam whose state is new at every step, as ``keras.optimizers.Adam(lr).apply_gradients``
+    called inside the training loop (the authors' MR-MAML(W) sinusoid notebook).
+
+    With zero moments the first Adam step of keras (TF 2.0) is
+    ``lr * g / (|g| + eps / sqrt(1 - beta2))``: nearly ``lr * sign(g)`` for every entry with
+    ``|g|`` above ``3.2e-6``, however small the gradient (e.g. a weight decay's).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, eps: float = 1e-7, beta2: float = 0.999):
+        super().__init__(params, dict(lr=lr, eps=eps, beta2=beta2))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None if closure is None else closure()
+        for group in self.param_groups:
+            floor = group["eps"] / math.sqrt(1.0 - group["beta2"])
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.addcdiv_(p.grad, p.grad.abs() + floor, value=-group["lr"])
+        return loss
+
+
+def notebook_init(module: nn.Module, bayesian: bool = False) -> nn.Module:
+    """The notebook's initialisation of its linear layers: keras ``Dense`` (Glorot-uniform
+    kernel, zero bias) or, ``bayesian``, TFP ``DenseReparameterization`` (kernel mean and the
+    deterministic bias ~ N(0, 0.1^2))."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            if bayesian:
+                nn.init.normal_(layer.weight, std=0.1)
+                nn.init.normal_(layer.bias, std=0.1)
+            else:
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
+    return module
+
+
 def sinusoid_learners(s: Settings) -> dict[str, Callable[[], MetaLearner]]:
     """The notebook's networks: MAML adapts all of 21-40-40-1; the MR variants encode x
     (W: 21-100-5 with Gaussian kernels; A: 21-80-(5 means, 5 scales)) and adapt 5-40-40-1."""
     inner = dict(inner_lr=s.inner_lr, inner_steps=s.inner_steps,
                  eval_inner_steps=s.eval_inner_steps, loss="mse")
+    if s.init not in ("torch", "notebook"):
+        raise ValueError(f"init must be 'torch' or 'notebook', got {s.init!r}")
+    if s.w_sigma not in ("exp", "notebook"):
+        raise ValueError(f"w_sigma must be 'exp' or 'notebook', got {s.w_sigma!r}")
+
+    def net(module: nn.Module, bayesian: bool = False) -> nn.Module:
+        return notebook_init(module, bayesian) if s.init == "notebook" else module
+
+    sigma = (dict(sigma_transform="softplus", init_rho=-50.0, sigma_floor=FLOAT32_EPS)
+             if s.w_sigma == "notebook" else {})
     return {
-        "MAML": lambda: MAML(MLP(21, (40, 40), 1), **inner),
-        "ANIL (MR net, beta=0)": lambda: ANIL(BodyHead(MLP(21, (100,), 5), MLP(5, (40, 40), 1)),
-                                              **inner),
-        "MR-MAML(W)": lambda: MRMAMLW(BodyHead(MLP(21, (100,), 5), MLP(5, (40, 40), 1)),
-                                      beta=s.beta_w, **inner),
-        "MR-MAML(A)": lambda: MRMAMLA(BodyHead(MLP(21, (80,), 10), MLP(5, (40, 40), 1)),
+        "MAML": lambda: MAML(net(MLP(21, (40, 40), 1)), **inner),
+        "ANIL (MR net, beta=0)": lambda: ANIL(BodyHead(net(MLP(21, (100,), 5), True),
+                                                       net(MLP(5, (40, 40), 1))), **inner),
+        "MR-MAML(W)": lambda: MRMAMLW(BodyHead(net(MLP(21, (100,), 5), True),
+                                               net(MLP(5, (40, 40), 1))),
+                                      beta=s.beta_w, **sigma, **inner),
+        "MR-MAML(A)": lambda: MRMAMLA(BodyHead(net(MLP(21, (80,), 10)),
+                                               net(MLP(5, (40, 40), 1))),
                                       beta=s.beta_a, **inner),
     }
 
@@ -198,7 +266,7 @@ def weight_noise(learner: MetaLearner) -> dict | None:
     """For MR-MAML(W): median sigma and median |mu| of the stochastic weights, and the KL."""
     if not isinstance(learner, MRMAMLW):
         return None
-    sigma = torch.cat([s.detach().exp().flatten() for s in learner.log_sigmas.values()])
+    sigma = torch.cat([s.detach().flatten() for s in learner.sigmas().values()])
     body = dict(learner.model.body.named_parameters())
     mean = torch.cat([body[n].detach().abs().flatten() for n in learner.stochastic_names])
     return {"median_sigma": sigma.median().item(), "median_abs_mu": mean.median().item(),
@@ -216,9 +284,14 @@ def run_one(family: Family, s: Settings, name: str, seed: int, work: Path) -> di
     learner = family.learners[name]()
     run_dir = work / f"{name.replace(' ', '_').replace('/', '_')}-seed{seed}"
     started, cpu_started = time.perf_counter(), time.process_time()
-    Trainer(learner, family.train(s.tasks_per_batch, seed), run_dir, steps=s.steps,
-            lr=s.meta_lr, progress=False, seed=seed, log_every=max(1, s.steps // 20),
-            checkpoint_every=s.steps).fit()
+    trainer = Trainer(learner, family.train(s.tasks_per_batch, seed), run_dir, steps=s.steps,
+                      lr=s.meta_lr, progress=False, seed=seed,
+                      log_every=max(1, s.steps // 20), checkpoint_every=s.steps)
+    if s.optimizer == "adam_per_step":
+        trainer.optimizer = AdamPerStep(learner.parameters(), lr=s.meta_lr)
+    elif s.optimizer != "adam":
+        raise ValueError(f"optimizer must be 'adam' or 'adam_per_step', got {s.optimizer!r}")
+    trainer.fit()
     train_seconds = time.perf_counter() - started
     torch.manual_seed(TEST_SEED)  # the draws of stochastic learners at meta-test
     with vmapped(learner):

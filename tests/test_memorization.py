@@ -13,7 +13,13 @@ from torch import nn
 from helpers import ToyImages
 from metalab.algorithms import MAML
 from metalab.algorithms.memorization import derangement, support_swap_loss, swap_supports
-from metalab.algorithms.mr_maml import MRMAMLA, MRMAMLW, BodyHead, gaussian_kl_to_standard
+from metalab.algorithms.mr_maml import (
+    FLOAT32_EPS,
+    MRMAMLA,
+    MRMAMLW,
+    BodyHead,
+    gaussian_kl_to_standard,
+)
 from metalab.nn import MLP
 from metalab.tasks import TaskBatch
 from metalab.tasks.memorization import (
@@ -284,6 +290,49 @@ def test_mr_maml_a_second_order_meta_gradient_matches_finite_differences():
     _finite_difference_check(learner, _regression_batch(tasks=2, seed=2))
 
 
+def test_mr_maml_w_softplus_sigma_kl_sampling_and_meta_gradient():
+    learner = MRMAMLW(_body_head(seed=6), beta=0.4, sigma_transform="softplus", init_rho=-0.8,
+                      sigma_floor=0.05, **INNER)
+    assert not hasattr(learner, "log_sigmas")
+    assert set(learner.rhos) == {"body__0__weight", "head__weight"}
+    with torch.no_grad():  # distinct rhos per entry
+        for rho in learner.rhos.values():
+            rho.add_(torch.linspace(-1.0, 1.0, rho.numel(), dtype=rho.dtype).view_as(rho))
+    body = dict(learner.model.body.named_parameters())
+    for name, sigma in learner.sigmas().items():
+        assert torch.allclose(sigma, 0.05 + torch.log1p(torch.exp(learner.rhos[
+            learner._key(name)])), rtol=1e-14)
+    expected = sum(torch.distributions.kl_divergence(
+        torch.distributions.Normal(body[n], sigma),
+        torch.distributions.Normal(torch.zeros_like(body[n]), 1.0)).sum()
+        for n, sigma in learner.sigmas().items())
+    assert torch.allclose(learner.kl(), expected, rtol=1e-13)
+    torch.manual_seed(7)
+    drawn = learner._body_weights(sample=True)
+    torch.manual_seed(7)
+    for name, sigma in learner.sigmas().items():
+        noise = torch.randn_like(body[name])
+        assert torch.allclose(drawn[name], body[name] + sigma * noise, rtol=1e-14), name
+    _finite_difference_check(learner, _regression_batch(tasks=2, seed=6))
+
+
+def test_mr_maml_w_notebook_sigma_stays_at_the_floor_while_exp_sigma_grows():
+    """The notebook's ``eps + softplus(-50)`` gets no gradient; ``exp`` at the same sigma does."""
+    softplus = MRMAMLW(_body_head(seed=8), beta=5e-5, sigma_transform="softplus",
+                       init_rho=-50.0, sigma_floor=FLOAT32_EPS, **INNER)
+    exp = MRMAMLW(_body_head(seed=8), beta=5e-5, init_log_sigma=math.log(FLOAT32_EPS), **INNER)
+    for learner, raw in ((softplus, softplus.rhos), (exp, exp.log_sigmas)):
+        for sigma in learner.sigmas().values():
+            assert torch.allclose(sigma, torch.full_like(sigma, FLOAT32_EPS), rtol=1e-12)
+        grads = torch.autograd.grad(learner.regularizer(), list(raw.values()))
+        if learner is softplus:
+            assert max(float(g.abs().max()) for g in grads) < 1e-18  # ~ beta * 2e-22 / 1.2e-7
+        else:  # d/ds beta * (exp(2 s) / 2 - s) = beta * (sigma^2 - 1)
+            for g in grads:
+                assert torch.allclose(g, torch.full_like(g, 5e-5 * (FLOAT32_EPS ** 2 - 1)))
+    assert torch.allclose(softplus.kl(), exp.kl(), rtol=1e-12)
+
+
 def test_mr_maml_w_kl_is_counted_once_per_meta_batch_under_task_chunks():
     learner = MRMAMLW(_body_head(seed=3), beta=0.5, init_log_sigma=-1.0, **INNER)
     batch = _regression_batch(tasks=4, seed=3)
@@ -361,6 +410,9 @@ def test_trainer_resume_reproduces_the_noise_of_mr_maml_w(tmp_path):
     (lambda: MRMAMLW(BodyHead(nn.Identity(), MLP(3, (2,), 1)), **INNER),
      "model.body has no weight tensor"),
     (lambda: MRMAMLA(_body_head(), beta=-1.0, **INNER), "beta must be >= 0"),
+    (lambda: MRMAMLW(_body_head(), sigma_transform="log", **INNER),
+     "sigma_transform must be one of"),
+    (lambda: MRMAMLW(_body_head(), sigma_floor=-1e-3, **INNER), "sigma_floor must be >= 0"),
 ])
 def test_mr_maml_construction_errors(build, message):
     with pytest.raises((TypeError, ValueError)) as error:

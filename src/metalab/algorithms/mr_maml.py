@@ -11,7 +11,8 @@ adaptation on the support set rather than be memorized in the encoder.
   a mean-field Gaussian ``q(theta; mu, sigma)`` over the body's weights, a reparametrized
   sample ``theta = mu + sigma * eps`` per task (the authors' Bayesian layers draw once per
   call, i.e. separately for the support and the query batch), and
-  ``beta * KL(q || N(0, I))`` added once per meta-batch to the mean query loss.
+  ``beta * KL(q || N(0, I))`` added once per meta-batch to the mean query loss. sigma is
+  ``exp(s)`` or, as the authors' TFP layers, ``floor + softplus(rho)``.
 - MR-MAML(A), meta-regularization on activations (paper, section 4): the body outputs
   the mean and (softplus) scale of a Gaussian code ``z ~ N(mu(x), sigma(x)^2)`` of every
   input, the head adapts on the codes, and each task's query loss gets
@@ -34,6 +35,8 @@ from metalab.algorithms.base import Predictor
 from metalab.algorithms.maml import MAML
 from metalab.nn.backbones import BodyHead  # noqa: F401  (the model these methods take)
 from metalab.tasks import TaskBatch
+
+FLOAT32_EPS = float(torch.finfo(torch.float32).eps)  # TFP's floor on sigma in float32
 
 
 def gaussian_kl_to_standard(mean: Tensor, log_sigma: Tensor) -> Tensor:
@@ -105,14 +108,32 @@ class _EncodedMAML(MAML):
         return Predictor(lambda x: predictor(encode(x)))
 
 
+SIGMA_TRANSFORMS = ("exp", "softplus")
+
+
 class MRMAMLW(_EncodedMAML):
     """MR-MAML(W): a Gaussian over the encoder's weights, ``beta * KL(q || N(0, I))``.
 
     The body's weight tensors (``dim >= 2``, and its biases with ``stochastic_biases=True``)
-    become ``mu + exp(log_sigma) * eps``; ``mu`` is the body's own parameter and
-    ``log_sigma`` a parameter of the same shape in ``log_sigmas``. A fresh ``eps`` is drawn
-    for every task of every meta-batch (from torch's global RNG, which the Trainer seeds and
-    checkpoints); the support and the query of a task share it.
+    become ``mu + sigma * eps``; ``mu`` is the body's own parameter and ``sigma`` comes from a
+    parameter of the same shape:
+
+    - ``sigma_transform="exp"`` (default): ``sigma = sigma_floor + exp(s)``, ``s`` in
+      ``log_sigmas``, initialised to ``init_log_sigma``;
+    - ``sigma_transform="softplus"``: ``sigma = sigma_floor + softplus(rho)``, ``rho`` in
+      ``rhos``, initialised to ``init_rho``: the parametrization of TensorFlow
+      Probability's ``default_mean_field_normal_fn``, which the authors' code uses.
+
+    The two behave differently in training: with ``exp`` the KL's pull ``-log sigma`` has
+    gradient ``-beta`` in ``s`` and sigma grows under Adam; the authors' sinusoid notebook
+    starts ``rho ~ N(-50, 0.1)`` with TFP's floor ``sigma_floor = float32 eps = 1.19e-7``,
+    where ``d sigma / d rho = sigmoid(rho) ~ 2e-22``: sigma stays at the floor for good, the
+    weights are in effect deterministic, and the KL acts as the constant
+    ``-log(1.19e-7) - 1/2`` per weight plus the weight decay ``beta / 2 * ||mu||^2``
+    (``MRMAMLW(..., sigma_transform="softplus", init_rho=-50.0, sigma_floor=FLOAT32_EPS)``).
+
+    A fresh ``eps`` is drawn for every task of every meta-batch (from torch's global RNG,
+    which the Trainer seeds and checkpoints); the support and the query of a task share it.
 
     The KL term does not depend on the tasks, so it is added once per meta-batch by
     the trainer through the `MetaLearner.regularizer` hook; under ``meta_backward``'s task
@@ -122,13 +143,16 @@ class MRMAMLW(_EncodedMAML):
         model: a module with ``body`` (the stochastic encoder) and ``head`` (adapted).
         beta: weight of the KL (the authors' notebook uses 5e-5 on the sinusoid, their pose
             code 1e-3; the paper tunes it over 1e-6 .. 1).
-        init_log_sigma: initial ``log sigma`` of every stochastic weight (the authors start
-            from a near-deterministic ``sigma``: softplus(-50) on the sinusoid, softplus(-20)
-            for pose).
+        init_log_sigma: initial ``log sigma`` of every stochastic weight (``exp`` only).
         stochastic_biases: also put the Gaussian on the body's biases (the authors' layers
             keep biases deterministic).
         eval_sample: at meta-test, draw one weight sample per task (the authors'
             Bayesian layers always sample); ``False`` uses the mean ``mu``.
+        sigma_transform: ``"exp"`` or ``"softplus"`` (see above).
+        init_rho: initial ``rho`` of every stochastic weight (``softplus`` only; the
+            authors: about -50 on the sinusoid, -20 for pose).
+        sigma_floor: a constant added to sigma (TFP adds the dtype's machine epsilon,
+            `FLOAT32_EPS` in float32); ``0`` by default.
         **kwargs: `MAML` arguments (inner_lr, inner_steps, eval_inner_steps, first_order,
             loss, strategy, adapt = head parameter prefixes, checkpoint_steps).
     """
@@ -136,26 +160,58 @@ class MRMAMLW(_EncodedMAML):
     method = "MRMAMLW"
 
     def __init__(self, model: nn.Module, beta: float = 5e-5, init_log_sigma: float = -6.0,
-                 stochastic_biases: bool = False, eval_sample: bool = True, **kwargs) -> None:
+                 stochastic_biases: bool = False, eval_sample: bool = True,
+                 sigma_transform: str = "exp", init_rho: float = -50.0,
+                 sigma_floor: float = 0.0, **kwargs) -> None:
         super().__init__(model, beta, eval_sample, **kwargs)
+        if sigma_transform not in SIGMA_TRANSFORMS:
+            raise ValueError(f"sigma_transform must be one of {SIGMA_TRANSFORMS}, got "
+                             f"{sigma_transform!r}")
+        sigma_floor = float(sigma_floor)
+        if not sigma_floor >= 0:
+            raise ValueError(f"sigma_floor must be >= 0, got {sigma_floor!r}")
+        self.sigma_transform = sigma_transform
+        self.sigma_floor = sigma_floor
         body = dict(model.body.named_parameters())
         self.stochastic_names = [n for n, p in body.items() if stochastic_biases or p.dim() > 1]
         if not self.stochastic_names:
             raise ValueError("model.body has no weight tensor to make stochastic; pass "
                              "stochastic_biases=True or give the body a layer")
-        self.log_sigmas = nn.ParameterDict({
-            self._key(n): nn.Parameter(torch.full_like(body[n].detach(), float(init_log_sigma)))
+        init = float(init_log_sigma if sigma_transform == "exp" else init_rho)
+        raw = nn.ParameterDict({
+            self._key(n): nn.Parameter(torch.full_like(body[n].detach(), init))
             for n in self.stochastic_names
         })
+        if sigma_transform == "exp":  # the attribute names keep old checkpoints loadable
+            self.log_sigmas = raw
+        else:
+            self.rhos = raw
 
     @staticmethod
     def _key(name: str) -> str:
         return name.replace(".", "__")
 
+    @property
+    def sigma_parameters(self) -> nn.ParameterDict:
+        """The unconstrained parameters of sigma (``log_sigmas`` or ``rhos``)."""
+        return self.log_sigmas if self.sigma_transform == "exp" else self.rhos
+
+    def _sigma_and_log(self, name: str) -> tuple[Tensor, Tensor]:
+        raw = self.sigma_parameters[self._key(name)]
+        if self.sigma_transform == "exp" and self.sigma_floor == 0.0:
+            return torch.exp(raw), raw
+        base = torch.exp(raw) if self.sigma_transform == "exp" else F.softplus(raw)
+        sigma = base + self.sigma_floor
+        return sigma, torch.log(sigma)
+
+    def sigmas(self) -> dict[str, Tensor]:
+        """``{body parameter name: sigma}`` of the stochastic weights."""
+        return {n: self._sigma_and_log(n)[0] for n in self.stochastic_names}
+
     def kl(self) -> Tensor:
         """``KL(q(theta; mu, sigma) || N(0, I))`` summed over every stochastic weight."""
         body = dict(self.model.body.named_parameters())
-        return sum(gaussian_kl_to_standard(body[n], self.log_sigmas[self._key(n)]).sum()
+        return sum(gaussian_kl_to_standard(body[n], self._sigma_and_log(n)[1]).sum()
                    for n in self.stochastic_names)
 
     def regularizer(self) -> Tensor:
@@ -171,8 +227,8 @@ class MRMAMLW(_EncodedMAML):
         weights.update(self.model.body.named_buffers())
         if sample:
             for n in self.stochastic_names:
-                mean, log_sigma = weights[n], self.log_sigmas[self._key(n)]
-                weights[n] = mean + torch.exp(log_sigma) * torch.randn_like(mean)
+                mean, sigma = weights[n], self._sigma_and_log(n)[0]
+                weights[n] = mean + sigma * torch.randn_like(mean)
         return weights
 
     def _encoder(self, sample: bool):
