@@ -47,6 +47,12 @@ def test_group_shift_runs_compare_in_one_plot_and_adapt_from_unlabelled_inputs(t
     assert out.read_bytes().startswith(b"\x89PNG")
     assert main(["plot", *map(str, runs)]) == 2
     assert "several run directories need --groups" in capsys.readouterr().err
+    for run in runs:
+        for size in (1, 4):
+            assert main(["eval", str(run), "--episodes", "16", "--support-size", str(size)]) == 0
+    ablation = tmp_path / "support_sizes.png"
+    assert main(["plot", *map(str, runs), "--support-sizes", "--out", str(ablation)]) == 0
+    assert ablation.read_bytes().startswith(b"\x89PNG")
     learner = load_run(runs[1])
     x = torch.rand(5, 1, 14, 14)
     assert learner.adapt(x)(x).shape == (5, learner.model.num_classes)

@@ -56,13 +56,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from metalab.cli.plot import plot_curves, plot_groups
+    from metalab.cli.plot import plot_curves, plot_groups, plot_support_sizes
 
     runs = [Path(run) for run in args.run_dirs]
+    if args.groups and args.support_sizes:
+        raise ValueError("--groups and --support-sizes draw different plots; pick one")
     if args.groups:
         out = plot_groups(runs, Path(args.out) if args.out else runs[0] / "groups.png")
+    elif args.support_sizes:
+        out = plot_support_sizes(runs, Path(args.out) if args.out
+                                 else runs[0] / "support_sizes.png")
     elif len(runs) > 1:
-        raise ValueError("several run directories need --groups (per-group comparison)")
+        raise ValueError("several run directories need --groups or --support-sizes")
     else:
         out = plot_curves(runs[0], Path(args.out) if args.out else None)
     print(f"wrote {out}")
@@ -111,8 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dirs", nargs="+", metavar="run_dir")
     plot.add_argument("--groups", action="store_true",
                       help="compare the runs' per-group eval.json results (bars with 95%% CI)")
+    plot.add_argument("--support-sizes", action="store_true",
+                      help="average and worst-group metric against the test batch size "
+                           "(the runs' eval-test-support<N>.json)")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or "
-                                    "FIRST_RUN/groups.png with --groups)")
+                                    "FIRST_RUN/groups.png, FIRST_RUN/support_sizes.png)")
     plot.set_defaults(func=cmd_plot)
 
     listing = commands.add_parser("list", help="algorithms, datasets and shipped configs")

@@ -2,12 +2,16 @@
 
 ``metalab plot RUN_DIR`` draws the curves of ``metrics.jsonl``; ``metalab plot --groups
 RUN_DIR [RUN_DIR ...]`` draws, side by side, the per-group (or per-task) metric of each
-run's ``eval.json`` with its 95% CI, for comparing methods under group shift.
+run's ``eval.json`` with its 95% CI, for comparing methods under group shift;
+``metalab plot --support-sizes RUN_DIR [...]`` draws each run's average and worst-group
+metric against the number of unlabelled examples per test batch (the
+``eval-test-support<N>.json`` files of ``metalab eval --support-size N``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from metalab.datasets.atomic import atomic_file
@@ -102,5 +106,44 @@ def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
     fig.suptitle(run_dir.name)
     fig.tight_layout()
     out = _save(fig, out or run_dir / "curves.png")
+    plt.close(fig)
+    return out
+
+
+def read_support_size_results(run_dir: Path) -> list[tuple[int, dict]]:
+    """``(support size, eval result)`` of a run's ablation files, by increasing size."""
+    results = []
+    for path in run_dir.glob("eval-test-support*.json"):
+        match = re.fullmatch(r"eval-test-support(\d+)\.json", path.name)
+        if match:
+            results.append((int(match.group(1)), json.loads(path.read_text())))
+    if not results:
+        raise FileNotFoundError(f"{str(run_dir)!r} has no eval-test-support<N>.json; run "
+                                f"`metalab eval {run_dir} --support-size N` first")
+    return sorted(results, key=lambda item: item[0])
+
+
+def plot_support_sizes(run_dirs: list[Path], out: Path) -> Path:
+    """Average (solid) and worst-group (dashed) metric against the test batch size."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, run in enumerate(run_dirs):
+        rows = read_support_size_results(run)
+        metric = rows[0][1]["metric"]
+        sizes = [size for size, _ in rows]
+        for kind, style in (("average", "-o"), ("worst_group", "--s")):
+            means = [r[f"{kind}_{metric}"] for _, r in rows]
+            errors = [r[f"{kind}_ci95"] for _, r in rows]
+            ax.errorbar(sizes, means, yerr=errors, fmt=style, capsize=2, markersize=4,
+                        color=colors[index % len(colors)],
+                        label=f"{run.name} ({kind.replace('_', ' ')})")
+    ax.set_xscale("log")
+    ax.set_xlabel("unlabelled examples per test batch")
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    _save(fig, out)
     plt.close(fig)
     return out
