@@ -106,11 +106,14 @@ CASES = {case.name: case for case in [
 
 
 def build_model(case: Case, dtype: torch.dtype, seed: int = 0,
-                channels_last: bool = False) -> nn.Module:
+                channels_last: bool = False, torch_layers: bool = False) -> nn.Module:
     """The same architecture and initial parameters for every implementation.
 
     metalab's ProtoNet runs channels-last (NHWC) as its shipped configs do; everything else
-    runs the standard NCHW layout. The values are identical either way.
+    runs the standard NCHW layout. The values are identical either way. ``torch_layers``
+    gives Conv4 blocks torch's own ``ReLU`` then ``nn.MaxPool2d`` instead of metalab's
+    pooling before the ReLU with its faster CPU max-pooling (`--reference-conv4 torch`):
+    the same function and parameters, as a user of another library would build them.
     """
     torch.manual_seed(seed)
     if case.kind == "sine-maml":
@@ -119,11 +122,18 @@ def build_model(case: Case, dtype: torch.dtype, seed: int = 0,
         head = None if case.kind == "protonet" else WAYS
         model = Conv4(in_channels=1, hidden=64, out_features=head, image_size=28,
                       channels_last=channels_last)
+        if torch_layers:
+            for block in model.body[:4]:
+                block[2], block[3] = nn.ReLU(), nn.MaxPool2d(2)
     return model.to(dtype)
 
 
 def _nhwc(case: Case, impl: str) -> bool:
     return impl.startswith("metalab") and case.kind == "protonet"
+
+
+def _torch_layers(impl: str, reference_conv4: str) -> bool:
+    return reference_conv4 == "torch" and not impl.startswith("metalab")
 
 
 def build_batch(case: Case, dtype: torch.dtype, tasks: int | None = None,
@@ -305,10 +315,12 @@ class RssSampler(threading.Thread):
 
 
 
-def measure(case: Case, impl: str, threads: int, memory_limit: int) -> dict:
+def measure(case: Case, impl: str, threads: int, memory_limit: int,
+            reference_conv4: str = "metalab") -> dict:
     """Time ``case.iterations`` meta-iterations of ``impl`` (run in a fresh process)."""
     torch.set_num_threads(threads)
-    model = build_model(case, torch.float32, channels_last=_nhwc(case, impl))
+    model = build_model(case, torch.float32, channels_last=_nhwc(case, impl),
+                        torch_layers=_torch_layers(impl, reference_conv4))
     step = IMPLEMENTATIONS[impl](case, model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch = build_batch(case, torch.float32)
@@ -347,12 +359,14 @@ def measure(case: Case, impl: str, threads: int, memory_limit: int) -> dict:
     }
 
 
-def gradient_check(case: Case, impls: list[str], tasks: int) -> dict[str, dict]:
+def gradient_check(case: Case, impls: list[str], tasks: int,
+                   reference_conv4: str = "metalab") -> dict[str, dict]:
     """Float64 meta-gradients of every implementation vs the first reference (fresh process)."""
     batch = build_batch(case, torch.float64, tasks=tasks, seed=1)
     gradients = {}
     for impl in impls:
-        model = build_model(case, torch.float64, channels_last=_nhwc(case, impl))
+        model = build_model(case, torch.float64, channels_last=_nhwc(case, impl),
+                            torch_layers=_torch_layers(impl, reference_conv4))
         IMPLEMENTATIONS[impl](case, model)(batch)
         gradients[impl] = [p.grad.detach().clone() for p in model.parameters()]
     references = [i for i in impls if not i.startswith("metalab")]
@@ -416,7 +430,8 @@ def run_case(case: Case, args: argparse.Namespace) -> dict:
     if missing:
         print(f"   {', '.join(missing)} not installed: skipped; {BENCH_EXTRA}")
     impls = [i for i in impls if i not in missing]
-    checks = run_in_fresh_process(gradient_check, case, impls, args.check_tasks)
+    checks = run_in_fresh_process(gradient_check, case, impls, args.check_tasks,
+                                  args.reference_conv4)
     results = {}
     for impl in impls:
         check = checks[impl]
@@ -432,7 +447,8 @@ def run_case(case: Case, args: argparse.Namespace) -> dict:
             continue
         try:
             results[impl].update(run_in_fresh_process(
-                measure, case, impl, args.threads, int(args.memory_limit * 2**30)))
+                measure, case, impl, args.threads, int(args.memory_limit * 2**30),
+                args.reference_conv4))
         except RuntimeError as error:
             results[impl]["error"] = str(error)
             print(f"   {impl}: failed ({error})", flush=True)
@@ -500,6 +516,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="largest relative meta-gradient difference accepted")
     parser.add_argument("--memory-limit", type=float, default=8.0,
                         help="GiB of RSS increase after which a run is stopped")
+    parser.add_argument("--reference-conv4", choices=["metalab", "torch"], default="metalab",
+                        help="Conv4 of the references (learn2learn, higher, plain PyTorch): "
+                             "metalab's, or built from torch's ReLU and MaxPool2d in the usual "
+                             "order (same function and parameters)")
     parser.add_argument("--json", metavar="OUT", help="write the results as JSON")
     return parser.parse_args(argv)
 

@@ -6,6 +6,7 @@ from metalab.functional.inner_loop import (
     func_gradients,
     inner_loop,
 )
+from metalab.functional.layout import to_channels_last
 from metalab.functional.tasks import STRATEGIES, check_strategy, gradients_for, map_tasks
 
 __all__ = [
@@ -17,4 +18,5 @@ __all__ = [
     "gradients_for",
     "inner_loop",
     "map_tasks",
+    "to_channels_last",
 ]
