@@ -23,9 +23,8 @@ import gc
 import statistics
 import time
 
-import torch
-
 import speed
+import torch
 
 
 def build(case: speed.Case, impl: str, reference_conv4: str):
