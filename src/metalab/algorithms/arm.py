@@ -92,6 +92,14 @@ def per_task(outputs: Tensor, labels: Tensor, loss_fn: Callable, metric_fn: Call
     return losses, metric.detach()
 
 
+def scored(learner: MetaLearner, outputs: Tensor, labels: Tensor, training: bool
+           ) -> tuple[Tensor, dict[str, Tensor]]:
+    """`task_losses`'s result from the query outputs: per-task losses (detached unless
+    ``training``) and the learner's metric."""
+    losses, metric = per_task(outputs, labels, learner.loss_fn, learner.metric_fn)
+    return (losses if training else losses.detach()), {learner.metric_name: metric}
+
+
 class GroupStream:
     """Adaptation to one group from batches that arrive one at a time.
 
@@ -170,10 +178,7 @@ class ERM(MetaLearner):
         with torch.set_grad_enabled(training and torch.is_grad_enabled()):
             outputs = self.model(batch.query_x.flatten(0, 1))
             outputs = outputs.view(tasks, size, *outputs.shape[1:])
-            losses, metric = per_task(outputs, batch.query_y, self.loss_fn, self.metric_fn)
-        if not training:
-            losses = losses.detach()
-        return losses, {self.metric_name: metric}
+            return scored(self, outputs, batch.query_y, training)
 
     def adapt(self, support_x: Tensor | None = None, support_y: Tensor | None = None
               ) -> Predictor:
@@ -260,10 +265,7 @@ class ARMBN(MetaLearner):
             outputs = torch.stack([predict_from_support(self.model, batch.support_x[t],
                                                         batch.query_x[t])
                                    for t in range(len(batch))])
-            losses, metric = per_task(outputs, batch.query_y, self.loss_fn, self.metric_fn)
-        if not training:
-            losses = losses.detach()
-        return losses, {self.metric_name: metric}
+            return scored(self, outputs, batch.query_y, training)
 
     @torch.no_grad()
     def adapt(self, support_x: Tensor, support_y: Tensor | None = None) -> Predictor:
@@ -370,10 +372,7 @@ class ARMCML(MetaLearner):
             inputs = torch.cat([batch.query_x, expanded], dim=2).flatten(0, 1)
             outputs = self.model(inputs)
             outputs = outputs.view(tasks, queries, *outputs.shape[1:])
-            losses, metric = per_task(outputs, batch.query_y, self.loss_fn, self.metric_fn)
-        if not training:
-            losses = losses.detach()
-        return losses, {self.metric_name: metric}
+            return scored(self, outputs, batch.query_y, training)
 
     @torch.no_grad()
     def adapt(self, support_x: Tensor, support_y: Tensor | None = None) -> Predictor:
@@ -481,11 +480,7 @@ class ARMLL(MetaLearner):
             with torch.set_grad_enabled(training and torch.is_grad_enabled()):
                 outputs.append(predict_from_support(self.model, support_x, query_x, adapted))
         with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-            losses, metric = per_task(torch.stack(outputs), batch.query_y, self.loss_fn,
-                                      self.metric_fn)
-        if not training:
-            losses = losses.detach()
-        return losses, {self.metric_name: metric}
+            return scored(self, torch.stack(outputs), batch.query_y, training)
 
     def _adapted_predictor(self, support_x: Tensor) -> Callable[[Tensor], Tensor]:
         adapted = {n: p.detach() for n, p in self.adapted_parameters(support_x, False).items()}
