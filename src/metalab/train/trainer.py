@@ -234,7 +234,7 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
                 if main:
                     window.append(metrics)
-                if main and (self.step % self.log_every == 0 or self.step == self.steps):
+                if main and self._is_log_step(self.step):
                     self._log_window("train", window, started)
                     window = []
                 if main and self.val_source is not None and (self.step % self.val_every == 0
