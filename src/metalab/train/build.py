@@ -35,13 +35,14 @@ def _config_sizes(config: dict[str, Any]) -> dict[str, Any]:
     """Sizes the config itself gives (episodes: ``ways`` outputs); no data is read."""
     data = config["data"]
     episodic = not is_regression(config) and not {"support_size", "batch_size"} & set(data)
-    if episodic and "ways" in data:
-        return {"outputs": data["ways"], **_named_sizes(data["ways"])}
-    return {}
+    return {"outputs": data["ways"]} if episodic and "ways" in data else {}
 
 
-def _named_sizes(outputs: Any) -> dict[str, Any]:
-    return {key: outputs for key in ("out_features", "num_classes", "ways")}
+def _named_outputs(sizes: dict[str, Any]) -> dict[str, Any]:
+    """``sizes`` with the output size under each name a model may take it by."""
+    if "outputs" not in sizes:
+        return sizes
+    return {**sizes, **{key: sizes["outputs"] for key in ("out_features", "num_classes", "ways")}}
 
 
 def _data_sizes(config: dict[str, Any]) -> dict[str, Any]:
@@ -78,13 +79,12 @@ def complete_model_config(config: dict[str, Any]) -> dict[str, Any]:
     missing = [key for key in SIZE_KEYS if key in accepted and key not in model]
     if not missing:
         return config
-    sizes = _config_sizes(config)
+    sizes = _named_outputs(_config_sizes(config))
     if any(key not in sizes for key in missing):
-        sizes = _data_sizes(config)
+        sizes = _named_outputs(_data_sizes(config))
     if algorithm["name"] == "arm-cml" and "in_channels" in sizes:
         algorithm.setdefault("image_channels", sizes["in_channels"])
         sizes["in_channels"] += algorithm.get("context_channels", 12)
-    sizes.update(_named_sizes(sizes["outputs"]))
     for key in missing:
         if key in sizes:
             model[key] = sizes[key]
