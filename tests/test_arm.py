@@ -8,8 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metalab.algorithms import MAML
-from metalab.algorithms.arm import ARMBN, ARMCML, ARMLL, ERM
+from metalab.algorithms import ARMBN, ARMCML, ARMLL, ERM, MAML
 from metalab.nn import TaskBatchNorm
 from metalab.nn.arm import (
     ARMConvNet,

@@ -36,7 +36,17 @@ from metalab.nn.arm import ARMConvNet, ContextNet
 from metalab.tasks import TaskBatch
 
 PINNED = Path(__file__).parent / "data" / "pinned_meta_gradients.pt"
-RTOL, ATOL = 1e-10, 1e-13  # float64; machines differ in the last bits of a convolution
+RTOL, ATOL = 1e-10, 1e-13
+# Parameters renamed by the refactor (the old names still load, see MetaSGD): Meta-SGD's
+# rates moved into its update rule.
+RENAMED = {"inner_lrs.": "update_rule.rates."}
+
+
+def _current_name(name: str) -> str:
+    for old, new in RENAMED.items():
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name  # float64; machines differ in the last bits of a convolution
 
 
 def _images(g, tasks, n, size=16, channels=1):
@@ -186,12 +196,16 @@ def test_meta_gradients_evaluation_and_adaptation_are_pinned(pinned, name):
     learner.load_state_dict(expected["state"])
     actual = _compute(learner, expected["batch"], seed)
     _close(actual["loss"], expected["loss"], f"{name} meta-loss")
-    assert set(actual["grads"]) == set(expected["grads"]), name
-    for param, grad in expected["grads"].items():
+    expected_grads = {_current_name(n): g for n, g in expected["grads"].items()}
+    assert set(actual["grads"]) == set(expected_grads), name
+    for param, grad in expected_grads.items():
         _close(actual["grads"][param], grad, f"{name} meta-gradient of {param}")
     _close(actual["eval_losses"], expected["eval_losses"], f"{name} evaluation losses")
-    for metric, values in expected["eval_metrics"].items():
-        _close(actual["eval_metrics"][metric], values, f"{name} evaluation {metric}")
+    # Evaluation scores the learner's metric through adapt(); MR-MAML(A)'s extra "kl" of
+    # the query codes is a training term and is no longer reported at meta-test.
+    metric = learner.metric_name
+    _close(actual["eval_metrics"][metric], expected["eval_metrics"][metric],
+           f"{name} evaluation {metric}")
     _close(actual["adapted_outputs"], expected["adapted_outputs"], f"{name} adapt() outputs")
 
 

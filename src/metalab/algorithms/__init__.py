@@ -2,39 +2,42 @@
 
 from __future__ import annotations
 
-from metalab.algorithms.arm import ARMBN, ARMCML, ARMLL, ERM, GroupStream
-from metalab.algorithms.base import MetaLearner, Predictor
-from metalab.algorithms.maml import ANIL, MAML, MetaSGD, fomaml
+import importlib
+import pkgutil
+
+from metalab.algorithms.arm import ARMBN, ARMCML, ARMLL
+from metalab.algorithms.base import REGISTRY, MetaLearner, Predictor
+from metalab.algorithms.erm import ERM
+from metalab.algorithms.maml import ANIL, FOMAML, MAML, MetaSGD
 from metalab.algorithms.memorization import SupportSwap, derangement, support_swap_loss
 from metalab.algorithms.mr_maml import MRMAMLA, MRMAMLW, BodyHead
 from metalab.algorithms.multitask import MultiTask, per_task_metrics
 from metalab.algorithms.protonet import ProtoNet
+from metalab.algorithms.stream import AdaptationStream
 
-ALGORITHMS = {
-    "maml": MAML,
-    "fomaml": fomaml,
-    "metasgd": MetaSGD,
-    "anil": ANIL,
-    "protonet": ProtoNet,
-    "mr-maml-w": MRMAMLW,
-    "mr-maml-a": MRMAMLA,
-    "erm": ERM,
-    "arm-bn": ARMBN,
-    "arm-cml": ARMCML,
-    "arm-ll": ARMLL,
-    "multitask": MultiTask,
-}
-# Methods that use the model as an embedding (no classification head).
-EMBEDDING_METHODS = {"protonet"}
-# Methods whose inner loop adapts a chosen set of parameters (``adapt``).
-INNER_LOOP_METHODS = {"maml", "fomaml", "metasgd", "anil", "mr-maml-w", "mr-maml-a"}
+
+def _import_every_method_module() -> None:
+    """Import each module of this package, so that a method in a new file registers itself
+    (`MetaLearner.__init_subclass__`) without an edit here."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+_import_every_method_module()
+#: ``algorithm.name`` -> method class, filled as the method modules are imported.
+ALGORITHMS = REGISTRY
+
+
+def algorithm_class(name: str) -> type[MetaLearner]:
+    """The registered method called ``name``."""
+    if name not in ALGORITHMS:
+        raise ValueError(f"algorithm.name must be one of {sorted(ALGORITHMS)}, got {name!r}")
+    return ALGORITHMS[name]
 
 
 def build_learner(name: str, model, **kwargs) -> MetaLearner:
     """Construct a registered method around ``model``."""
-    if name not in ALGORITHMS:
-        raise ValueError(f"algorithm.name must be one of {sorted(ALGORITHMS)}, got {name!r}")
-    return ALGORITHMS[name](model, **kwargs)
+    return algorithm_class(name)(model, **kwargs)
 
 
 __all__ = [
@@ -43,23 +46,22 @@ __all__ = [
     "ARMBN",
     "ARMCML",
     "ARMLL",
-    "EMBEDDING_METHODS",
     "ERM",
-    "INNER_LOOP_METHODS",
+    "FOMAML",
     "MAML",
     "MRMAMLA",
     "MRMAMLW",
+    "AdaptationStream",
     "BodyHead",
-    "GroupStream",
     "MetaLearner",
     "MetaSGD",
     "MultiTask",
     "Predictor",
     "ProtoNet",
     "SupportSwap",
+    "algorithm_class",
     "build_learner",
     "derangement",
-    "fomaml",
     "per_task_metrics",
     "support_swap_loss",
 ]

@@ -1,4 +1,4 @@
-"""Adaptive Risk Minimization: ERM and the three ARM methods (Zhang, Marklund et al. 2021).
+"""Adaptive Risk Minimization: the three ARM methods (Zhang, Marklund et al. 2021).
 
 Group shift: every task of a `TaskBatch` is one group's batch; the learner adapts to the
 group from the batch's *unlabelled* inputs ``support_x`` and is scored on ``query_x``
@@ -7,9 +7,7 @@ the paper) meta-trains the model and the adaptation procedure ``h`` together:
 
     min_{theta, phi}  E_z E_{x_1..K ~ p(x|z)} [ sum_k l(f(x_k; h(theta, phi; x_1..K)), y_k) ]
 
-- `ERM`: no adaptation, ``h(theta; x) = theta``; the model runs in its ordinary train/eval
-  mode (batch norm with running statistics). With groups drawn uniformly this is UW
-  (upweighting); with the ``group_dro`` combiner, group DRO.
+- `metalab.algorithms.erm.ERM` is the baseline without adaptation, ``h(theta; x) = theta``.
 - `ARMBN`: ``h`` replaces every batch norm's statistics with those of the group's batch
   (``TaskBatchNorm``), in training as at test.
 - `ARMCML`: ``h`` averages a context network's per-example outputs over the batch,
@@ -18,226 +16,41 @@ the paper) meta-trains the model and the adaptation procedure ``h`` together:
   batch's logits, ``theta' = theta - alpha grad_theta L(f(x_1..K; theta); phi)``,
   differentiated through (second order) in meta-training.
 
-Test time: ``learner.adapt(unlabelled_x)`` returns a `Predictor` for that group;
-``learner.stream()`` returns a `GroupStream` whose adaptation is updated as batches of one
-group arrive one at a time (see each method's stream for what it keeps).
+Each method is the `MetaLearner` contract with an unlabelled support set:
+``adapt_task(support_x, None)`` and ``predict``. Test time: ``learner.adapt(unlabelled_x)``
+returns a `Predictor` for that group; ``learner.stream()`` adapts to batches of one group
+that arrive one at a time (`metalab.algorithms.stream`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+import inspect
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalab.algorithms.base import MetaLearner, Predictor
+from metalab.algorithms.base import MetaLearner, parameters_for
+from metalab.algorithms.erm import batched, per_task_scores
+from metalab.algorithms.stream import check_inputs
 from metalab.functional import inner_loop
-from metalab.nn.arm import (
-    ChannelStatistics,
-    ContextNet,
-    LearnedLoss,
-    task_norm_layers,
-    task_norm_statistics,
-)
+from metalab.nn.arm import ContextNet, LearnedLoss, task_norm_layers, task_norm_statistics
+from metalab.nn.statistics import predict_from_support
 from metalab.tasks import TaskBatch
 from metalab.tasks.source import check_positive_int
 
-Statistics = dict[str, ChannelStatistics]
+Params = dict[str, Tensor]
 
 
-# -- shared helpers -------------------------------------------------------------------------
-
-
-@contextmanager
-def evaluation_mode(module: nn.Module) -> Iterator[None]:
-    """``module.eval()`` within the block, its previous mode restored afterwards."""
-    was_training = module.training
-    module.eval()
-    try:
-        yield
-    finally:
-        module.train(was_training)
-
-
-def check_group_inputs(name: str, x) -> Tensor:
-    """``x`` must be a floating tensor ``[batch, ...]`` with at least one example."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2 or x.shape[0] < 1:
-        raise ValueError(f"{name} must have shape [batch >= 1, ...] (one group's inputs), "
-                         f"got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        raise TypeError(f"{name} must hold floating-point inputs, got {x.dtype}")
-    return x
-
-
-def check_task_batch(batch) -> TaskBatch:
-    if not isinstance(batch, TaskBatch):
-        raise TypeError(f"batch must be a TaskBatch, got {type(batch).__name__}")
-    return batch
-
-
-def same_inputs(a: Tensor, b: Tensor) -> bool:
-    """Whether ``a`` and ``b`` hold the same values (the query set is the support set)."""
-    return a is b or (a.shape == b.shape and torch.equal(a, b))
-
-
-def per_task(outputs: Tensor, labels: Tensor, loss_fn: Callable, metric_fn: Callable
-             ) -> tuple[Tensor, Tensor]:
-    """Loss and metric of every task from outputs ``[T, N, ...]`` and labels ``[T, N]``."""
-    losses = torch.stack([loss_fn(outputs[t], labels[t]) for t in range(len(outputs))])
-    metric = torch.stack([metric_fn(outputs[t], labels[t]) for t in range(len(outputs))])
-    return losses, metric.detach()
-
-
-def scored(learner: MetaLearner, outputs: Tensor, labels: Tensor, training: bool
-           ) -> tuple[Tensor, dict[str, Tensor]]:
-    """`task_losses`'s result from the query outputs: per-task losses (detached unless
-    ``training``) and the learner's metric."""
-    losses, metric = per_task(outputs, labels, learner.loss_fn, learner.metric_fn)
-    return (losses if training else losses.detach()), {learner.metric_name: metric}
-
-
-class GroupStream:
-    """Adaptation to one group from batches that arrive one at a time.
-
-    ``update(x_batch)`` folds a batch of the group's unlabelled inputs into the adaptation
-    (returns ``self``); ``stream(x)`` predicts with the current adaptation; ``count`` is the
-    number of examples seen. Subclasses implement `_absorb` and `_predict`.
-    """
-
-    requires_update = True
-
-    def __init__(self, learner: MetaLearner) -> None:
-        self.learner = learner
-        self.count = 0
-        self._example_shape: tuple[int, ...] | None = None
-
-    def update(self, x_batch: Tensor) -> GroupStream:
-        check_group_inputs("x_batch", x_batch)
-        shape = tuple(x_batch.shape[1:])
-        if self._example_shape is not None and shape != self._example_shape:
-            raise ValueError(f"x_batch holds examples of shape {shape} but the stream's earlier "
-                             f"batches had {self._example_shape}")
-        self._example_shape = shape
-        with evaluation_mode(self.learner):
-            self._absorb(x_batch)
-        self.count += x_batch.shape[0]
-        return self
-
-    @torch.no_grad()
-    def __call__(self, x: Tensor) -> Tensor:
-        check_group_inputs("x", x)
-        if self.requires_update and self.count == 0:
-            raise RuntimeError("the stream has not seen the group yet: call update(x_batch) "
-                               "with at least one batch of its inputs before predicting")
-        with evaluation_mode(self.learner):
-            return self._predict(x)
-
-    def _absorb(self, x_batch: Tensor) -> None:
-        raise NotImplementedError
-
-    def _predict(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
-
-
-def _predictor(learner: nn.Module, forward: Callable[[Tensor], Tensor]) -> Predictor:
-    """A `Predictor` that runs ``forward`` with ``learner`` in eval mode."""
-
-    def predict(x: Tensor) -> Tensor:
-        check_group_inputs("x", x)
-        with evaluation_mode(learner):
-            return forward(x)
-
-    return Predictor(predict)
-
-
-# -- ERM --------------------------------------------------------------------------------------
-
-
-class ERM(MetaLearner):
-    """Empirical risk minimization: each task's loss on its query set, no adaptation.
-
-    All tasks of a batch go through the model as one batch (as a minibatch of the
-    official code), so ordinary batch norm pools its training statistics over the groups
-    of the meta-batch and uses running statistics in `eval()`. This learner is ERM with a
-    sampler drawing groups in proportion to their frequency, UW with a uniform sampler and
-    group DRO with the ``group_dro`` combiner (Sagawa et al. 2020).
-    """
-
-    def __init__(self, model: nn.Module, loss: str = "cross_entropy") -> None:
-        super().__init__(loss)
-        self.model = model
-
-    def task_losses(self, batch: TaskBatch, training: bool = True
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
-        check_task_batch(batch)
-        tasks, size = batch.query_x.shape[:2]
-        with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-            outputs = self.model(batch.query_x.flatten(0, 1))
-            outputs = outputs.view(tasks, size, *outputs.shape[1:])
-            return scored(self, outputs, batch.query_y, training)
-
-    def adapt(self, support_x: Tensor | None = None, support_y: Tensor | None = None
-              ) -> Predictor:
-        """The model itself, in eval mode: ERM does not adapt (both arguments are ignored)."""
-        if support_x is not None:
-            check_group_inputs("support_x", support_x)
-        return _predictor(self, self.model)
-
-    def stream(self) -> GroupStream:
-        return _ERMStream(self)
-
-
-class _ERMStream(GroupStream):
-    requires_update = False
-
-    def _absorb(self, x_batch: Tensor) -> None:
-        pass
-
-    def _predict(self, x: Tensor) -> Tensor:
-        return self.learner.model(x)
-
-
-# -- ARM-BN -----------------------------------------------------------------------------------
-
-
-def record_statistics(model: nn.Module, x: Tensor, params: dict[str, Tensor] | None = None
-                      ) -> tuple[Tensor, Statistics]:
-    """Outputs of ``model`` on ``x`` normalized by ``x``'s own statistics, and those statistics."""
-    statistics: Statistics = {}
-    with task_norm_statistics(model, "record", statistics):
-        outputs = model(x) if params is None else functional_call(model, params, (x,))
-    return outputs, statistics
-
-
-def apply_statistics(model: nn.Module, x: Tensor, statistics: Statistics,
-                     params: dict[str, Tensor] | None = None) -> Tensor:
-    """Outputs of ``model`` on ``x`` with every `TaskBatchNorm` using ``statistics``."""
-    with task_norm_statistics(model, "apply", statistics):
-        return model(x) if params is None else functional_call(model, params, (x,))
-
-
-def predict_from_support(model: nn.Module, support_x: Tensor, query_x: Tensor,
-                         params: dict[str, Tensor] | None = None) -> Tensor:
-    """Outputs on ``query_x`` with batch-norm statistics taken from ``support_x``."""
-    if same_inputs(query_x, support_x):
-        with task_norm_statistics(model, "batch", {}):
-            return model(query_x) if params is None else functional_call(model, params,
-                                                                         (query_x,))
-    _, statistics = record_statistics(model, support_x, params)
-    return apply_statistics(model, query_x, statistics, params)
-
-
-class ARMBN(MetaLearner):
+class ARMBN(MetaLearner, name="arm-bn"):
     """ARM-BN: batch norm with the statistics of the group's batch, trained so.
 
     Every `TaskBatchNorm` layer of ``model`` normalizes with the mean and variance of the
     group's unlabelled batch (Zhang et al. 2021, sec. 4: the adaptation ``h`` replaces the
-    batch-norm statistics; meta-training uses one group per batch). Predictions on other
-    inputs of the group use the statistics recorded on that batch.
+    batch-norm statistics; meta-training uses one group per batch). The adapted state is
+    the group's batch; `predict` normalizes other inputs of the group with its statistics
+    (and the batch itself in one pass).
 
     Batch size 1: the statistics are over the spatial positions of the one image (every
     normalized map of `ARMConvNet` is at least 2x2). Where a channel has a single value
@@ -258,52 +71,13 @@ class ARMBN(MetaLearner):
                             f"batch norms with running statistics: {running}")
         self.model = model
 
-    def task_losses(self, batch: TaskBatch, training: bool = True
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
-        check_task_batch(batch)
-        with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-            outputs = torch.stack([predict_from_support(self.model, batch.support_x[t],
-                                                        batch.query_x[t])
-                                   for t in range(len(batch))])
-            return scored(self, outputs, batch.query_y, training)
+    def adapt_task(self, support_x: Tensor, support_y: Tensor | None = None, *,
+                   training: bool) -> Tensor:
+        """The group's unlabelled batch, whose statistics `predict` normalizes with."""
+        return check_inputs("support_x", support_x)
 
-    @torch.no_grad()
-    def adapt(self, support_x: Tensor, support_y: Tensor | None = None) -> Predictor:
-        """Record the batch-norm statistics of ``support_x``; ``support_y`` is ignored."""
-        check_group_inputs("support_x", support_x)
-        with evaluation_mode(self):
-            _, statistics = record_statistics(self.model, support_x)
-        return _predictor(self, lambda x: apply_statistics(self.model, x, statistics))
-
-    def stream(self) -> GroupStream:
-        return _BNStream(self)
-
-
-class _BNStream(GroupStream):
-    """Batch-norm statistics pooled over the batches seen (count-weighted, exact pooling).
-
-    Layer by layer, each new batch's statistics are merged into the pooled ones and the
-    batch is normalized with the merged statistics before it reaches the next layer. The
-    first batch-norm layer's statistics equal those of the union of the batches exactly;
-    deeper layers see earlier batches as they were normalized when they arrived, so for
-    several batches they approximate the union's (exact when the batches are identical).
-    One batch gives exactly `ARMBN.adapt`.
-    """
-
-    def __init__(self, learner: ARMBN) -> None:
-        super().__init__(learner)
-        self.statistics: Statistics = {}
-
-    @torch.no_grad()
-    def _absorb(self, x_batch: Tensor) -> None:
-        with task_norm_statistics(self.learner.model, "pool", self.statistics):
-            self.learner.model(x_batch)
-
-    def _predict(self, x: Tensor) -> Tensor:
-        return apply_statistics(self.learner.model, x, self.statistics)
-
-
-# -- ARM-CML ----------------------------------------------------------------------------------
+    def predict(self, support_x: Tensor, x: Tensor) -> Tensor:
+        return predict_from_support(self.model, support_x, check_inputs("x", x))
 
 
 def _first_conv_channels(model: nn.Module) -> int | None:
@@ -313,7 +87,7 @@ def _first_conv_channels(model: nn.Module) -> int | None:
     return None
 
 
-class ARMCML(MetaLearner):
+class ARMCML(MetaLearner, name="arm-cml"):
     """ARM-CML: contextual meta-learning from the group's unlabelled batch.
 
     ``c = 1/K sum_k g(x_k; phi)`` (Zhang et al. 2021, sec. 4, ARM-CML), the context
@@ -360,56 +134,36 @@ class ARMCML(MetaLearner):
         expanded = context.unsqueeze(0).expand(x.shape[0], *context.shape)
         return self.model(torch.cat([x, expanded], dim=1))
 
-    def task_losses(self, batch: TaskBatch, training: bool = True
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
-        check_task_batch(batch)
-        tasks, support = batch.support_x.shape[:2]
-        queries = batch.query_x.shape[1]
-        with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-            contexts = self.context_net(batch.support_x.flatten(0, 1))
-            contexts = contexts.view(tasks, support, *contexts.shape[1:]).mean(dim=1)
-            expanded = contexts.unsqueeze(1).expand(tasks, queries, *contexts.shape[1:])
-            inputs = torch.cat([batch.query_x, expanded], dim=2).flatten(0, 1)
-            outputs = self.model(inputs)
-            outputs = outputs.view(tasks, queries, *outputs.shape[1:])
-            return scored(self, outputs, batch.query_y, training)
+    @classmethod
+    def extra_input_channels(cls, options: dict[str, Any]) -> int:
+        default = inspect.signature(cls.__init__).parameters["context_channels"].default
+        return options.get("context_channels", default)
 
-    @torch.no_grad()
-    def adapt(self, support_x: Tensor, support_y: Tensor | None = None) -> Predictor:
-        """Compute the group's context from ``support_x``; ``support_y`` is ignored."""
-        check_group_inputs("support_x", support_x)
-        with evaluation_mode(self):
-            context = self.context(support_x)
-        return _predictor(self, lambda x: self.predict_with_context(x, context))
+    @classmethod
+    def options_from_data(cls, options: dict[str, Any], sizes: dict[str, Any]
+                          ) -> dict[str, Any]:
+        if "in_channels" in sizes:
+            return {"image_channels": sizes["in_channels"], **options}
+        return options
 
-    def stream(self) -> GroupStream:
-        return _CMLStream(self)
+    def training_task_losses(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """All groups of the meta-batch through both networks at once (batch norm pools
+        over them, as the official code's minibatches)."""
+        contexts = batched(self.context_net, batch.support_x).mean(dim=1)
+        expanded = contexts.unsqueeze(1).expand(-1, batch.query_x.shape[1], *contexts.shape[1:])
+        outputs = batched(self.model, torch.cat([batch.query_x, expanded], dim=2))
+        return per_task_scores(self, outputs, batch.query_y)
 
+    def adapt_task(self, support_x: Tensor, support_y: Tensor | None = None, *,
+                   training: bool) -> Tensor:
+        """The group's context ``c``; ``support_y`` is ignored."""
+        return self.context(check_inputs("support_x", support_x))
 
-class _CMLStream(GroupStream):
-    """The count-weighted running mean of the contexts: equal to the union's context."""
-
-    def __init__(self, learner: ARMCML) -> None:
-        super().__init__(learner)
-        self.context: Tensor | None = None
-
-    @torch.no_grad()
-    def _absorb(self, x_batch: Tensor) -> None:
-        batch_context = self.learner.context(x_batch)
-        if self.context is None:
-            self.context = batch_context
-            return
-        weight = x_batch.shape[0] / (self.count + x_batch.shape[0])
-        self.context = self.context + (batch_context - self.context) * weight
-
-    def _predict(self, x: Tensor) -> Tensor:
-        return self.learner.predict_with_context(x, self.context)
+    def predict(self, context: Tensor, x: Tensor) -> Tensor:
+        return self.predict_with_context(check_inputs("x", x), context)
 
 
-# -- ARM-LL -----------------------------------------------------------------------------------
-
-
-class ARMLL(MetaLearner):
+class ARMLL(MetaLearner, name="arm-ll"):
     """ARM-LL: gradient steps on a learned loss of the group's unlabelled batch.
 
     ``theta' = theta - alpha grad_theta L_phi(f(x_1..K; theta))`` for ``inner_steps`` steps
@@ -450,85 +204,29 @@ class ARMLL(MetaLearner):
             check_positive_int("eval_inner_steps", eval_inner_steps, minimum=0))
         self.first_order = bool(first_order)
 
-    def _learned_loss(self, outputs: Tensor, _unlabelled: None) -> Tensor:
-        return self.loss_net(outputs)
-
-    def _params(self, training: bool) -> dict[str, Tensor]:
-        params = dict(self.model.named_parameters())
-        if training:
-            return params
-        return {n: p.detach().requires_grad_(True) for n, p in params.items()}
-
-    def adapted_parameters(self, support_x: Tensor, training: bool) -> dict[str, Tensor]:
+    def adapted_parameters(self, support_x: Tensor, training: bool,
+                           inner_steps: int | None = None) -> Params:
         """``theta'`` after the inner steps on the learned loss of ``support_x``."""
-        with torch.enable_grad(), task_norm_statistics(self.model, "batch", {}):
-            return inner_loop(self.model, self._params(training), support_x, None,
-                              self._learned_loss,
-                              steps=self.inner_steps if training else self.eval_inner_steps,
-                              step_size=self.inner_lr,
+        if inner_steps is None:
+            inner_steps = self.inner_steps if training else self.eval_inner_steps
+
+        def learned_loss(params: Params) -> Tensor:
+            return self.loss_net(functional_call(self.model, params, (support_x,)))
+
+        with task_norm_statistics(self.model, "batch", {}):
+            return inner_loop(learned_loss, parameters_for(self.model, training), self.inner_lr,
+                              steps=check_positive_int("inner_steps", inner_steps, minimum=0),
                               first_order=self.first_order or not training)
 
-    def task_losses(self, batch: TaskBatch, training: bool = True
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
-        check_task_batch(batch)
-        outputs = []
-        for t in range(len(batch)):
-            support_x, query_x = batch.support_x[t], batch.query_x[t]
-            adapted = self.adapted_parameters(support_x, training)
-            if not training:
-                adapted = {n: p.detach() for n, p in adapted.items()}
-            with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-                outputs.append(predict_from_support(self.model, support_x, query_x, adapted))
-        with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-            return scored(self, torch.stack(outputs), batch.query_y, training)
+    def adapt_task(self, support_x: Tensor, support_y: Tensor | None = None, *,
+                   training: bool, inner_steps: int | None = None) -> tuple[Params, Tensor]:
+        """``theta'`` and the group's batch (whose statistics `predict` normalizes with)."""
+        check_inputs("support_x", support_x)
+        return self.adapted_parameters(support_x, training, inner_steps), support_x
 
-    def _adapted_predictor(self, support_x: Tensor) -> Callable[[Tensor], Tensor]:
-        adapted = {n: p.detach() for n, p in self.adapted_parameters(support_x, False).items()}
-        with torch.no_grad():
-            _, statistics = record_statistics(self.model, support_x, adapted)
-        return lambda x: apply_statistics(self.model, x, statistics, adapted)
-
-    def adapt(self, support_x: Tensor, support_y: Tensor | None = None) -> Predictor:
-        """Take the inner steps on ``support_x``'s learned loss; ``support_y`` is ignored."""
-        check_group_inputs("support_x", support_x)
-        with evaluation_mode(self):
-            forward = self._adapted_predictor(support_x)
-        return _predictor(self, forward)
-
-    def stream(self) -> GroupStream:
-        return _LLStream(self)
+    def predict(self, state: tuple[Params, Tensor], x: Tensor) -> Tensor:
+        adapted, support_x = state
+        return predict_from_support(self.model, support_x, check_inputs("x", x), adapted)
 
 
-class _LLStream(GroupStream):
-    """Re-adapts from the meta-learned parameters on all inputs seen so far.
-
-    The learned loss was meta-trained for ``inner_steps`` steps from ``theta`` on one batch,
-    so rather than continuing to step from the previous adapted parameters (a regime it was
-    not trained for), every update adapts ``theta`` afresh to the union of the batches:
-    ``k`` updates equal `ARMLL.adapt` on their concatenation. The stream keeps the inputs
-    it has seen (memory grows with them).
-    """
-
-    def __init__(self, learner: ARMLL) -> None:
-        super().__init__(learner)
-        self.inputs: Tensor | None = None
-        self._forward: Callable[[Tensor], Tensor] | None = None
-
-    def _absorb(self, x_batch: Tensor) -> None:
-        x_batch = x_batch.detach()
-        self.inputs = x_batch if self.inputs is None else torch.cat([self.inputs, x_batch])
-        self._forward = self.learner._adapted_predictor(self.inputs)
-
-    def _predict(self, x: Tensor) -> Tensor:
-        return self._forward(x)
-
-
-__all__ = [
-    "ARMBN",
-    "ARMCML",
-    "ARMLL",
-    "ERM",
-    "GroupStream",
-    "evaluation_mode",
-    "predict_from_support",
-]
+__all__ = ["ARMBN", "ARMCML", "ARMLL"]

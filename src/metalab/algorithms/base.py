@@ -1,50 +1,49 @@
-"""The `MetaLearner` contract shared by every method.
+"""The `MetaLearner` contract shared by every method: adapt to a task, then predict.
 
-A meta-learner is an `nn.Module` with ordinary parameters (so any optimizer, DDP and
-``state_dict`` work) and three entry points:
+A method implements two pure functions of one task:
 
-- ``task_losses(batch, training=True) -> (losses [T], metrics {name: [T]})``: the query
-  loss of every task after adapting to its support set, and per-task metrics;
-- ``meta_loss(batch) -> (loss, metrics)``: their mean, ready for ``loss.backward()``;
-- ``meta_backward(batch, task_chunk)``: the same gradient, back-propagated chunk by chunk;
-- ``adapt(support_x, support_y) -> Predictor``: meta-test adaptation to one task.
+- ``adapt_task(support_x, support_y, *, training, **options) -> state``: what it takes from
+  the support set (adapted parameters, prototypes, a context, batch-norm statistics ...);
+  ``training=True`` keeps the graph to the meta-parameters, ``False`` is meta-test;
+- ``predict(state, x) -> outputs``: logits or predictions for inputs of that task.
+
+The base class derives everything else from them, once:
+
+- ``task_losses(batch, training=True, **options) -> (losses [T], {metric: [T]})``: the query
+  loss and metric of every task. Training maps ``adapt_task``/``predict`` over the tasks
+  (a loop or `torch.func.vmap`, ``strategy``); evaluation goes through `adapt`, the path a
+  user calls, so "adapt then predict" exists once per method. Methods that must see the
+  whole batch of tasks at once in training (ERM, ARM-CML: ordinary batch norm pools over
+  the groups of a meta-batch) override `training_task_losses` only;
+- ``meta_loss(batch)`` and ``meta_backward(batch, task_chunk)``: the mean query loss plus
+  `regularizer`, and its gradient chunk by chunk;
+- ``adapt(support_x, support_y=None, **options) -> Predictor``: meta-test adaptation, in
+  eval mode and without a graph; ``options`` are evaluation options such as
+  ``inner_steps`` (the names a method accepts are its ``adapt_options``).
+
+Facts a builder needs are class attributes, not names checked elsewhere: ``model_role``,
+``chooses_adapted_parameters``, ``adapts_to_support``, ``adapt_options``, and the class methods
+`extra_input_channels` and `options_from_data`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils import _pytree as pytree
 
+from metalab.algorithms.stream import AdaptationStream
+from metalab.functional import check_strategy, map_tasks
 from metalab.tasks import TaskBatch
+from metalab.tasks.objective import Objective, objective_for
 from metalab.tasks.source import check_positive_int
 
-
-def mse_loss(outputs: Tensor, targets: Tensor) -> Tensor:
-    return F.mse_loss(outputs, targets)
-
-
-def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
-    return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
-
-
-LOSSES: dict[str, Callable[[Tensor, Tensor], Tensor]] = {
-    "cross_entropy": F.cross_entropy,
-    "mse": mse_loss,
-}
-# The metric reported for each loss, with the direction that is better.
-METRICS: dict[str, tuple[str, Callable[[Tensor, Tensor], Tensor]]] = {
-    "cross_entropy": ("accuracy", accuracy),
-    "mse": ("mse", mse_loss),
-}
-
-
-def check_loss(loss: str) -> str:
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {sorted(LOSSES)}, got {loss!r}")
-    return loss
+State = Any
 
 
 class Predictor:
@@ -58,23 +57,159 @@ class Predictor:
         return self._forward(x)
 
 
-class MetaLearner(nn.Module):
-    """Base class. Subclasses implement `task_losses` and `adapt`."""
+@contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[None]:
+    """``module.eval()`` within the block, its previous mode restored afterwards."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
 
-    def __init__(self, loss: str = "cross_entropy") -> None:
+
+def detached(state: State) -> State:
+    """``state`` with every tensor detached (other leaves, such as functions, kept)."""
+    return pytree.tree_map(lambda v: v.detach() if isinstance(v, Tensor) else v, state)
+
+
+def parameters_for(module: nn.Module, training: bool) -> dict[str, Tensor]:
+    """``module``'s parameters as the start of an inner loop: the parameters themselves in
+    meta-training (the graph reaches them); detached leaves at meta-test."""
+    params = dict(module.named_parameters())
+    if training:
+        return params
+    return {n: p.detach().requires_grad_(True) for n, p in params.items()}
+
+
+#: Every method with a registered name: ``class Reptile(MetaLearner, name="reptile")``.
+REGISTRY: dict[str, type[MetaLearner]] = {}
+
+
+class MetaLearner(nn.Module):
+    """Base class. Subclasses implement `adapt_task` and `predict` (see the module doc).
+
+    A subclass declared with a name (``class MatchingNet(MetaLearner, name="matching")``)
+    is registered: configs and the CLI find it as ``algorithm.name: matching``.
+    """
+
+    def __init_subclass__(cls, name: str | None = None, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            if name in REGISTRY and REGISTRY[name] is not cls:
+                raise ValueError(f"algorithm name {name!r} is taken by "
+                                 f"{REGISTRY[name].__qualname__}")
+            REGISTRY[name] = cls
+
+    #: ``"predictor"``: the model maps inputs to outputs; ``"embedding"``: to features
+    #: (the builder then asks the model for no output layer).
+    model_role: ClassVar[str] = "predictor"
+    #: Whether an inner loop adapts a chosen subset of the model's parameters (the
+    #: ``adapt`` option names them; the builder leaves MSR's sharing matrices out).
+    chooses_adapted_parameters: ClassVar[bool] = False
+    #: Whether predictions depend on the support set (ERM and multi-task: no).
+    adapts_to_support: ClassVar[bool] = True
+    #: Keyword options `adapt_task` accepts (evaluation options and task sizes).
+    adapt_options: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, loss: str = "cross_entropy", strategy: str = "loop") -> None:
         super().__init__()
-        self.loss_name = check_loss(loss)
-        self.loss_fn = LOSSES[loss]
-        self.metric_name, self.metric_fn = METRICS[loss]
+        self.objective: Objective = objective_for(loss)
+        self.strategy = check_strategy(strategy)
         self._compiled_task_losses: Callable | None = None
 
-    @property
-    def task_type(self) -> str:
-        return "classification" if self.loss_name == "cross_entropy" else "regression"
+    # -- facts for builders ------------------------------------------------------------
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """Keyword arguments the constructor accepts besides the model, following
+        ``**kwargs`` up to the parent classes (``FOMAML(model, **kwargs)`` takes MAML's)."""
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass) or klass in (MetaLearner, nn.Module, object):
+                continue
+            parameters = inspect.signature(vars(klass)["__init__"]).parameters
+            names |= {n for n, p in parameters.items()
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+                break
+        return names - {"self", "model"}
 
-    def task_losses(self, batch: TaskBatch, training: bool = True
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
+    @classmethod
+    def extra_input_channels(cls, options: dict[str, Any]) -> int:
+        """Channels the method appends to the data's inputs (ARM-CML's context)."""
+        return 0
+
+    @classmethod
+    def options_from_data(cls, options: dict[str, Any], sizes: dict[str, Any]
+                          ) -> dict[str, Any]:
+        """``options`` completed with what the data determine (e.g. the image channels)."""
+        return options
+
+    # -- the objective -------------------------------------------------------------------
+    @property
+    def loss_name(self) -> str:
+        return self.objective.loss_name
+
+    @property
+    def metric_name(self) -> str:
+        return self.objective.metric_name
+
+    def loss_fn(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return self.objective.loss(outputs, targets)
+
+    def metric_fn(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return self.objective.metric(outputs, targets)
+
+    def score(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, metric)`` of one task's outputs under the learner's objective."""
+        return self.loss_fn(outputs, targets), self.metric_fn(outputs, targets)
+
+    # -- the contract ----------------------------------------------------------------------
+    def adapt_task(self, support_x: Tensor, support_y: Tensor | None, *, training: bool,
+                   **options) -> State:
         raise NotImplementedError
+
+    def predict(self, state: State, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def task_options(self, batch: TaskBatch) -> dict[str, Any]:
+        """Options of `adapt_task` that a batch determines (e.g. ProtoNet's ``ways``)."""
+        return {}
+
+    # -- derived: training -----------------------------------------------------------------
+    def task_losses(self, batch: TaskBatch, training: bool = True, **options
+                    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Query loss and metric of every task after adapting to its support set.
+
+        ``options`` (evaluation options such as ``inner_steps``) apply at meta-test only.
+        """
+        if not isinstance(batch, TaskBatch):
+            raise TypeError(f"batch must be a TaskBatch, got {type(batch).__name__}")
+        if training:
+            if options:
+                raise TypeError(f"evaluation options {sorted(options)} apply at meta-test "
+                                f"only (training=False)")
+            return self.training_task_losses(batch)
+        return self.evaluation_task_losses(batch, **options)
+
+    def training_task_losses(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Differentiable per-task query losses: `adapt_task` then `predict`, task by task."""
+        return self.map_adapt_predict(batch, self.adapt_task, self.predict)
+
+    def map_adapt_predict(self, batch: TaskBatch, adapt_task: Callable[..., State],
+                          predict: Callable[[State, Tensor], Tensor]
+                          ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-task ``(loss, metric)`` of ``predict(adapt_task(support), query)`` with
+        ``training=True``, over the tasks of ``batch`` with the learner's ``strategy``."""
+        options = self.task_options(batch)
+
+        def per_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
+            state = adapt_task(sx, sy, training=True, **options)
+            return self.score(predict(state, qx), qy)
+
+        losses, metric = map_tasks(per_task, batch.support_x, batch.support_y, batch.query_x,
+                                   batch.query_y, strategy=self.strategy)
+        return losses, {self.metric_name: metric.detach()}
 
     def compile(self, **options) -> MetaLearner:
         """Compile the meta-training pass with `torch.compile` (``options`` go to it).
@@ -83,13 +218,12 @@ class MetaLearner(nn.Module):
         Python and dispatch overhead, it is several times faster after a one-off compile.
         Evaluation and `adapt` stay eager.
         """
-        self._compiled_task_losses = torch.compile(self.task_losses, **options)
+        self._compiled_task_losses = torch.compile(self.training_task_losses, **options)
         return self
 
     def training_losses(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """``task_losses(batch, training=True)``, through `compile` when it was called."""
-        task_losses = self._compiled_task_losses or self.task_losses
-        return task_losses(batch, training=True)
+        """`training_task_losses`, through `compile` when it was called."""
+        return (self._compiled_task_losses or self.training_task_losses)(batch)
 
     def shared_parameter_names(self) -> list[str]:
         """Parameters every task shares (a gradient combiner's ``combine_params="shared"``).
@@ -145,5 +279,44 @@ class MetaLearner(nn.Module):
                 metrics[name] = metrics.get(name, 0.0) + weight * value
         return metrics
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:
-        raise NotImplementedError
+    # -- derived: meta-test ------------------------------------------------------------------
+    def check_adapt_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """``options`` without ``None`` values; an option the method lacks is an error."""
+        options = {k: v for k, v in options.items() if v is not None}
+        unknown = sorted(set(options) - set(self.adapt_options))
+        if unknown:
+            accepted = list(self.adapt_options) or "none"
+            raise ValueError(f"{type(self).__name__} does not take the adaptation option(s) "
+                             f"{unknown}; it accepts: {accepted}")
+        return options
+
+    def adapt(self, support_x: Tensor, support_y: Tensor | None = None, **options
+              ) -> Predictor:
+        """Adapt to one task at meta-test (eval mode, no graph) and return its predictor.
+
+        ``support_y`` may be ``None`` for methods that adapt from unlabelled inputs (ARM).
+        """
+        options = self.check_adapt_options(options)
+        with evaluation_mode(self), torch.no_grad():
+            state = detached(self.adapt_task(support_x, support_y, training=False, **options))
+
+        def forward(x: Tensor) -> Tensor:
+            with evaluation_mode(self):
+                return self.predict(state, x)
+
+        return Predictor(forward)
+
+    def evaluation_task_losses(self, batch: TaskBatch, **options
+                               ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-task query loss and metric at meta-test, each task through `adapt`."""
+        options = {**self.task_options(batch), **options}
+        scores = [self.score(self.adapt(batch.support_x[t], batch.support_y[t],
+                                                  **options)(batch.query_x[t]),
+                                       batch.query_y[t])
+                  for t in range(len(batch))]
+        losses, metric = (torch.stack(column) for column in zip(*scores, strict=True))
+        return losses, {self.metric_name: metric}
+
+    def stream(self) -> AdaptationStream:
+        """Adaptation to one task from batches of its inputs arriving one by one."""
+        return AdaptationStream(self)

@@ -19,9 +19,9 @@ adaptation on the support set rather than be memorized in the encoder.
   ``beta * KL(q(z | x*) || N(0, I))`` averaged over the query points and code dimensions
   (an information bottleneck on the query-to-prediction path).
 
-The inner loop is MAML's: `MAML.task_losses` runs on the encoded batch (so
-`metalab.functional.inner_loop` adapts the head); these classes only encode the batch and
-add the regularizer.
+The inner loop is MAML's: a task's adaptation draws the encoder (one weight sample for
+W), encodes the support set and runs `MAML.adapt_task` on the codes; `predict` encodes
+the query with the same draw. These classes only encode and add the regularizer.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalab.algorithms.base import Predictor
 from metalab.algorithms.maml import MAML
 from metalab.nn.backbones import BodyHead  # noqa: F401  (the model these methods take)
 from metalab.tasks import TaskBatch
@@ -91,27 +90,36 @@ class _EncodedMAML(MAML):
         """The batch with x replaced by codes, and per-task terms ``{name: [T]}``."""
         raise NotImplementedError
 
-    def _encoded(self, batch: TaskBatch, training: bool) -> tuple[TaskBatch, dict[str, Tensor]]:
-        with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-            return self._encode_batch(batch, sample=training or self.eval_sample)
-
     def _encoder(self, sample: bool):
         """A function ``x [N, ...] -> codes [N, d]`` for one task (weights drawn once)."""
         raise NotImplementedError
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:
-        """Meta-test adaptation to one task; the query goes through the same encoder draw."""
-        with torch.no_grad():
-            encode = self._encoder(sample=self.eval_sample)
-            codes = encode(support_x)
-        predictor = super().adapt(codes, support_y)
-        return Predictor(lambda x: predictor(encode(x)))
+    def adapt_task(self, support_x: Tensor, support_y: Tensor, *, training: bool,
+                   inner_steps: int | None = None):
+        """One encoder draw, and the head adapted on the support codes with it."""
+        encode = self._encoder(sample=training or self.eval_sample)
+        return encode, super().adapt_task(encode(support_x), support_y, training=training,
+                                          inner_steps=inner_steps)
+
+    def predict(self, state, x: Tensor) -> Tensor:
+        encode, adapted = state
+        return super().predict(adapted, encode(x))
+
+    def training_task_losses(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The batch encoded at once (`_encode_batch`), then MAML's inner loop per task,
+        plus each task's term of the encoder (MR-MAML(A)'s KL)."""
+        encoded, terms = self._encode_batch(batch, sample=True)
+        losses, metrics = self.map_adapt_predict(encoded, super().adapt_task, super().predict)
+        for name, values in terms.items():
+            losses = losses + self.beta * values
+            metrics[name] = values.detach()
+        return losses, metrics
 
 
 SIGMA_TRANSFORMS = ("exp", "softplus")
 
 
-class MRMAMLW(_EncodedMAML):
+class MRMAMLW(_EncodedMAML, name="mr-maml-w"):
     """MR-MAML(W): a Gaussian over the encoder's weights, ``beta * KL(q || N(0, I))``.
 
     The body's weight tensors (``dim >= 2``, and its biases with ``stochastic_biases=True``)
@@ -248,13 +256,9 @@ class MRMAMLW(_EncodedMAML):
                             num_classes=batch.num_classes, task_id=batch.task_id)
         return encoded, {}
 
-    def task_losses(self, batch: TaskBatch, training: bool = True
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
-        encoded, _ = self._encoded(batch, training)
-        return super().task_losses(encoded, training)
 
 
-class MRMAMLA(_EncodedMAML):
+class MRMAMLA(_EncodedMAML, name="mr-maml-a"):
     """MR-MAML(A): a stochastic code ``z ~ N(mu(x), sigma(x)^2)``, ``beta * KL`` per task.
 
     ``model.body`` maps an input to ``2 * d`` numbers: the code's mean and, through a
@@ -305,15 +309,3 @@ class MRMAMLA(_EncodedMAML):
                             query.reshape(tasks, -1, query.shape[-1]), batch.query_y,
                             num_classes=batch.num_classes, task_id=batch.task_id)
         return encoded, {"kl": kl.reshape(tasks, -1).mean(dim=1)}
-
-    def task_losses(self, batch: TaskBatch, training: bool = True
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Per-task query loss (+ ``beta * KL`` of the query codes when training)."""
-        encoded, terms = self._encoded(batch, training)
-        losses, metrics = super().task_losses(encoded, training)
-        kl = terms["kl"]
-        if training:
-            losses = losses + self.beta * kl
-        else:
-            kl = kl.detach()
-        return losses, {**metrics, "kl": kl}

@@ -25,7 +25,7 @@ from metalab.algorithms.base import MetaLearner, Predictor
 from metalab.tasks import TaskBatch
 
 
-class MultiTask(MetaLearner):
+class MultiTask(MetaLearner, name="multitask"):
     """Per-task query losses of a task-conditioned ``model(x, task_id)``.
 
     Args:
@@ -34,6 +34,8 @@ class MultiTask(MetaLearner):
             parameters, otherwise all of its parameters are.
         loss: ``"cross_entropy"`` (classification) or ``"mse"``.
     """
+
+    adapts_to_support = False
 
     def __init__(self, model: nn.Module, loss: str = "cross_entropy") -> None:
         super().__init__(loss)
@@ -53,9 +55,14 @@ class MultiTask(MetaLearner):
             return list(range(len(batch)))
         return [int(t) for t in batch.task_id]
 
-    def task_losses(self, batch: TaskBatch, training: bool = True
+    def task_losses(self, batch: TaskBatch, training: bool = True, **options
                     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """``(losses [T], {metric: [T]})``: entry t is task ``batch.task_id[t]``'s query loss."""
+        """``(losses [T], {metric: [T]})``: entry t is task ``batch.task_id[t]``'s query loss.
+
+        Multi-task learning does not adapt, so training and evaluation share this one
+        pass (the model's own train/eval mode decides batch norm).
+        """
+        self.check_adapt_options(options)
         if batch.query_x.shape[1] == 0:
             raise ValueError("MultiTask needs query examples: batch.query_x has 0 examples "
                              "per task")
@@ -67,6 +74,9 @@ class MultiTask(MetaLearner):
                 metrics.append(self.metric_fn(outputs, batch.query_y[entry]).detach())
         return torch.stack(losses), {self.metric_name: torch.stack(metrics)}
 
+    def training_task_losses(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        return self.task_losses(batch, training=True)
+
     def predictor(self, task_id: int | Tensor) -> Predictor:
         """The model for task ``task_id``: ``learner.predictor(t)(x)`` returns its outputs.
 
@@ -76,7 +86,7 @@ class MultiTask(MetaLearner):
         task = int(task_id)
         return Predictor(lambda x: self.model(x, task))
 
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:
+    def adapt(self, support_x: Tensor, support_y: Tensor | None = None, **options) -> Predictor:
         raise NotImplementedError(
             "MultiTask models do not adapt from a support set; use learner.predictor(task_id) "
             "to get the predictor of one task")

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, Predictor
-from metalab.functional import check_strategy, map_tasks
+from metalab.algorithms.base import MetaLearner
 from metalab.tasks import TaskBatch
 
 
@@ -27,8 +26,11 @@ def negative_squared_distances(queries: Tensor, centers: Tensor) -> Tensor:
     return -((queries.unsqueeze(1) - centers.unsqueeze(0)) ** 2).sum(-1)
 
 
-class ProtoNet(MetaLearner):
+class ProtoNet(MetaLearner, name="protonet"):
     """Prototypical Networks over an embedding ``model`` (e.g. ``Conv4(out_features=None)``).
+
+    The adapted state of a task is its prototype table (eq. 1); a prediction is eq. 2's
+    logits.
 
     Args:
         model: embedding network mapping ``[N, ...]`` inputs to ``[N, D]`` (or more dims,
@@ -36,32 +38,26 @@ class ProtoNet(MetaLearner):
         strategy: ``"loop"`` over tasks or ``"vmap"``.
     """
 
+    model_role = "embedding"
+    adapt_options = ("ways",)
+
     def __init__(self, model: nn.Module, strategy: str = "loop") -> None:
-        super().__init__("cross_entropy")
+        super().__init__("cross_entropy", strategy)
         self.model = model
-        self.strategy = check_strategy(strategy)
 
     def embed(self, x: Tensor) -> Tensor:
         return self.model(x).flatten(1)
 
-    def task_losses(self, batch: TaskBatch, training: bool = True
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
+    def task_options(self, batch: TaskBatch) -> dict[str, int]:
         if batch.num_classes is None:
             raise ValueError("ProtoNet needs a classification TaskBatch (num_classes is None)")
-        ways = batch.num_classes
+        return {"ways": batch.num_classes}
 
-        def per_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
-            logits = negative_squared_distances(self.embed(qx),
-                                                prototypes(self.embed(sx), sy, ways))
-            return self.loss_fn(logits, qy), self.metric_fn(logits, qy)
+    def adapt_task(self, support_x: Tensor, support_y: Tensor, *, training: bool,
+                   ways: int | None = None) -> Tensor:
+        """The prototypes ``[ways, D]`` (``ways``: the batch's, else the largest label + 1)."""
+        ways = int(support_y.max()) + 1 if ways is None else ways
+        return prototypes(self.embed(support_x), support_y, ways)
 
-        with torch.set_grad_enabled(training and torch.is_grad_enabled()):
-            losses, metric = map_tasks(per_task, batch.support_x, batch.support_y,
-                                       batch.query_x, batch.query_y, strategy=self.strategy)
-        return losses, {self.metric_name: metric}
-
-    def adapt(self, support_x: Tensor, support_y: Tensor) -> Predictor:
-        ways = int(support_y.max()) + 1
-        with torch.no_grad():
-            centers = prototypes(self.embed(support_x), support_y, ways)
-        return Predictor(lambda x: negative_squared_distances(self.embed(x), centers))
+    def predict(self, centers: Tensor, x: Tensor) -> Tensor:
+        return negative_squared_distances(self.embed(x), centers)

@@ -1,4 +1,4 @@
-"""The adaptation engine: functional inner loops and execution strategies over tasks."""
+"""The adaptation engine: functional inner loops, update rules and execution strategies."""
 
 from metalab.functional.inner_loop import (
     Params,
@@ -8,15 +8,29 @@ from metalab.functional.inner_loop import (
 )
 from metalab.functional.layout import to_channels_last
 from metalab.functional.tasks import STRATEGIES, check_strategy, gradients_for, map_tasks
+from metalab.functional.update_rules import (
+    SGD,
+    Chain,
+    LearnedRates,
+    UpdateRule,
+    as_update_rule,
+    parameter_key,
+)
 
 __all__ = [
+    "SGD",
     "STRATEGIES",
+    "Chain",
+    "LearnedRates",
     "Params",
+    "UpdateRule",
+    "as_update_rule",
     "autograd_gradients",
     "check_strategy",
     "func_gradients",
     "gradients_for",
     "inner_loop",
     "map_tasks",
+    "parameter_key",
     "to_channels_last",
 ]

@@ -1,13 +1,16 @@
-"""The inner loop: gradient-based adaptation of a subset of a module's parameters.
+"""The inner loop: gradient-based adaptation of a subset of parameters.
 
 Written once for every optimization-based method. One step is
 
-    theta_i <- theta_i - alpha_i * d L_support(theta) / d theta_i     for adapted names i
+    theta <- theta - d(grad_theta L_support(theta))        for the adapted names
 
-(Finn et al. 2017, eq. 1; a learned per-parameter ``alpha_i`` is Meta-SGD, Li et al. 2017).
-With ``first_order=False`` the step keeps its graph, so the outer loss differentiates
-through it (second-order MAML); with ``first_order=True`` the inner gradients are treated
-as constants (FOMAML).
+where ``d`` is an update rule (`metalab.functional.update_rules`): ``alpha * grad`` for
+MAML (Finn et al. 2017, eq. 1), a learned per-entry ``alpha o grad`` for Meta-SGD (Li et
+al. 2017), a preconditioner or a learned optimizer. The loss is a closure of the
+parameters, so a method's inner loss may be anything (a labelled support loss, ARM-LL's
+learned loss of unlabelled inputs). With ``first_order=False`` the step keeps its graph,
+so the outer loss differentiates through it (second-order MAML); with ``first_order=True``
+the inner gradients are treated as constants (FOMAML).
 
 Two gradient backends serve the two execution strategies over tasks:
 ``autograd_gradients`` (``torch.autograd.grad``; the per-task loop) and ``func_gradients``
@@ -17,16 +20,18 @@ cannot see the batched graph). Both give the same numbers; tests check it in flo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torch.func import functional_call
+from torch.utils import _pytree as pytree
 from torch.utils.checkpoint import checkpoint
 
+from metalab.functional.update_rules import UpdateRule, as_update_rule
+
 Params = dict[str, Tensor]
-StepSize = float | Tensor | Mapping[str, Tensor]
-GradientFn = Callable[[Callable[[Params], Tensor], Params, bool], Params]
+LossOf = Callable[[Params], Tensor]
+GradientFn = Callable[[LossOf, Params, bool], Params]
 
 
 def autograd_gradients(loss_of: Callable[[Params], Tensor], adapted: Params,
@@ -49,26 +54,18 @@ def func_gradients(loss_of: Callable[[Params], Tensor], adapted: Params,
     return grads
 
 
-def _step_size_for(step_size: StepSize, name: str) -> float | Tensor:
-    if isinstance(step_size, Mapping):
-        return step_size[name]
-    return step_size
-
-
-def inner_loop(module: torch.nn.Module, params: Params, x: Tensor, y: Tensor,
-               loss_fn: Callable[[Tensor, Tensor], Tensor], *, steps: int,
-               step_size: StepSize, adapt_names: list[str] | None = None,
-               first_order: bool = False, gradients: GradientFn = autograd_gradients,
+def inner_loop(loss_of: LossOf, params: Params, rule: UpdateRule | float, *, steps: int,
+               adapt_names: list[str] | None = None, first_order: bool = False,
+               gradients: GradientFn = autograd_gradients,
                checkpoint_steps: bool = False) -> Params:
-    """Adapt ``params`` of ``module`` to the support set ``(x, y)``.
+    """Adapt ``params`` by ``steps`` steps of ``rule`` on ``loss_of``.
 
     Args:
-        module: evaluated functionally as ``functional_call(module, params, (x,))``.
-        params: every parameter (and buffer) the module needs, by name.
-        loss_fn: inner loss ``loss_fn(outputs, y) -> scalar``.
-        steps: number of gradient steps (0 returns ``params`` unchanged).
-        step_size: a float, a scalar tensor, or a mapping name -> tensor of the
-            parameter's shape (a learned per-parameter step size).
+        loss_of: the inner loss as a function of every parameter, ``loss_of(params) ->
+            scalar`` (e.g. ``loss(functional_call(module, params, (x,)), y)``).
+        params: every parameter (and buffer) the loss needs, by name.
+        rule: an `UpdateRule` (a number is the step size of plain SGD).
+        steps: number of steps (0 returns ``params`` unchanged).
         adapt_names: the names that adapt; the others stay fixed. ``None`` adapts all.
         first_order: drop the second-order terms (FOMAML).
         gradients: gradient backend, `autograd_gradients` or `func_gradients`.
@@ -79,22 +76,29 @@ def inner_loop(module: torch.nn.Module, params: Params, x: Tensor, y: Tensor,
     Returns:
         A new mapping with the adapted parameters in place of the originals.
     """
+    rule = as_update_rule(rule)
     names = list(params) if adapt_names is None else list(adapt_names)
     fixed = {n: p for n, p in params.items() if n not in names}
     adapted = {n: params[n] for n in names}
 
-    def loss_of(current: Params) -> Tensor:
-        return loss_fn(functional_call(module, {**fixed, **current}, (x,)), y)
+    def adapted_loss(current: Params) -> Tensor:
+        return loss_of({**fixed, **current})
+
+    state = rule.init(adapted)
+    _, state_spec = pytree.tree_flatten(state)
 
     def step(*values: Tensor) -> tuple[Tensor, ...]:
-        current = dict(zip(names, values, strict=True))
-        grads = gradients(loss_of, current, not first_order)
-        return tuple(current[n] - _step_size_for(step_size, n) * grads[n] for n in names)
+        current = dict(zip(names, values[:len(names)], strict=True))
+        rule_state = pytree.tree_unflatten(list(values[len(names):]), state_spec)
+        with torch.enable_grad():  # adaptation needs gradients, at meta-test too
+            grads = gradients(adapted_loss, current, not first_order)
+            current, rule_state = rule.update(grads, rule_state, current)
+        return (*(current[n] for n in names), *pytree.tree_leaves(rule_state))
 
-    values = tuple(adapted.values())
+    values = (*adapted.values(), *pytree.tree_leaves(state))
     for _ in range(steps):
         if checkpoint_steps and torch.is_grad_enabled():
             values = checkpoint(step, *values, use_reentrant=False)
         else:
             values = step(*values)
-    return {**fixed, **dict(zip(names, values, strict=True))}
+    return {**fixed, **dict(zip(names, values[:len(names)], strict=True))}

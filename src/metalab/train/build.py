@@ -13,10 +13,15 @@ import copy
 import inspect
 from typing import Any
 
-from metalab.algorithms import EMBEDDING_METHODS, INNER_LOOP_METHODS, MetaLearner, build_learner
+from metalab.algorithms import MetaLearner, algorithm_class
 from metalab.nn import MODELS, build_model, inner_parameter_names
 from metalab.tasks import TaskSource
-from metalab.train.sources import REGRESSION_FAMILIES, build_task_source, is_regression
+from metalab.train.sources import (
+    REGRESSION_FAMILIES,
+    build_task_source,
+    data_objective,
+    is_regression,
+)
 
 __all__ = ["REGRESSION_FAMILIES", "build_combiner_for", "build_meta_learner",
            "build_task_source", "complete_model_config", "is_regression"]
@@ -68,13 +73,16 @@ def _data_sizes(config: dict[str, Any]) -> dict[str, Any]:
 def complete_model_config(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with the model's size arguments it leaves out filled from the data.
 
-    Sizes the config gives are kept. ProtoNet's embedding gets ``out_features: null``;
-    ARM-CML's prediction network gets the image channels plus the context channels.
+    Sizes the config gives are kept. A method whose model is an embedding
+    (``model_role = "embedding"``) gets ``out_features: null``; a method that
+    appends input channels (a context) gets the model's input channels widened by
+    them and its own options completed from the data (`MetaLearner.options_from_data`).
     """
     config = copy.deepcopy(config)
     model, algorithm = config["model"], config["algorithm"]
     accepted = _accepted(model["name"])
-    if algorithm["name"] in EMBEDDING_METHODS and "out_features" in accepted:
+    method = algorithm_class(algorithm["name"])
+    if method.model_role == "embedding" and "out_features" in accepted:
         model.setdefault("out_features", None)
     missing = [key for key in SIZE_KEYS if key in accepted and key not in model]
     if not missing:
@@ -82,9 +90,10 @@ def complete_model_config(config: dict[str, Any]) -> dict[str, Any]:
     sizes = _named_outputs(_config_sizes(config))
     if any(key not in sizes for key in missing):
         sizes = _named_outputs(_data_sizes(config))
-    if algorithm["name"] == "arm-cml" and "in_channels" in sizes:
-        algorithm.setdefault("image_channels", sizes["in_channels"])
-        sizes["in_channels"] += algorithm.get("context_channels", 12)
+    extra_channels = method.extra_input_channels(algorithm)
+    if extra_channels and "in_channels" in sizes:
+        config["algorithm"] = algorithm = method.options_from_data(algorithm, sizes)
+        sizes["in_channels"] += extra_channels
     for key in missing:
         if key in sizes:
             model[key] = sizes[key]
@@ -102,15 +111,16 @@ def build_meta_learner(config: dict[str, Any]) -> MetaLearner:
     name = algorithm.pop("name")
     model_kwargs = dict(config["model"])
     model_name = model_kwargs.pop("name")
-    if is_regression(config) and name not in EMBEDDING_METHODS:
-        algorithm.setdefault("loss", "mse")
+    method = algorithm_class(name)
+    if "loss" in method.option_names():
+        algorithm.setdefault("loss", data_objective(config).loss_name)
     try:
         model = build_model(model_name, **model_kwargs)
-        if name in INNER_LOOP_METHODS and "adapt" not in algorithm:
+        if method.chooses_adapted_parameters and "adapt" not in algorithm:
             adapted = inner_parameter_names(model)
             if len(adapted) < len(list(model.parameters())):
                 algorithm["adapt"] = adapted
-        return build_learner(name, model, **algorithm)
+        return method(model, **algorithm)
     except TypeError as error:
         raise ValueError(f"config for {name!r} with model {model_name!r}: {error}") from error
 

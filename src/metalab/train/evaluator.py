@@ -10,8 +10,7 @@ import torch
 
 from metalab.algorithms import MetaLearner
 from metalab.tasks import TaskBatch, TaskSource
-
-LOWER_IS_BETTER = {"mse", "loss"}
+from metalab.tasks.objective import lower_is_better
 
 
 def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
@@ -25,14 +24,20 @@ def mean_ci95(values: torch.Tensor) -> tuple[float, float]:
 class Evaluator:
     """Adapts ``learner`` to ``episodes`` tasks from a source and scores each query set.
 
+    Every task goes through ``learner.task_losses(batch, training=False, **options)``,
+    which adapts with `MetaLearner.adapt`: the path a user calls.
+
     Args:
         episodes: number of tasks (600 by default, the usual few-shot protocol).
+        options: adaptation options passed to every task's `adapt` (``inner_steps``);
+            ``None`` values mean the learner's own default.
     """
 
-    def __init__(self, episodes: int = 600) -> None:
+    def __init__(self, episodes: int = 600, **options) -> None:
         if episodes < 1:
             raise ValueError(f"episodes must be >= 1, got {episodes}")
         self.episodes = episodes
+        self.options = {k: v for k, v in options.items() if v is not None}
 
     def per_task(self, learner: MetaLearner, source: TaskSource,
                  device: torch.device | str = "cpu", dtype: torch.dtype | None = None
@@ -44,11 +49,13 @@ class Evaluator:
         carry task ids (groups, multi-task heads), ``"task_id"`` holds them.
         """
         collected: dict[str, list[torch.Tensor]] = {}
+        if self.options:  # a clear error before any task is adapted
+            learner.check_adapt_options(self.options)
         for batch in self._batches(source):
             batch = batch.to(device)
             if dtype is not None:
                 batch = batch.to(dtype)
-            losses, metrics = learner.task_losses(batch, training=False)
+            losses, metrics = learner.task_losses(batch, training=False, **self.options)
             values_of = {"loss": losses, **metrics}
             if batch.task_id is not None:
                 values_of["task_id"] = batch.task_id
@@ -124,8 +131,7 @@ def group_summary(values: torch.Tensor, groups: torch.Tensor, metric: str = "acc
                                  "batches": int((groups == group).sum())}
         if names is not None:
             per_group[int(group)]["name"] = names[int(group)]
-    lower_is_better = metric in LOWER_IS_BETTER
-    worst = (max if lower_is_better else min)(per_group, key=lambda g: per_group[g]["mean"])
+    worst = (max if lower_is_better(metric) else min)(per_group, key=lambda g: per_group[g]["mean"])
     mean, ci95 = mean_ci95(values)
     return {f"average_{metric}": mean, "average_ci95": ci95,
             f"worst_group_{metric}": per_group[worst]["mean"],

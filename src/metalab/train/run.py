@@ -132,16 +132,14 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = 
                          f"{config['data']['name']!r} has none")
     evaluation = config["eval"]
     inner_steps = evaluation.get("inner_steps") if inner_steps is None else inner_steps
-    if inner_steps is not None:
-        if not hasattr(learner, "eval_inner_steps"):
-            raise ValueError(f"{type(learner).__name__} has no inner loop; drop inner_steps")
-        learner.eval_inner_steps = int(inner_steps)
+    if inner_steps is not None and "inner_steps" not in learner.adapt_options:
+        raise ValueError(f"{type(learner).__name__} has no inner loop; drop inner_steps")
     episodes = evaluation["episodes"] if episodes is None else episodes
     source = build_task_source(config, split, evaluation["batch_size"],
                                seed=evaluation["seed"] if seed is None else seed,
                                queries=evaluation.get("queries"), support_size=support_size)
-    result = Evaluator(episodes).evaluate(learner, source, config["train"]["device"],
-                                          _dtype(config))
+    evaluator = Evaluator(episodes, inner_steps=inner_steps)
+    result = evaluator.evaluate(learner, source, config["train"]["device"], _dtype(config))
     result.update({"split": split, "step": step})
     if inner_steps is not None:
         result["inner_steps"] = int(inner_steps)

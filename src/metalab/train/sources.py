@@ -36,6 +36,7 @@ from metalab.tasks import (
     partition_by_info,
     split_per_class,
 )
+from metalab.tasks.objective import CLASSIFICATION, REGRESSION, Objective
 
 REGRESSION_FAMILIES = {
     "sinusoid": Sinusoid,
@@ -49,8 +50,13 @@ SAMPLER_KEYS = {"name", "root", "ways", "shots", "queries", "shuffle_labels", "t
                 "batch_size", "partition_by", "tasks", "held_out"}
 
 
+def data_objective(config: dict[str, Any]) -> Objective:
+    """What the data ask for: regression for the regression families, else classification."""
+    return REGRESSION if config["data"]["name"] in REGRESSION_FAMILIES else CLASSIFICATION
+
+
 def is_regression(config: dict[str, Any]) -> bool:
-    return config["data"]["name"] in REGRESSION_FAMILIES
+    return data_objective(config) is REGRESSION
 
 
 def _options(data: dict[str, Any]) -> dict[str, Any]:

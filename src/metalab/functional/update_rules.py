@@ -1,0 +1,125 @@
+"""Inner update rules: how one adaptation step turns gradients into new parameters.
+
+A rule is a small `nn.Module` with explicit state (in the style of TorchOpt's and optax's
+gradient transformations):
+
+    state = rule.init(params)
+    new_params, state = rule.update(grads, state, params)
+
+Every rule here is a *descent direction* ``d = transform(grads)`` followed by
+``theta <- theta - d``; its meta-parameters (Meta-SGD's rates, a learned preconditioner,
+a learned optimizer's weights) are ordinary `nn.Parameter`s of the rule, so the outer
+loop learns them with the model. Rules compose with `Chain`: each transform acts on the
+directions of the one before (``Chain(preconditioner, SGD(0.1))``).
+
+The rules are pure functions of their inputs (no in-place updates), so they are
+differentiable to second order and run under `torch.func.vmap`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+Params = dict[str, Tensor]
+State = Any  # a pytree of tensors (tuples, dicts); () for stateless rules
+
+
+def parameter_key(name: str) -> str:
+    """A parameter name usable as a module attribute (``"body.0.weight" -> "body__0__weight"``)."""
+    return name.replace(".", "__")
+
+
+class UpdateRule(nn.Module):
+    """Base class: ``update`` subtracts the direction that `transform` computes."""
+
+    def init(self, params: Params) -> State:
+        """The rule's state before the first step (``()`` when it keeps none)."""
+        return ()
+
+    def transform(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        """The descent directions ``d`` of the adapted parameters and the next state."""
+        raise NotImplementedError
+
+    def update(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        """``theta_i <- theta_i - d_i`` for every name ``i`` of ``grads``."""
+        directions, state = self.transform(grads, state, params)
+        return {n: params[n] - directions[n] for n in grads}, state
+
+
+class SGD(UpdateRule):
+    """``d = alpha * g``: MAML's inner step (Finn et al. 2017, eq. 1) with a fixed ``alpha``."""
+
+    def __init__(self, lr: float) -> None:
+        super().__init__()
+        self.lr = float(lr)
+
+    def transform(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        return {n: self.lr * g for n, g in grads.items()}, state
+
+    def extra_repr(self) -> str:
+        return f"lr={self.lr}"
+
+
+class LearnedRates(UpdateRule):
+    """``d = alpha o g`` with a learned rate per parameter entry (Meta-SGD, Li et al. 2017).
+
+    Args:
+        shapes: ``{parameter name: tensor of that parameter's shape}`` for the adapted
+            parameters (only the shape, dtype and device are read).
+        init: every rate's initial value.
+    """
+
+    def __init__(self, shapes: dict[str, Tensor], init: float) -> None:
+        super().__init__()
+        self.names = list(shapes)
+        self.rates = nn.ParameterDict({
+            parameter_key(n): nn.Parameter(torch.full_like(p.detach(), float(init)))
+            for n, p in shapes.items()})
+
+    def rate(self, name: str) -> Tensor:
+        return self.rates[parameter_key(name)]
+
+    def transform(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        unknown = sorted(set(grads) - set(self.names))
+        if unknown:
+            raise KeyError(f"LearnedRates has no rates for {unknown}; it was built for "
+                           f"{self.names}")
+        return {n: self.rate(n) * g for n, g in grads.items()}, state
+
+
+class Chain(UpdateRule):
+    """Rules applied in turn: each one's directions are the next one's gradients."""
+
+    def __init__(self, *rules: UpdateRule) -> None:
+        super().__init__()
+        if not rules or not all(isinstance(r, UpdateRule) for r in rules):
+            raise TypeError("Chain needs one or more UpdateRule instances")
+        self.rules = nn.ModuleList(rules)
+
+    def init(self, params: Params) -> State:
+        return tuple(rule.init(params) for rule in self.rules)
+
+    def transform(self, grads: Params, state: State, params: Params) -> tuple[Params, State]:
+        states = []
+        for rule, rule_state in zip(self.rules, state, strict=True):
+            grads, rule_state = rule.transform(grads, rule_state, params)
+            states.append(rule_state)
+        return grads, tuple(states)
+
+
+def as_update_rule(rule: UpdateRule | float) -> UpdateRule:
+    """A rule as is, or a number as the step size of `SGD`."""
+    if isinstance(rule, UpdateRule):
+        return rule
+    if isinstance(rule, bool) or not isinstance(rule, (int, float)):
+        raise TypeError(f"update rule must be an UpdateRule or a step size (a number), got "
+                        f"{type(rule).__name__}")
+    return SGD(rule)
+
+
+__all__: Iterable[str] = ["Chain", "LearnedRates", "SGD", "UpdateRule", "as_update_rule",
+                          "parameter_key"]

@@ -1,0 +1,60 @@
+"""What a task asks for: classification or regression, in one place.
+
+An `Objective` says how a prediction is scored: the training loss, the reported metric and
+whether a lower metric is better. Learners, the evaluator and the report read it from
+here; nothing else decides classification versus regression.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean squared error over every entry."""
+    return F.mse_loss(outputs, targets)
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """Fraction of ``logits [N, C]`` whose argmax is the label."""
+    return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
+
+
+@dataclass(frozen=True)
+class Objective:
+    """A task kind: ``loss(outputs, targets)``, ``metric(outputs, targets)`` and its direction."""
+
+    kind: str
+    loss_name: str
+    loss: Callable[[Tensor, Tensor], Tensor]
+    metric_name: str
+    metric: Callable[[Tensor, Tensor], Tensor]
+    lower_is_better: bool
+
+    def score(self, outputs: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, metric)`` of one task's predictions."""
+        return self.loss(outputs, targets), self.metric(outputs, targets)
+
+
+CLASSIFICATION = Objective("classification", "cross_entropy", F.cross_entropy, "accuracy",
+                           accuracy, lower_is_better=False)
+REGRESSION = Objective("regression", "mse", mse, "mse", mse, lower_is_better=True)
+OBJECTIVES = {objective.loss_name: objective for objective in (CLASSIFICATION, REGRESSION)}
+
+
+def objective_for(loss: str) -> Objective:
+    """The objective whose training loss is named ``loss`` (``cross_entropy`` or ``mse``)."""
+    if loss not in OBJECTIVES:
+        raise ValueError(f"loss must be one of {sorted(OBJECTIVES)}, got {loss!r}")
+    return OBJECTIVES[loss]
+
+
+def lower_is_better(metric_name: str) -> bool:
+    """Whether a lower value of the metric (or of ``loss``) is better."""
+    if metric_name == "loss":
+        return True
+    return any(o.metric_name == metric_name and o.lower_is_better for o in OBJECTIVES.values())
