@@ -188,8 +188,8 @@ class Trainer:
                                                 or step == self.steps)
 
     def validate(self) -> dict[str, float]:
-        result = Evaluator(self.config.val_episodes).evaluate(self.learner, self.val_source(),
-                                                       self.device, self.dtype)
+        evaluator = Evaluator(self.config.val_episodes)
+        result = evaluator.evaluate(self.learner, self.val_source(), self.device, self.dtype)
         return {result["metric"]: result["mean"], "ci95": result["ci95"]}
 
     def fit(self, resume: bool = False) -> MetaLearner:
