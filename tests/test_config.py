@@ -170,6 +170,8 @@ def test_accepted_keywords_of_classes_and_functions():
     ("train.progress=maybe", "train.progress must be true or false, got 'maybe'"),
     ("train.combiner=3", "train.combiner must be a string or a mapping or null, got 3"),
     ("eval.batch_size=0", "eval.batch_size must be a positive integer, got 0"),
+    ("train.seed=abc", "train.seed must be an integer, got 'abc'"),
+    ("train.device=0", "train.device must be a string, got 0"),
     ("train=null", "config needs train.steps"),
     ("algorithm.name=mamll", "algorithm.name must be one of .* got 'mamll' .did you mean maml"),
     ("data.name=sinusiod", "data.name must be one of .* got 'sinusiod' .did you mean sinusoid"),

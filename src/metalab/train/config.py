@@ -253,7 +253,9 @@ def describe(annotation: Any, metadata: Iterable[Any] = ()) -> str:
         return f"a positive {name}"
     if ge == 0:
         return f"a non-negative {name}"
-    return name if annotation is bool else f"a {name}"
+    if annotation is bool:
+        return name
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
 
 
 def unknown_key_message(section: str, key: str, known: Iterable[str],
