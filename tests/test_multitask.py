@@ -485,7 +485,7 @@ def test_trainer_combines_the_shared_parameters_of_a_multitask_learner(tmp_path,
     trainer = Trainer(learner, MultiLabelSource(data, 6, seed=0), tmp_path / "run", steps=2,
                       progress=False, combiner=build_combiner("pcgrad"),
                       combine_params="shared")
-    assert {id(p) for p in trainer.combined_step.combined} == {
+    assert {id(p) for p in trainer.backward_step.combined} == {
         id(p) for n, p in learner.named_parameters() if n in learner.shared_parameter_names()}
     trainer.fit()
     assert all(not torch.equal(before[n], p) for n, p in learner.named_parameters())

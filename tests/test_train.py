@@ -64,9 +64,11 @@ def test_cli_refuses_to_overwrite_a_run_and_reports_bad_input(tiny_config, tmp_p
 
 
 def test_config_overrides_and_errors(tiny_config):
-    config = load_config(tiny_config, ["train.steps=200", "data.shots=10", "algorithm.x=[1, 2]"])
+    config = load_config(tiny_config, ["train.steps=200", "data.shots=10", "model.hidden=[1, 2]"])
     assert config["train"]["steps"] == 200 and config["data"]["shots"] == 10
-    assert config["algorithm"]["x"] == [1, 2]
+    assert config["model"]["hidden"] == [1, 2]
+    with pytest.raises(ConfigError, match="algorithm.x is not an option of maml"):
+        load_config(tiny_config, ["algorithm.x=[1, 2]"])
     assert config["train"]["optimizer"] == "adam"  # default filled in
     with pytest.raises(ConfigError, match="must look like section.key=value"):
         apply_overrides({}, ["steps"])

@@ -28,7 +28,6 @@ Facts a builder needs are class attributes, not names checked elsewhere: ``model
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
@@ -119,21 +118,6 @@ class MetaLearner(nn.Module):
         self._compiled_task_losses: Callable | None = None
 
     # -- facts for builders ------------------------------------------------------------
-    @classmethod
-    def option_names(cls) -> set[str]:
-        """Keyword arguments the constructor accepts besides the model, following
-        ``**kwargs`` up to the parent classes (``FOMAML(model, **kwargs)`` takes MAML's)."""
-        names: set[str] = set()
-        for klass in cls.__mro__:
-            if "__init__" not in vars(klass) or klass in (MetaLearner, nn.Module, object):
-                continue
-            parameters = inspect.signature(vars(klass)["__init__"]).parameters
-            names |= {n for n, p in parameters.items()
-                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-            if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
-                break
-        return names - {"self", "model"}
-
     @classmethod
     def extra_input_channels(cls, options: dict[str, Any]) -> int:
         """Channels the method appends to the data's inputs (ARM-CML's context)."""

@@ -22,24 +22,63 @@ def resolve_config_path(name: str) -> Path:
                             f"`metalab list` shows the shipped ones")
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from metalab.train import load_config, train_run
-    from metalab.train.distributed import init_from_environment, is_main_process
-    from metalab.train.run import CONFIG_FILE
+def _train_target(args: argparse.Namespace) -> tuple[dict, Path]:
+    """The config and run directory of ``metalab train``.
+
+    ``metalab train CONFIG [--out RUN]`` starts a run; ``metalab train --resume RUN``
+    continues one with its saved config (``--resume --out RUN`` and ``CONFIG --resume
+    --out RUN`` too). Overrides apply in every form.
+    """
+    from metalab.train import load_config
+    from metalab.train.run import CONFIG_FILE, read_run_config
 
     if args.config and "=" in args.config and not Path(args.config).exists():
         args.overrides.insert(0, args.config)  # `metalab train --resume --out RUN key=value`
         args.config = None
+    if args.config is not None and Path(args.config).is_dir():
+        if not args.resume:
+            advice = (f"to continue the run there: metalab train --resume {args.config}"
+                      if (Path(args.config) / CONFIG_FILE).is_file() else "give a YAML file")
+            raise ValueError(f"{args.config} is a directory, not a config; {advice}")
+        if args.out and Path(args.out).resolve() != Path(args.config).resolve():
+            raise ValueError(f"--resume {args.config} and --out {args.out} name two run "
+                             f"directories; give one: metalab train --resume {args.config}")
+        args.config, args.out = None, args.config
     if args.config is None:
         if not (args.resume and args.out):
-            raise ValueError("give a CONFIG, or --resume with --out RUN_DIR")
-        config_path = Path(args.out) / CONFIG_FILE
-    else:
+            raise ValueError("give a CONFIG to start a run (metalab train CONFIG --out RUN), "
+                             "or the run to continue (metalab train --resume RUN)")
+        if not (Path(args.out) / CONFIG_FILE).is_file():
+            raise ValueError(f"{args.out} is not a metalab run (no {CONFIG_FILE}); to start "
+                             f"one there: metalab train CONFIG --out {args.out}")
+        return read_run_config(args.out, args.overrides), Path(args.out)
+    try:
         config_path = resolve_config_path(args.config)
-    config = load_config(config_path, args.overrides)
-    out = Path(args.out) if args.out else Path("runs") / config_path.stem
+    except FileNotFoundError:
+        if not args.resume:
+            raise
+        raise FileNotFoundError(f"{args.config!r} is neither a run directory nor a config; "
+                                f"continue a run with: metalab train --resume RUN_DIR") from None
+    if args.out:
+        out = Path(args.out)
+    elif args.resume and config_path.name == CONFIG_FILE:  # `--resume RUN/config.yaml`
+        out = config_path.parent
+    else:
+        out = Path("runs") / config_path.stem
+    return load_config(config_path, args.overrides), out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metalab.train import train_run
+    from metalab.train.distributed import init_from_environment, is_main_process
+
+    config, out = _train_target(args)
     init_from_environment(config["train"]["device"])
-    trainer = train_run(config, out, resume=args.resume)
+    try:
+        trainer = train_run(config, out, resume=args.resume)
+    except KeyboardInterrupt:
+        print(f"interrupted; continue with: metalab train --resume {out}", file=sys.stderr)
+        return 130
     if is_main_process():
         print(f"trained {trainer.step} steps; run directory: {out}")
     return 0
@@ -95,10 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="meta-train from a YAML config")
-    train.add_argument("config", nargs="?", help="config file or shipped config name")
+    train.add_argument("config", nargs="?",
+                       help="config file or shipped config name (with --resume: the run "
+                            "directory)")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.steps=200")
     train.add_argument("--out", help="run directory (default runs/CONFIG_NAME)")
-    train.add_argument("--resume", action="store_true", help="continue an interrupted run")
+    train.add_argument("--resume", action="store_true",
+                       help="continue an interrupted run: metalab train --resume RUN")
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="meta-test a trained run (mean, 95%% CI)")
@@ -134,7 +176,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command == "train" and all("=" in item for item in extra):
+        args.overrides += extra  # overrides after an option: `train RUN --resume key=value`
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, RuntimeError, KeyError) as error:

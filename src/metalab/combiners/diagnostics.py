@@ -3,7 +3,7 @@
 The "tragic triad" of Yu et al. (NeurIPS 2020, Section 3): conflicting gradients
 (negative cosine similarity), very different magnitudes, and high curvature. The first two
 are read off the Gram matrix ``G = grads @ grads.T`` here; the curvature along the update
-is measured by the trainer.
+is measured by `metalab.train.combined_step.CombinedStep.diagnostics`.
 """
 
 from __future__ import annotations

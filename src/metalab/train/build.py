@@ -16,6 +16,7 @@ from typing import Any
 from metalab.algorithms import MetaLearner, algorithm_class
 from metalab.nn import MODELS, build_model, inner_parameter_names
 from metalab.tasks import TaskSource
+from metalab.train.config import accepted_keywords
 from metalab.train.sources import (
     REGRESSION_FAMILIES,
     build_task_source,
@@ -112,7 +113,7 @@ def build_meta_learner(config: dict[str, Any]) -> MetaLearner:
     model_kwargs = dict(config["model"])
     model_name = model_kwargs.pop("name")
     method = algorithm_class(name)
-    if "loss" in method.option_names():
+    if "loss" in (accepted_keywords(method) or ()):
         algorithm.setdefault("loss", data_objective(config).loss_name)
     try:
         model = build_model(model_name, **model_kwargs)

@@ -13,20 +13,30 @@ is back-propagated through the learner. Every other case (gradient combiners, di
 under ``combine_params="shared"``) get the plain mean, or ``w @ G`` for loss weighting.
 With several processes each computes the rows of its tasks and all gather ``G`` and the
 losses, so every process applies the same update and the combiner's state stays in step.
+
+Diagnostics live here too, since they read ``G``: on a diagnosed step `CombinedStep.diagnostics`
+reports the task-gradient statistics (`metalab.combiners.gradient_statistics`: cosines,
+fraction conflicting, norm ratio) and the curvature of the loss along the update, the three
+conditions of the "tragic triad" (Yu et al. 2020).
 """
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parameters_to_vector
 
 from metalab.algorithms import MetaLearner
+from metalab.combiners import gradient_statistics
 from metalab.tasks import TaskBatch
 from metalab.train import distributed
+from metalab.train.backward import BackwardStep
+from metalab.train.config import CombineParams
 
-COMBINE_PARAMS = ("all", "shared")
+COMBINE_PARAMS = typing.get_args(CombineParams)
 
 
 def check_combine_params(value: str) -> str:
@@ -92,7 +102,7 @@ def loss_weights(combiner: nn.Module, losses: Tensor, task_ids: Tensor | None) -
     return torch.zeros_like(leaf) if grads[0] is None else grads[0]
 
 
-class CombinedStep:
+class CombinedStep(BackwardStep):
     """Computes ``.grad`` for one training step with ``combiner``.
 
     Args:
@@ -124,19 +134,23 @@ class CombinedStep:
         self.others = [p for n, p in trainable if n not in shared]
         self.combined_size = sum(p.numel() for p in self.combined)
         self.last_gradients: TaskGradients | None = None
+        self._before_update: Tensor | None = None
 
     @property
     def parameters(self) -> list[nn.Parameter]:
         return self.combined + self.others
 
-    def backward(self, batch: TaskBatch, keep_gradients: bool = False) -> dict[str, float]:
-        """Set ``.grad`` of every trainable parameter; returns the batch's mean metrics.
+    def backward(self, batch: TaskBatch, share: float = 1.0,
+                 diagnose: bool = False) -> dict[str, float]:
+        """Set ``.grad`` of every trainable parameter; returns the shard's mean metrics.
 
-        ``batch`` is this process's shard. ``keep_gradients`` keeps ``G`` (for diagnostics)
-        in ``last_gradients``.
+        ``batch`` is this process's shard (of share ``T_r / T``; the update needs no share,
+        since ``G`` is gathered whole). ``diagnose`` keeps ``G`` in ``last_gradients`` and
+        the parameters for `diagnostics`, to be called after the optimizer step.
         """
         self.last_gradients = None
-        needs_rows = (self.combiner.needs_gradients or keep_gradients
+        self._before_update = None
+        needs_rows = (self.combiner.needs_gradients or diagnose
                       or self.task_chunk is not None or distributed.world_size() > 1)
         if not needs_rows:
             return self._weighted_backward(batch)
@@ -153,9 +167,32 @@ class CombinedStep:
         if regularizer is not None:  # the same in every process: added after the gather
             regularizer.backward()
             metrics.update(self._regularizer_summary(metrics["loss"], regularizer))
-        if keep_gradients:
+        if diagnose:
             self.last_gradients = rows
+            self._before_update = parameters_to_vector(self.parameters).detach()
         return metrics
+
+    def diagnostics(self, batch: TaskBatch, share: float = 1.0) -> dict[str, float]:
+        """Gradient statistics of the diagnosed step, and the loss curvature along its update.
+
+        Along the update ``u = theta' - theta``, ``L(theta') = L + g.u + u^T H u / 2`` to
+        second order, so ``2 (L(theta') - L(theta) - g.u) / |u|^2`` estimates the Rayleigh
+        quotient ``u^T H u / |u|^2`` on the same batch (one extra forward pass). Keys are
+        ``diag/<name>``.
+        """
+        rows, before = self.last_gradients, self._before_update
+        if rows is None or before is None:
+            raise RuntimeError("diagnostics() needs a step run with backward(..., diagnose=True)")
+        combined = rows.grads[:, : self.combined_size]
+        stats = gradient_statistics(combined @ combined.T)
+        update = parameters_to_vector(self.parameters).detach() - before
+        with torch.no_grad():
+            after = self.learner.training_losses(batch)[0].detach().mean().item()
+        after = distributed.all_reduce_metrics({"loss": after}, share)["loss"]
+        change = after - rows.losses.mean().item() - (rows.grads.mean(dim=0) @ update).item()
+        norm2 = (update @ update).item()
+        stats["curvature"] = 2.0 * change / norm2 if norm2 > 0 else 0.0
+        return {f"diag/{name}": value for name, value in stats.items()}
 
     def _regularizer_summary(self, query_loss: float, regularizer: Tensor) -> dict[str, float]:
         return {"query_loss": query_loss, **self.learner.regularizer_metrics(),

@@ -1,53 +1,173 @@
 """Experiment configs: YAML with the sections algorithm, model, data, train and eval.
 
-Dotted ``key=value`` overrides (``train.steps=200``) are parsed as YAML scalars, so
-numbers, booleans and lists keep their types.
+``train`` and ``eval`` have fixed keys: each is a typed schema (`TrainConfig`,
+`EvalConfig`) whose fields and defaults are written once, here. The keys of
+``algorithm``, ``model`` and ``data`` depend on the chosen method, model and dataset, so
+they are checked against what those accept: the constructor's signature of
+``ALGORITHMS[algorithm.name]`` / ``MODELS[model.name]``, and for ``data`` the keys the task
+sources read (``sources.SAMPLER_KEYS``) plus the signature of the task family or dataset
+factory (a factory that only forwards ``**kwargs`` cannot be checked: its options reach the
+dataset unchecked). An unknown or misspelt key is a `ConfigError` naming it, its section,
+the known keys and the closest one (``train.stpes``: "did you mean steps?").
+
+The schema library is pydantic v2 (``extra="forbid"``, strict integers and booleans):
+field constraints (``ge=1``), ``Literal`` choices and unions such as ``combiner: name |
+{name: ..., options} | null`` are one annotation each, and its errors are structured
+(location, kind, input), so each becomes one sentence here. OmegaConf's structured configs
+were the alternative; they lack value constraints and, in 2.3, unions of a string and a
+mapping, so ``combiner`` and every ``>= 1`` would have stayed hand-written checks.
+
+A config travels as a plain dict of sections (what ``config.yaml`` holds and the builders
+read); `resolve` fills the defaults from the schemas and `TrainConfig.of(config)` /
+`EvalConfig.of(config)` give the typed sections. Dotted ``key=value`` overrides
+(``train.steps=200``) are parsed as YAML scalars, so numbers, booleans and lists keep their
+types. A malformed YAML file is a one-line error naming the file, line and column.
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
+import inspect
+import typing
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+import torch
 import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from metalab import datasets
+from metalab.algorithms import ALGORITHMS
+from metalab.nn import MODELS
+from metalab.train.sources import REGRESSION_FAMILIES, SAMPLER_KEYS
 
 SECTIONS = ("algorithm", "model", "data", "train", "eval")
-
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "algorithm": {},
-    "model": {},
-    "data": {"shuffle_labels": True, "train_split": "train", "val_split": "val",
-             "test_split": "test"},
-    "train": {"optimizer": "adam", "lr": 1e-3, "seed": 0, "device": "cpu",
-              "val_every": 500, "val_episodes": 100, "checkpoint_every": 500,
-              "log_every": 10, "grad_clip": None, "task_chunk": None, "compile": False,
-              "progress": True, "combiner": None, "combine_params": "all",
-              "diagnostics": False},
-    "eval": {"episodes": 600, "seed": 1234, "batch_size": 20},
-}
-REQUIRED = {"algorithm": ("name",), "model": ("name",), "data": ("name",),
-            "train": ("steps", "meta_batch"), "eval": ("episodes",)}
+DATA_DEFAULTS: dict[str, Any] = {"shuffle_labels": True, "train_split": "train",
+                                 "val_split": "val", "test_split": "test"}
 
 
 class ConfigError(ValueError):
-    """A config is missing a key or has a value of the wrong kind."""
+    """A config is malformed, misses a key, names an unknown one or has a wrong value."""
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
+# -- the typed sections ---------------------------------------------------------------------
+PositiveInt = Annotated[int, Field(ge=1)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0, strict=False)]
+OptimizerName = Literal["adam", "sgd", "adamw"]
+CombineParams = Literal["all", "shared"]
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def _dtype_name(value: Any) -> Any:
+    """``torch.float64`` (a Trainer keyword) is accepted as its config name ``float64``."""
+    return str(value).removeprefix("torch.") if isinstance(value, torch.dtype) else value
+
+
+def _device_name(value: Any) -> Any:
+    return str(value) if isinstance(value, torch.device) else value
+
+
+class Section(BaseModel):
+    """A config section with fixed keys: unknown keys are errors, values are typed."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @classmethod
+    def of(cls, config: dict[str, Any]):
+        """The typed section of a resolved ``config`` dict."""
+        return cls.model_validate(config[cls.section])
+
+
+class TrainConfig(Section):
+    """``train``: the meta-optimization, its schedule and where it runs.
+
+    Fields: ``steps`` (meta-iterations) and ``meta_batch`` (tasks per step, required);
+    ``optimizer``/``lr``: the meta-optimizer; ``seed``: torch's global RNG and the training
+    tasks; ``device``, ``dtype`` (``null``: the model's own, or ``float32``/``float64``);
+    ``val_every`` (0: no validation), ``val_episodes``; ``checkpoint_every``, ``log_every``
+    in steps; ``grad_clip``: max global norm of the meta-gradient; ``task_chunk``:
+    back-propagate at most this many tasks at once (the update is the same, the peak memory
+    one chunk's graph); ``compile``: ``torch.compile`` the learner; ``progress``: a progress
+    bar; ``combiner``: a name or ``{name: ..., options}`` merging the tasks' losses or
+    gradients (PCGrad, group DRO ...), ``null`` for the mean loss; ``combine_params``:
+    ``all`` or ``shared`` (the parameters the combiner acts on); ``diagnostics``: log the
+    task-gradient statistics and the curvature along the update on every logged step.
+    """
+
+    section: typing.ClassVar[str] = "train"
+
+    steps: PositiveInt
+    meta_batch: PositiveInt
+    optimizer: OptimizerName = "adam"
+    lr: PositiveFloat = 1e-3
+    seed: int = 0
+    device: Annotated[str, BeforeValidator(_device_name)] = "cpu"
+    dtype: Annotated[Literal["float32", "float64"] | None, BeforeValidator(_dtype_name)] = None
+    val_every: NonNegativeInt = 500
+    val_episodes: PositiveInt = 100
+    checkpoint_every: PositiveInt = 500
+    log_every: PositiveInt = 10
+    grad_clip: PositiveFloat | None = None
+    task_chunk: PositiveInt | None = None
+    compile: bool = False
+    progress: bool = True
+    combiner: str | dict[str, Any] | None = None
+    combine_params: CombineParams = "all"
+    diagnostics: bool = False
+
+    @property
+    def torch_dtype(self) -> torch.dtype | None:
+        return None if self.dtype is None else DTYPES[self.dtype]
+
+
+class EvalConfig(Section):
+    """``eval``: meta-test episodes (required), their seed, tasks per batch, and optional
+    ``queries`` (per class at test) and ``inner_steps`` (adaptation steps at test)."""
+
+    section: typing.ClassVar[str] = "eval"
+
+    episodes: PositiveInt
+    seed: int = 1234
+    batch_size: PositiveInt = 20
+    queries: PositiveInt | None = None
+    inner_steps: NonNegativeInt | None = None
+
+
+TYPED_SECTIONS: dict[str, type[Section]] = {"train": TrainConfig, "eval": EvalConfig}
+
+
+# -- reading and overriding -----------------------------------------------------------------
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> dict[str, Any]:
     """Read ``path``, apply ``overrides`` and fill defaults; raises `ConfigError`."""
+    return resolve(apply_overrides(read_yaml(path), overrides))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """The mapping of sections in ``path``; a YAML syntax error names its line and column."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist")
-    with path.open() as f:
-        raw = yaml.safe_load(f) or {}
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = error.problem or error.context or "not valid YAML"
+        raise ConfigError(f"config {str(path)!r}{where}: {problem}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config {str(path)!r}: not valid YAML ({error})") from None
+    if raw is None:
+        return {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config {str(path)!r} must be a mapping of sections, got "
                           f"{type(raw).__name__}")
-    return resolve(apply_overrides(raw, overrides))
+    return raw
 
 
-def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+def apply_overrides(config: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
     """Return a copy of ``config`` with each ``dotted.key=value`` set."""
     config = copy.deepcopy(config)
     for item in overrides:
@@ -60,29 +180,174 @@ def apply_overrides(config: dict[str, Any], overrides: list[str]) -> dict[str, A
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[leaf] = yaml.safe_load(text)
+        try:
+            node[leaf] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: {text!r} is not a YAML value") from None
     return config
 
 
+# -- validation -----------------------------------------------------------------------------
 def resolve(config: dict[str, Any]) -> dict[str, Any]:
-    """Check sections and required keys, and fill the defaults."""
-    unknown = set(config) - set(SECTIONS)
+    """Check every section's keys and values and fill the defaults; raises `ConfigError`."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"a config is a mapping of sections, got {type(config).__name__}")
+    unknown = sorted(set(config) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"unknown config sections {sorted(unknown)}; expected {list(SECTIONS)}")
-    resolved = {}
+        raise ConfigError(f"unknown config sections {unknown}; expected {list(SECTIONS)}")
+    sections = {}
     for section in SECTIONS:
         values = config.get(section) or {}
         if not isinstance(values, dict):
-            raise ConfigError(f"config section {section!r} must be a mapping")
-        for key in REQUIRED[section]:
-            if key not in values:
-                raise ConfigError(f"config needs {section}.{key}")
-        resolved[section] = {**DEFAULTS[section], **copy.deepcopy(values)}
-    for key in ("steps", "meta_batch"):
-        value = resolved["train"][key]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"train.{key} must be a positive integer, got {value!r}")
-    return resolved
+            raise ConfigError(f"config section {section!r} must be a mapping, got "
+                              f"{type(values).__name__}")
+        sections[section] = copy.deepcopy(values)
+    for section, schema in TYPED_SECTIONS.items():
+        sections[section] = _typed(schema, sections[section])
+    sections["data"] = {**DATA_DEFAULTS, **sections["data"]}
+    _check_named(sections, "algorithm", ALGORITHMS)
+    _check_named(sections, "model", MODELS)
+    _check_data(sections["data"])
+    return sections
+
+
+def _typed(schema: type[Section], values: dict[str, Any]) -> dict[str, Any]:
+    try:
+        return schema.model_validate(values).model_dump()
+    except ValidationError as error:
+        raise ConfigError(explain(schema, error)) from None
+
+
+def explain(schema: type[Section], error: ValidationError) -> str:
+    """One sentence for pydantic's first error in ``schema``'s section."""
+    error = error.errors()[0]
+    section, key = schema.section, str(error["loc"][0])
+    if error["type"] == "extra_forbidden":
+        return unknown_key_message(section, key, schema.model_fields)
+    if error["type"] == "missing":
+        return f"config needs {section}.{key}"
+    field = schema.model_fields[key]
+    return (f"{section}.{key} must be {describe(field.annotation, field.metadata)}, "
+            f"got {error['input']!r}")
+
+
+def describe(annotation: Any, metadata: Iterable[Any] = ()) -> str:
+    """The values a field's type accepts, in words (``a positive integer or null``)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Annotated:
+        return describe(args[0], [*args[1:], *metadata])
+    if origin is Literal:
+        return f"one of {list(args)}"
+    if args and type(None) in args:  # a union with None
+        kinds = [describe(arg, metadata) for arg in args if arg is not type(None)]
+        return " or ".join(kinds + ["null"])
+    if args and origin not in (dict, list, tuple):
+        return " or ".join(describe(arg, metadata) for arg in args)
+    bounds = [m for item in metadata for m in getattr(item, "metadata", [item])]
+    ge = next((b.ge for b in bounds if hasattr(b, "ge")), None)
+    gt = next((b.gt for b in bounds if hasattr(b, "gt")), None)
+    names = {int: "integer", float: "number", bool: "true or false", str: "string",
+             dict: "mapping", list: "list"}
+    name = names.get(origin or annotation, getattr(annotation, "__name__", str(annotation)))
+    if (ge == 1 and annotation is int) or gt == 0:
+        return f"a positive {name}"
+    if ge == 0:
+        return f"a non-negative {name}"
+    if annotation is bool:
+        return name
+    return f"an {name}" if name[0] in "aeiou" else f"a {name}"
+
+
+def unknown_key_message(section: str, key: str, known: Iterable[str],
+                        owner: str | None = None) -> str:
+    """``section.key`` is unknown: the known keys and the closest one."""
+    known = sorted(known)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    where = f"an option of {owner}" if owner else f"a {section} option"
+    return f"{section}.{key} is not {where}{hint}; known {section} keys: {', '.join(known)}"
+
+
+def accepted_keywords(factory: Callable[..., Any]) -> set[str] | None:
+    """The keyword arguments ``factory`` accepts, or None when it takes any (``**kwargs``).
+
+    A class forwarding ``**kwargs`` to its base accepts the base's keywords too; a function
+    forwarding them to the class it returns (a factory annotated ``-> Conv4``) accepts that
+    class's.
+    """
+    keywords: set[str] = set()
+    classes = inspect.getmro(factory) if inspect.isclass(factory) else [factory]
+    for owner in classes:
+        target = owner.__init__ if inspect.isclass(factory) else owner
+        if inspect.isclass(factory) and "__init__" not in vars(owner):
+            continue
+        parameters = inspect.signature(target).parameters.values()
+        keywords |= {p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                                                p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters):
+            return keywords - {"self"}
+    if not inspect.isclass(factory):
+        returned = _return_class(factory)
+        if returned is not None and (inner := accepted_keywords(returned)) is not None:
+            return keywords | inner
+    return None
+
+
+def _return_class(function: Callable[..., Any]) -> type | None:
+    try:
+        returned = typing.get_type_hints(function).get("return")
+    except (NameError, TypeError):
+        return None
+    return returned if inspect.isclass(returned) else None
+
+
+def _check_name(section: str, name: Any, choices: Iterable[str]) -> None:
+    choices = sorted(choices)
+    if name not in choices:
+        close = difflib.get_close_matches(str(name), choices, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ConfigError(f"{section}.name must be one of {choices}, got {name!r}{hint}")
+
+
+def _check_named(sections: dict[str, Any], section: str, registry: dict[str, Any]) -> None:
+    """``section``'s keys are ``name`` and keywords of ``registry[name]``'s constructor."""
+    values = sections[section]
+    if "name" not in values:
+        raise ConfigError(f"config needs {section}.name (one of {sorted(registry)})")
+    _check_name(section, values["name"], registry)
+    factory = registry[values["name"]]
+    accepted = accepted_keywords(factory)
+    if accepted is None:
+        return
+    known = accepted - {"model"} if section == "algorithm" else accepted
+    for key in values:
+        if key != "name" and key not in known:
+            owner = f"{values['name']} ({getattr(factory, '__name__', factory)})"
+            raise ConfigError(unknown_key_message(section, key, {"name", *known}, owner))
+
+
+def _data_factory(name: str) -> Callable[..., Any] | None:
+    if name in REGRESSION_FAMILIES:
+        return REGRESSION_FAMILIES[name]
+    from metalab.datasets.registry import REGISTRY
+
+    entry = REGISTRY.get(name)
+    return None if entry is None else entry.factory
+
+
+def _check_data(data: dict[str, Any]) -> None:
+    """``data.name`` is a task family or dataset; its other keys are read by the task
+    sources or accepted by the family or dataset factory (when that can be told)."""
+    if "name" not in data:
+        raise ConfigError("config needs data.name")
+    _check_name("data", data["name"], [*REGRESSION_FAMILIES, *datasets.available()])
+    accepted = accepted_keywords(_data_factory(data["name"]))
+    if accepted is None:
+        return
+    known = SAMPLER_KEYS | accepted - {"split", "tasks_per_batch", "seed"}
+    for key in data:
+        if key not in known:
+            raise ConfigError(unknown_key_message("data", key, known, repr(data["name"])))
 
 
 def save_config(config: dict[str, Any], path: Path) -> None:

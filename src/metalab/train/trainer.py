@@ -1,7 +1,8 @@
 """The one training loop, shared by every `MetaLearner`.
 
-Each step draws a meta-batch from the task source, computes ``learner.meta_loss`` and
-takes one meta-optimizer step. Metrics go to ``RUN_DIR/metrics.jsonl``; a checkpoint with
+Each step draws a meta-batch from the task source, sets the meta-gradient with the run's
+one backward step (the mean loss's, or a combiner's: `backward_step_for`) and takes one
+meta-optimizer step. Metrics go to ``RUN_DIR/metrics.jsonl``; a checkpoint with
 the learner, optimizer, task-source and RNG states is written atomically every
 ``checkpoint_every`` steps and at the end, so ``fit(resume=True)`` after an interruption
 ends with exactly the parameters of an uninterrupted run.
@@ -13,15 +14,17 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
-from torch.nn.utils import parameters_to_vector
+from pydantic import ValidationError
 from tqdm import tqdm
 
 from metalab.algorithms import MetaLearner
-from metalab.combiners import build_combiner, gradient_statistics
+from metalab.combiners import build_combiner
 from metalab.tasks import TaskSource
 from metalab.train import distributed
+from metalab.train.backward import BackwardStep, MeanBackward
 from metalab.train.checkpoint import (
     CHECKPOINT,
     atomic_torch_save,
@@ -29,6 +32,7 @@ from metalab.train.checkpoint import (
     load_checkpoint,
 )
 from metalab.train.combined_step import CombinedStep
+from metalab.train.config import ConfigError, TrainConfig, explain
 from metalab.train.evaluator import Evaluator
 
 
@@ -38,6 +42,30 @@ def _place(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}
 METRICS_FILE = "metrics.jsonl"
+
+
+def _train_config(config: TrainConfig | None, source: TaskSource,
+                  options: dict[str, Any]) -> TrainConfig:
+    if config is not None:
+        if options:
+            raise TypeError(f"give Trainer a TrainConfig or its fields as keywords, not both "
+                            f"(got config and {sorted(options)})")
+        return config
+    options.setdefault("meta_batch", getattr(source, "tasks_per_batch", 1))
+    try:
+        return TrainConfig(**options)
+    except ValidationError as error:
+        raise ConfigError(explain(TrainConfig, error)) from None
+
+
+def backward_step_for(learner: MetaLearner, config: TrainConfig,
+                      combiner: torch.nn.Module | None) -> BackwardStep:
+    """`MeanBackward`, or a `CombinedStep` when there is a combiner or diagnostics are on
+    (diagnostics without a combiner combine by the mean: the same update)."""
+    if combiner is None and not config.diagnostics:
+        return MeanBackward(learner, config.task_chunk)
+    return CombinedStep(learner, combiner or build_combiner("mean"), config.combine_params,
+                        config.task_chunk)
 
 
 def build_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -66,76 +94,49 @@ class MetricLog:
 
 
 class Trainer:
-    """Meta-trains ``learner`` on batches from ``source``.
+    """Meta-trains ``learner`` on batches from ``source`` as ``config`` (`TrainConfig`) says.
 
     Args:
         learner: the method.
         source: training task source (its RNG state is checkpointed).
         run_dir: where metrics and checkpoints go.
-        steps: total meta-iterations.
-        optimizer, lr: the meta-optimizer (Adam by default).
+        config: the ``train`` section (steps, optimizer, schedule, device, dtype,
+            task_chunk, grad_clip, combine_params, diagnostics ...; see `TrainConfig`).
         val_source: a callable returning a fresh validation source (the same episodes at
-            every validation), or ``None``.
-        val_every, val_episodes: validation schedule.
-        checkpoint_every, log_every: checkpoint and logging periods in steps.
-        grad_clip: max global norm of the meta-gradient, or ``None``.
-        task_chunk: back-propagate the meta-batch in chunks of at most this many tasks
-            (gradients accumulate, so the update is the same); peak memory then holds one
-            chunk's graph instead of the whole meta-batch's. ``None``: all tasks at once.
-        device, dtype: where and in what precision the batches are processed.
-        progress: show a progress bar.
-        seed: seeds torch's global RNG (dropout, reparametrized samples ...).
+            every validation), or ``None`` (no validation).
         combiner: a `metalab.combiners.Combiner` that merges the tasks' losses or gradients
             into the update (PCGrad, group DRO ...); ``None``: the mean loss. Its state is
             checkpointed and its parameters (if any) trained with the learner's.
-        combine_params: ``"all"`` or ``"shared"``: which parameters the combiner acts on
-            (``learner.shared_parameter_names()``; the others take the mean gradient).
-        diagnostics: on every logged step, also log the task-gradient statistics (pairwise
-            cosines, fraction conflicting, norm ratio) and the curvature of the loss along
-            the update: the three conditions of the "tragic triad" (Yu et al. 2020).
+        **options: instead of ``config``, its fields as keywords
+            (``Trainer(learner, source, run_dir, steps=100, lr=1e-2)``); ``meta_batch``
+            defaults to the source's tasks per batch.
     """
 
-    def __init__(self, learner: MetaLearner, source: TaskSource, run_dir: str | Path, *,
-                 steps: int, optimizer: str = "adam", lr: float = 1e-3,
-                 val_source: Callable[[], TaskSource] | None = None, val_every: int = 500,
-                 val_episodes: int = 100, checkpoint_every: int = 500, log_every: int = 10,
-                 grad_clip: float | None = None, task_chunk: int | None = None,
-                 device: str | torch.device = "cpu",
-                 dtype: torch.dtype | None = None, progress: bool = True, seed: int = 0,
-                 combiner: torch.nn.Module | None = None, combine_params: str = "all",
-                 diagnostics: bool = False) -> None:
+    def __init__(self, learner: MetaLearner, source: TaskSource, run_dir: str | Path,
+                 config: TrainConfig | None = None, *,
+                 val_source: Callable[[], TaskSource] | None = None,
+                 combiner: torch.nn.Module | None = None, **options: Any) -> None:
+        self.config = _train_config(config, source, options)
+        device, dtype = self.config.device, self.config.torch_dtype
         self.learner = _place(learner, device, dtype)
         self.combiner = None if combiner is None else _place(combiner, device, dtype)
         self.source = source
         self.run_dir = Path(run_dir)
-        self.steps = steps
         trained = list(learner.parameters())
         if self.combiner is not None:
             trained += list(self.combiner.parameters())
-        self.optimizer = build_optimizer(optimizer, trained, lr)
-        self.val_source = val_source
-        self.val_every = val_every
-        self.val_episodes = val_episodes
-        self.checkpoint_every = checkpoint_every
-        self.log_every = log_every
-        self.grad_clip = grad_clip
-        if task_chunk is not None and (isinstance(task_chunk, bool)
-                                       or not isinstance(task_chunk, int) or task_chunk < 1):
-            raise ValueError(f"train.task_chunk must be a positive integer or null, "
-                             f"got {task_chunk!r}")
-        self.task_chunk = task_chunk
-        self.diagnostics = bool(diagnostics)
-        self.combined_step = None
-        if self.combiner is not None or self.diagnostics:
-            self.combined_step = CombinedStep(learner, self.combiner or build_combiner("mean"),
-                                              combine_params, task_chunk)
+        self.optimizer = build_optimizer(self.config.optimizer, trained, self.config.lr)
+        self.val_source = val_source if self.config.val_every else None
+        self.backward_step = backward_step_for(self.learner, self.config, self.combiner)
         self._pending_diagnostics: dict[str, float] = {}
         self.device = torch.device(device)
         self.dtype = dtype
-        self.progress = progress
-        self.seed = seed
         self.step = 0
         self.log = MetricLog(self.run_dir / METRICS_FILE)
+
+    @property
+    def steps(self) -> int:
+        return self.config.steps
 
     # -- state ---------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -169,63 +170,48 @@ class Trainer:
         self.learner.train()
         self.optimizer.zero_grad(set_to_none=True)
         batch, share = distributed.shard(self._batch())
-        diagnose = self.diagnostics and self._is_log_step(self.step + 1)
-        if self.combined_step is None:
-            metrics = self.learner.meta_backward(batch, self.task_chunk, scale=share)
-            distributed.all_reduce_gradients(self.learner.parameters())
-        else:  # every process computes the same update from the gathered task gradients
-            metrics = self.combined_step.backward(batch, keep_gradients=diagnose)
+        diagnose = self.config.diagnostics and self._is_log_step(self.step + 1)
+        metrics = self.backward_step.backward(batch, share, diagnose)
         metrics = distributed.all_reduce_metrics(metrics, share)
-        if self.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.learner.parameters(), self.grad_clip)
-        before = parameters_to_vector(self.combined_step.parameters) if diagnose else None
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.learner.parameters(), self.config.grad_clip)
         self.optimizer.step()
         if diagnose:
-            self._pending_diagnostics = self._diagnose(batch, share, before)
+            self._pending_diagnostics = self.backward_step.diagnostics(batch, share)
         return metrics
 
     def _is_log_step(self, step: int) -> bool:
-        return step % self.log_every == 0 or step == self.steps
+        return step % self.config.log_every == 0 or step == self.steps
 
-    def _diagnose(self, batch, share: float, before: torch.Tensor) -> dict[str, float]:
-        """Gradient statistics of this step, and the loss curvature along its update.
-
-        Along the update ``u = theta' - theta``, ``L(theta') = L + g.u + u^T H u / 2`` to
-        second order, so ``2 (L(theta') - L(theta) - g.u) / |u|^2`` estimates the Rayleigh
-        quotient ``u^T H u / |u|^2`` on the same batch (one extra forward pass).
-        """
-        step = self.combined_step
-        rows = step.last_gradients
-        combined = rows.grads[:, : step.combined_size]
-        stats = gradient_statistics(combined @ combined.T)
-        update = parameters_to_vector(step.parameters).detach() - before
-        with torch.no_grad():
-            after = self.learner.training_losses(batch)[0].detach().mean().item()
-        after = distributed.all_reduce_metrics({"loss": after}, share)["loss"]
-        change = after - rows.losses.mean().item() - (rows.grads.mean(dim=0) @ update).item()
-        norm2 = (update @ update).item()
-        stats["curvature"] = 2.0 * change / norm2 if norm2 > 0 else 0.0
-        return {f"diag/{name}": value for name, value in stats.items()}
+    def _is_validation_step(self, step: int) -> bool:
+        return self.val_source is not None and (step % self.config.val_every == 0
+                                                or step == self.steps)
 
     def validate(self) -> dict[str, float]:
-        result = Evaluator(self.val_episodes).evaluate(self.learner, self.val_source(),
-                                                       self.device, self.dtype)
+        evaluator = Evaluator(self.config.val_episodes)
+        result = evaluator.evaluate(self.learner, self.val_source(), self.device, self.dtype)
         return {result["metric"]: result["mean"], "ci95": result["ci95"]}
 
     def fit(self, resume: bool = False) -> MetaLearner:
-        """Train to ``steps``; with ``resume`` continue from the last checkpoint."""
+        """Train to ``steps``; with ``resume`` continue from the last checkpoint.
+
+        Resuming a run that stopped before its first checkpoint starts it from step 0 (its
+        metrics so far are dropped), which is what an uninterrupted run does.
+        """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
+        if resume and (self.run_dir / CHECKPOINT).is_file():
             self.load_state_dict(load_checkpoint(self.run_dir))
+        else:
+            torch.manual_seed(self.config.seed)
+        if resume:
             distributed.barrier()  # every rank has read the checkpoint before rank 0 writes
             if distributed.is_main_process():
                 self.log.truncate_after(self.step)
-        else:
-            torch.manual_seed(self.seed)
         window: list[dict[str, float]] = []
         started = time.perf_counter()
         main = distributed.is_main_process()
-        with tqdm(total=self.steps, initial=self.step, disable=not (self.progress and main),
+        with tqdm(total=self.steps, initial=self.step,
+                  disable=not (self.config.progress and main),
                   dynamic_ncols=True, desc="meta-train") as bar:
             while self.step < self.steps:
                 metrics = self.train_step()
@@ -237,10 +223,9 @@ class Trainer:
                 if main and self._is_log_step(self.step):
                     self._log_window("train", window, started)
                     window = []
-                if main and self.val_source is not None and (self.step % self.val_every == 0
-                                                             or self.step == self.steps):
+                if main and self._is_validation_step(self.step):
                     self.log.write({"step": self.step, "split": "val", **self.validate()})
-                if self.step % self.checkpoint_every == 0 or self.step == self.steps:
+                if self.step % self.config.checkpoint_every == 0 or self.step == self.steps:
                     self.save_checkpoint()
         distributed.barrier()
         return self.learner
