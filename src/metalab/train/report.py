@@ -96,11 +96,20 @@ def over_seeds(values: Sequence[float]) -> dict[str, Any]:
 
 
 # -- formatting ---------------------------------------------------------------------------
+def format_percent(entry: dict[str, Any], digits: int = 1) -> str:
+    """``{"mean": 0.849, "ci95": 0.011}`` -> ``84.9 ± 1.1`` (percent, no sign)."""
+    return f"{100 * entry['mean']:.{digits}f} ± {100 * entry['ci95']:.{digits}f}"
+
+
+def format_plain(entry: dict[str, Any], digits: int = 3) -> str:
+    """``{"mean": 0.5121, "ci95": 0.0312}`` -> ``0.512 ± 0.031``."""
+    return f"{entry['mean']:.{digits}f} ± {entry['ci95']:.{digits}f}"
+
+
 def format_value(mean: float, ci95: float, metric: str) -> str:
     """``84.9 ± 1.1%`` for accuracy, ``0.512 ± 0.031`` for an error such as mse."""
-    if metric in PERCENT_METRICS:
-        return f"{100 * mean:.1f} ± {100 * ci95:.1f}%"
-    return f"{mean:.3f} ± {ci95:.3f}"
+    entry = {"mean": mean, "ci95": ci95}
+    return f"{format_percent(entry)}%" if metric in PERCENT_METRICS else format_plain(entry)
 
 
 def format_result(result: dict[str, Any]) -> str:
