@@ -98,6 +98,26 @@ def test_default_grouping_is_every_key_the_runs_differ_on_but_the_seed(tmp_path)
     assert single["by"] == [] and len(single["rows"]) == 1
 
 
+def test_default_grouping_ignores_every_seed_and_names_many_settings_by_their_folder(
+        tmp_path):
+    def config(seed, combiner, steps=10):
+        return {**_config(seed=seed), "train": {"seed": seed, "steps": steps,
+                                                "combiner": {"name": combiner, "seed": seed}}}
+
+    runs = [_run(tmp_path / c, f"seed{s}", config(s, c), .5) for c in ("mean", "pcgrad")
+            for s in range(2)]
+    report = summarise_runs(runs)
+    assert report["by"] == ["train.combiner.name"]  # not train.seed nor train.combiner.seed
+    assert [row["accuracy"]["n"] for row in report["rows"]] == [2, 2]
+    other = {**_config("protonet", inner_lr=0.1, data="omniglot"),
+             "model": {"name": "resnet12"}, "train": {"seed": 0, "steps": 99}}
+    many = summarise_runs([*runs[:2], _run(tmp_path, "proto", other, .9)])
+    assert many["by"] == ["runs"]
+    assert [row["group"]["runs"] for row in many["rows"]] == [str(tmp_path / "mean"),
+                                                             str(tmp_path / "proto")]
+    assert many["rows"][1]["settings"]["model.name"] == "resnet12"
+
+
 def test_a_directory_of_seed_runs_stands_for_its_runs(tmp_path):
     for seed in range(3):
         _run(tmp_path / "out", f"seed{seed}", _config(seed=seed), 0.5)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +36,11 @@ from metalab.train.evaluator import LOWER_IS_BETTER
 CONFIG_FILE = "config.yaml"
 EVAL_FILE = "eval.json"
 PERCENT_METRICS = {"accuracy"}
-# Keys that never tell two runs' settings apart (the seed is what the groups average over).
-NOT_A_SETTING = {"train.seed", "train.progress", "train.device", "train.log_every",
+# Keys that never tell two runs' settings apart; nor does any key named ``seed`` (the
+# training seed, a combiner's seed, ...): seeds are what a group's runs average over.
+NOT_A_SETTING = {"train.progress", "train.device", "train.log_every",
                  "train.checkpoint_every", "train.compile"}
+MAX_DEFAULT_COLUMNS = 4  # beyond this many differing keys, a group is named by its runs' path
 
 
 class ReportError(ValueError):
@@ -222,10 +225,12 @@ def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def differing_keys(configs: Sequence[dict[str, Any]]) -> list[str]:
-    """The dotted config keys whose values differ between ``configs``, apart from the seed
-    and the keys that do not change what is trained (`NOT_A_SETTING`)."""
+    """The dotted config keys whose values differ between ``configs``, apart from seeds
+    (any key named ``seed``) and the keys that do not change what is trained
+    (`NOT_A_SETTING`)."""
     flats = [_flatten(config) for config in configs]
-    keys = sorted({key for flat in flats for key in flat} - NOT_A_SETTING)
+    keys = sorted(key for key in {key for flat in flats for key in flat} - NOT_A_SETTING
+                  if key.rsplit(".", 1)[-1] != "seed")
     return [key for key in keys
             if len({json.dumps(flat.get(key), sort_keys=True) for flat in flats}) > 1]
 
@@ -252,6 +257,13 @@ def group_runs(runs: Sequence[Run], by: Sequence[str]) -> list[tuple[dict[str, A
         values = {key: config_value(run.config, key) for key in by}
         groups.setdefault(_hashable(values), (values, []))[1].append(run)
     return list(groups.values())
+
+
+def group_path(runs: Sequence[Run]) -> str:
+    """A group's name by its runs: their common folder (``runs/erm`` for its seeds), or the
+    one run's directory."""
+    paths = [str(run.path) for run in runs]
+    return paths[0] if len(paths) == 1 else os.path.commonpath(paths)
 
 
 def summarise_group(runs: Sequence[Run]) -> dict[str, Any]:
@@ -283,16 +295,26 @@ def summarise_runs(run_dirs: Iterable[str | Path], by: Sequence[str] | None = No
                    eval_name: str = "eval") -> dict[str, Any]:
     """``{"by", "eval", "rows"}``: one row per group of runs (`summarise_group`), each with
     its ``by`` values under ``"group"``. Without ``by``, runs are grouped by every config key
-    on which they differ (`differing_keys`): the seeds of one config make one row. A
+    on which they differ (`differing_keys`): the seeds of one config make one row; the
+    groups are labelled by those keys, or, when more than `MAX_DEFAULT_COLUMNS` differ, by
+    their runs' common folder (``"runs"``, the keys' values under ``"settings"``). A
     directory holding runs stands for those runs (`expand_run_dirs`)."""
     runs = [read_run(run_dir, eval_name) for run_dir in expand_run_dirs(run_dirs)]
     if not runs:
         raise ReportError("give at least one run directory")
-    by = differing_keys([run.config for run in runs]) if by is None else list(by)
-    check_by_keys(runs, by)
-    rows = [{"group": values, **summarise_group(members)}
-            for values, members in group_runs(runs, by)]
-    return {"by": by, "eval": eval_file_name(eval_name), "rows": rows}
+    if by is not None:
+        check_by_keys(runs, by)
+        return {"by": list(by), "eval": eval_file_name(eval_name),
+                "rows": [{"group": values, **summarise_group(members)}
+                         for values, members in group_runs(runs, by)]}
+    keys = differing_keys([run.config for run in runs])
+    groups = group_runs(runs, keys)
+    if len(keys) <= MAX_DEFAULT_COLUMNS:
+        rows = [{"group": values, **summarise_group(members)} for values, members in groups]
+        return {"by": keys, "eval": eval_file_name(eval_name), "rows": rows}
+    rows = [{"group": {"runs": group_path(members)}, "settings": values,
+             **summarise_group(members)} for values, members in groups]
+    return {"by": ["runs"], "eval": eval_file_name(eval_name), "rows": rows}
 
 
 # -- writing ------------------------------------------------------------------------------
@@ -303,13 +325,14 @@ def _cell(entry: dict[str, Any], metric: str, episode_ci95: float | None) -> str
 
 
 def markdown_table(report: dict[str, Any]) -> str:
-    """The report as a markdown table: the ``by`` columns, the number of seeds, the metric
-    (and average and worst group where the runs have groups), mean ± 95% CI over seeds."""
+    """The report as a markdown table: the ``by`` columns, the number of seeds, the metric,
+    mean ± 95% CI over seeds, and the worst group where the runs have groups (their mean is
+    the average over groups' batches)."""
     rows = report["rows"]
     grouped = any(f"worst_group_{row['metric']}" in row for row in rows)
     header = [*report["by"], "seeds", "metric", "mean ± 95% CI"]
     if grouped:
-        header += ["average", "worst group"]
+        header.append("worst group")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         metric = row["metric"]
@@ -318,9 +341,8 @@ def markdown_table(report: dict[str, Any]) -> str:
                   _cell(row[metric], metric, row.get("episode_ci95"))]
         if grouped:
             worst = row.get(f"worst_group_{metric}")
-            cells += ["", ""] if worst is None else [
-                _cell(row[f"average_{metric}"], metric, row.get("episode_ci95")),
-                _cell(worst, metric, row.get("worst_group_episode_ci95"))]
+            cells.append("" if worst is None else
+                         _cell(worst, metric, row.get("worst_group_episode_ci95")))
         lines.append("| " + " | ".join(cells) + " |")
     note = ("Mean ± Student-t 95% CI over seeds; a row of one run shows its interval over "
             "test episodes (episodes).")
