@@ -153,11 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--by", help="comma-separated config keys to group by: a section "
                                      "(algorithm = algorithm.name) or a dotted key "
                                      "(algorithm.inner_lr); default: every key on which the "
-                                     "runs differ, apart from train.seed")
+                                     "runs differ, apart from seeds")
     report.add_argument("--eval", default="eval",
                         help="which evaluation to read: eval (eval.json, default), eval-val, "
                              "eval-test-support10, ...")
-    report.add_argument("--out", help="also write the table to OUT.md and OUT.json")
+    report.add_argument("--out", help="also write the table to OUT.md and OUT.json "
+                                      "(atomically; a suffix given is replaced)")
     report.set_defaults(func=cmd_report)
 
     plot = commands.add_parser("plot", help="PNG of training curves, or per-group results")
