@@ -2,14 +2,17 @@
 corrupted glyphs (Zhang, Marklund et al., "Adaptive Risk Minimization", NeurIPS 2021).
 
 Checks the paper's claim that the ARM methods improve worst-group accuracy over ERM and
-DRO. For every dataset, method and seed it meta-trains with `metalab.train.Trainer` and
-evaluates with `metalab.train.Evaluator` on test batches that each come from one group
-(`GroupEvalSampler`), the same ``--eval-per-group`` examples of every group at each test
-batch size of ``--batch-sizes`` (the ablation). The main table is at the training batch
-size ``--support-size``. Reports average and worst-group accuracy (mean over seeds with a
-Student-t 95% CI over seeds), the paired difference of every ARM method to ERM and DRO,
-the per-group accuracies and the test-batch-size ablation, as markdown tables and in
-``--json`` (written atomically).
+DRO. For every dataset, method and seed it meta-trains the shipped config
+(``configs/<method>-<dataset>.yaml`` with the benchmark's settings as overrides) with
+`metalab.train.train_run` and evaluates the run with `metalab.train.evaluate_run` on test
+batches that each come from one group (``--support-size``-style evaluation, the same
+``--eval-per-group`` examples of every group at each test batch size of ``--batch-sizes``:
+the ablation). The main table is at the training batch size ``--support-size``. Reports
+average and worst-group accuracy (mean over seeds with a Student-t 95% CI over seeds,
+`metalab.train.report`), the paired difference of every ARM method to ERM and DRO, the
+per-group accuracies and the test-batch-size ablation, as markdown tables and in
+``--json`` (written atomically). ``--runs DIR`` keeps the run directories, so
+``metalab report DIR/rotated-digits/* --eval eval-test-support50`` gives the main table.
 
     OMP_NUM_THREADS=1 python benchmarks/group_shift.py                  # the full run
     OMP_NUM_THREADS=1 python benchmarks/group_shift.py --quick --json /tmp/gs.json
@@ -33,21 +36,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from scipy import stats
 
-from metalab.algorithms.arm import ARMBN, ARMCML, ARMLL, ERM
-from metalab.combiners import build_combiner
-from metalab.datasets.atomic import atomic_file
-from metalab.datasets.corruptions import corrupted_glyphs
-from metalab.datasets.rotated import rotated_digits
-from metalab.nn.arm import ARMConvNet, ContextNet, LearnedLoss
-from metalab.tasks.groups import GroupBatchSampler, GroupEvalSampler
-from metalab.train import Evaluator, Trainer
+from metalab.cli.main import resolve_config_path
+from metalab.train import evaluate_run, load_config, train_run
+from metalab.train.build import build_task_source
+from metalab.train.report import format_percent, over_seeds, summarise_runs, write_json
+from metalab.train.seeds import seed_run_dir, with_seed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "group_shift.json"
 METHODS = ("ERM", "UW", "DRO", "ARM-BN", "ARM-CML", "ARM-LL")
 ARM_METHODS = ("ARM-BN", "ARM-CML", "ARM-LL")
-SAMPLING = {"ERM": "frequency"}  # every other method draws groups uniformly
 DATASETS = ("rotated-digits", "corrupted-glyphs")
 
 
@@ -71,99 +69,83 @@ class Settings:
     batch_sizes: tuple[int, ...] = (1, 5, 10, 50, 100)
 
 
-def load_dataset(name: str, split: str, settings: Settings):
-    """The group dataset ``name`` (its data seed is fixed: the seeds vary the training)."""
-    if name == "rotated-digits":
-        return rotated_digits(split, image_size=settings.image_size,
-                              digit_size=round(settings.image_size * 20 / 28))
-    if name == "corrupted-glyphs":
-        return corrupted_glyphs(split, image_size=settings.image_size)
-    raise ValueError(f"dataset must be one of {list(DATASETS)}, got {name!r}")
+def config_name(method: str, dataset: str) -> str:
+    """The shipped config of ``method`` on ``dataset`` (``erm-rotated-digits`` ...)."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
+    return f"{method.lower()}-{dataset}"
 
 
-def build_learner(method: str, num_classes: int, channels: int, settings: Settings):
-    net = dict(num_classes=num_classes, hidden=settings.hidden, fc_hidden=settings.fc_hidden,
-               kernel_size=settings.kernel_size, image_size=settings.image_size,
-               padding="same")
-    if method in ("ERM", "UW", "DRO"):
-        return ERM(ARMConvNet(channels, norm="batch", **net))
-    if method == "ARM-BN":
-        return ARMBN(ARMConvNet(channels, norm="task", **net))
+def method_config(method: str, dataset: str, settings: Settings) -> dict:
+    """The shipped config with the benchmark's settings as overrides (every run is one
+    checkpoint at the end, no validation; the data's seed is fixed, the seeds vary the
+    training)."""
+    s = settings
+    overrides = [f"train.steps={s.steps}", f"train.meta_batch={s.groups_per_batch}",
+                 f"train.lr={s.lr}", "train.val_every=0", f"train.checkpoint_every={s.steps}",
+                 f"train.log_every={max(1, s.steps // 10)}", "train.progress=false",
+                 f"data.support_size={s.support_size}", f"data.image_size={s.image_size}",
+                 f"model.hidden={s.hidden}", f"model.fc_hidden={s.fc_hidden}",
+                 f"model.kernel_size={s.kernel_size}"]
+    if dataset == "rotated-digits":
+        overrides.append(f"data.digit_size={round(s.image_size * 20 / 28)}")
     if method == "ARM-CML":
-        context = ContextNet(channels, settings.context_channels, settings.context_hidden,
-                             kernel_size=settings.kernel_size, norm="none")
-        model = ARMConvNet(channels + settings.context_channels, norm="batch",
-                           extra_conv=False, **net)
-        return ARMCML(model, context)
+        overrides += [f"algorithm.context_channels={s.context_channels}",
+                      f"algorithm.context_hidden={s.context_hidden}"]
     if method == "ARM-LL":
-        return ARMLL(ARMConvNet(channels, norm="task", **net), LearnedLoss(num_classes),
-                     inner_lr=settings.ll_inner_lr, inner_steps=settings.ll_inner_steps)
-    raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
-
-
-def train(method: str, train_set, seed: int, settings: Settings) -> tuple[object, dict]:
-    torch.manual_seed(seed)
-    learner = build_learner(method, train_set.num_classes, train_set.image_shape[0], settings)
-    source = GroupBatchSampler(train_set, settings.groups_per_batch, settings.support_size,
-                               sampling=SAMPLING.get(method, "uniform"), seed=seed)
-    combiner = None
+        overrides += [f"algorithm.inner_lr={s.ll_inner_lr}",
+                      f"algorithm.inner_steps={s.ll_inner_steps}"]
     if method == "DRO":
-        combiner = build_combiner("group_dro", num_groups=train_set.num_groups,
-                                  step_size=settings.dro_step_size)
+        overrides.append(f"train.combiner.step_size={s.dro_step_size}")
+    return load_config(resolve_config_path(config_name(method, dataset)), overrides)
+
+
+def train(config: dict, run_dir: Path) -> dict:
+    """Meta-train ``config`` into ``run_dir``; the time and the last logged training step."""
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="group-shift-") as run_dir:
-        Trainer(learner, source, run_dir, steps=settings.steps, lr=settings.lr,
-                progress=False, seed=seed, combiner=combiner,
-                log_every=max(1, settings.steps // 10), checkpoint_every=settings.steps).fit()
-        log = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").open()]
+    train_run(config, run_dir)
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     last = [r for r in log if r["split"] == "train"][-1]
-    info = {"train_seconds": time.perf_counter() - started, "final_train_loss": last["loss"],
+    return {"train_seconds": time.perf_counter() - started, "final_train_loss": last["loss"],
             "final_train_accuracy": last["accuracy"]}
-    return learner, info
 
 
-def evaluate(learner, test_set, batch_size: int, settings: Settings) -> dict:
-    """Accuracy on ``eval_per_group`` examples of every test group, in batches of one group."""
-    sampler = GroupEvalSampler(test_set, batch_size, groups_per_batch=len(
-        [g for g in test_set.group_counts().tolist() if g]), seed=0)
-    episodes = len(sampler.cycle) * math.ceil(settings.eval_per_group / batch_size)
+def evaluate(run_dir: Path, batch_size: int, test_groups: int, settings: Settings) -> dict:
+    """Accuracy on ``eval_per_group`` examples of every test group, in batches of one group
+    (`evaluate_run` with ``support_size``: ``eval-test-support<batch_size>.json``)."""
+    episodes = test_groups * math.ceil(settings.eval_per_group / batch_size)
     started = time.perf_counter()
-    result = Evaluator(episodes).evaluate(learner, sampler)
-    names = test_set.group_names
+    result = evaluate_run(run_dir, episodes=episodes, seed=0, support_size=batch_size)
+    names = {int(g): v["name"] for g, v in result["per_group"].items()}
     return {
         "average_accuracy": result["average_accuracy"], "average_ci95": result["average_ci95"],
         "worst_group_accuracy": result["worst_group_accuracy"],
         "worst_group_ci95": result["worst_group_ci95"],
-        "worst_group": names[result["worst_group"]],
-        "per_group": {names[g]: v["mean"] for g, v in result["per_group"].items()},
+        "worst_group": names[int(result["worst_group"])],
+        "per_group": {names[int(g)]: v["mean"] for g, v in result["per_group"].items()},
         "batches": episodes, "seconds": time.perf_counter() - started,
     }
 
 
-def over_seeds(values: list[float]) -> dict:
-    """Mean and the Student-t 95% half-width over seeds (0 for one seed)."""
-    t = torch.tensor(values, dtype=torch.float64)
-    n = len(values)
-    half = float(stats.t.ppf(0.975, n - 1) * t.std() / math.sqrt(n)) if n > 1 else 0.0
-    return {"mean": float(t.mean()), "ci95": half, "values": values}
+def summarize(run_dirs: list[Path], runs: list[dict], settings: Settings) -> dict:
+    """Average and worst-group accuracy over seeds (`metalab.train.report`, Student-t) at
+    every test batch size, and the per-group accuracy at the training batch size."""
+    def over(batch_size: int) -> dict:
+        row = summarise_runs(run_dirs, by=[], eval_name=f"eval-test-support{batch_size}")
+        row = row["rows"][0]
+        return {key: {k: row[key][k] for k in ("mean", "ci95", "values")}
+                for key in ("average_accuracy", "worst_group_accuracy")}
 
-
-def summarize(runs: list[dict], settings: Settings) -> dict:
     main = [r["eval"][str(settings.support_size)] for r in runs]
-    summary = {
-        "average_accuracy": over_seeds([m["average_accuracy"] for m in main]),
-        "worst_group_accuracy": over_seeds([m["worst_group_accuracy"] for m in main]),
+    return {
+        **over(settings.support_size),
         "per_group": {g: sum(m["per_group"][g] for m in main) / len(main)
                       for g in main[0]["per_group"]},
-        "ablation": {},
+        "ablation": {str(b): over(b) for b in settings.batch_sizes},
         "train_seconds": sum(r["train_seconds"] for r in runs) / len(runs),
     }
-    for b in settings.batch_sizes:
-        rows = [r["eval"][str(b)] for r in runs]
-        summary["ablation"][str(b)] = {
-            "average_accuracy": over_seeds([x["average_accuracy"] for x in rows]),
-            "worst_group_accuracy": over_seeds([x["worst_group_accuracy"] for x in rows])}
-    return summary
 
 
 def paired_differences(results: dict, seeds: int) -> dict:
@@ -177,13 +159,10 @@ def paired_differences(results: dict, seeds: int) -> dict:
             for metric in ("worst_group_accuracy", "average_accuracy"):
                 a = results[arm]["summary"][metric]["values"]
                 b = results[base]["summary"][metric]["values"]
-                entry[metric] = over_seeds([x - y for x, y in zip(a, b, strict=True)])
+                difference = over_seeds([x - y for x, y in zip(a, b, strict=True)])
+                entry[metric] = {k: difference[k] for k in ("mean", "ci95", "values")}
             out[f"{arm} - {base}"] = entry
     return out
-
-
-def pct(entry: dict) -> str:
-    return f"{100 * entry['mean']:.1f} ± {100 * entry['ci95']:.1f}"
 
 
 def print_tables(dataset: str, results: dict, differences: dict, settings: Settings) -> None:
@@ -194,14 +173,15 @@ def print_tables(dataset: str, results: dict, differences: dict, settings: Setti
     print("|---|---|---|---|")
     for method, r in results.items():
         s = r["summary"]
-        print(f"| {method} | {pct(s['average_accuracy'])} | {pct(s['worst_group_accuracy'])} "
-              f"| {s['train_seconds']:.0f} |")
+        print(f"| {method} | {format_percent(s['average_accuracy'])} | "
+              f"{format_percent(s['worst_group_accuracy'])} | {s['train_seconds']:.0f} |")
     if differences:
         print("\nPaired differences over seeds (percentage points, mean ± 95% CI):\n")
         print("| comparison | worst group | average |")
         print("|---|---|---|")
         for name, d in differences.items():
-            print(f"| {name} | {pct(d['worst_group_accuracy'])} | {pct(d['average_accuracy'])} |")
+            print(f"| {name} | {format_percent(d['worst_group_accuracy'])} | "
+                  f"{format_percent(d['average_accuracy'])} |")
     print(f"\nTest-batch-size ablation, {dataset} (average / worst-group accuracy %):\n")
     print("| method | " + " | ".join(f"b={b}" for b in settings.batch_sizes) + " |")
     print("|---|" + "---|" * len(settings.batch_sizes))
@@ -220,7 +200,21 @@ def print_tables(dataset: str, results: dict, differences: dict, settings: Setti
         print(f"| {g} | " + " | ".join(cells) + " |")
 
 
-def run(settings: Settings, datasets: list[str], methods: list[str], out: Path) -> dict:
+def data_info(config: dict) -> dict:
+    """Group counts of the config's training and test data (from its task sources)."""
+    train_set = build_task_source(config, "train", 1, seed=0).dataset
+    test_set = build_task_source(config, "test", 1, seed=0).dataset
+    return {"train": {"groups": train_set.num_groups, "images": len(train_set),
+                      "group_sizes": dict(zip(train_set.group_names,
+                                              train_set.group_counts().tolist(), strict=True))},
+            "test": {"groups": test_set.num_groups, "images": len(test_set),
+                     "groups_with_examples": int((test_set.group_counts() > 0).sum())}}
+
+
+def run(settings: Settings, datasets: list[str], methods: list[str], out: Path,
+        runs_dir: Path) -> dict:
+    """Every (dataset, method, seed) as a run directory ``runs_dir/<dataset>/<method>/seed<N>``
+    trained from its config and evaluated at every test batch size."""
     if settings.support_size not in settings.batch_sizes:
         raise ValueError(f"--support-size {settings.support_size} must be one of the test "
                          f"--batch-sizes {list(settings.batch_sizes)} (the main table)")
@@ -229,35 +223,32 @@ def run(settings: Settings, datasets: list[str], methods: list[str], out: Path) 
         "machine": platform.processor() or platform.machine(), "torch": torch.__version__,
         "threads": torch.get_num_threads()}, "datasets": {}}
     for dataset in datasets:
-        train_set, test_set = load_dataset(dataset, "train", settings), load_dataset(
-            dataset, "test", settings)
+        info = data_info(method_config(methods[0], dataset, settings))
+        test_groups = info["test"].pop("groups_with_examples")
         results = {}
         for method in methods:
-            runs = []
+            config = method_config(method, dataset, settings)
+            runs, run_dirs = [], []
             for seed in settings.seeds:
-                learner, info = train(method, train_set, seed, settings)
-                info["seed"] = seed
-                info["eval"] = {str(b): evaluate(learner, test_set, b, settings)
-                                for b in settings.batch_sizes}
-                runs.append(info)
-                main = info["eval"][str(settings.support_size)]
+                run_dir = seed_run_dir(runs_dir / dataset / method, seed)
+                one = {**train(with_seed(config, seed), run_dir), "seed": seed}
+                one["eval"] = {str(b): evaluate(run_dir, b, test_groups, settings)
+                               for b in settings.batch_sizes}
+                runs.append(one)
+                run_dirs.append(run_dir)
+                main = one["eval"][str(settings.support_size)]
                 print(f"[{time.perf_counter() - started:7.0f} s] {dataset} {method} seed {seed}: "
-                      f"train {info['train_seconds']:.0f} s, average "
+                      f"train {one['train_seconds']:.0f} s, average "
                       f"{100 * main['average_accuracy']:.1f}, worst group "
                       f"{100 * main['worst_group_accuracy']:.1f} ({main['worst_group']})",
                       flush=True)
-            results[method] = {"runs": runs, "summary": summarize(runs, settings)}
+            results[method] = {"runs": runs,
+                               "summary": summarize(run_dirs, runs, settings)}
         differences = paired_differences(results, len(settings.seeds))
-        report["datasets"][dataset] = {
-            "train": {"groups": train_set.num_groups, "images": len(train_set),
-                      "group_sizes": dict(zip(train_set.group_names,
-                                              train_set.group_counts().tolist(), strict=True))},
-            "test": {"groups": test_set.num_groups, "images": len(test_set)},
-            "methods": results, "differences": differences}
+        report["datasets"][dataset] = {**info, "methods": results, "differences": differences}
         print_tables(dataset, results, differences, settings)
     report["total_seconds"] = time.perf_counter() - started
-    with atomic_file(out) as tmp:
-        tmp.write_text(json.dumps(report, indent=1) + "\n")
+    write_json(out, report)
     print(f"\nTotal {report['total_seconds'] / 60:.1f} min; wrote {out}")
     return report
 
@@ -278,6 +269,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 5 steps, 1 seed, 10 examples per group")
     parser.add_argument("--json", type=Path, default=RESULTS)
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="keep the run directories here (DATASET/METHOD/seed<N>; "
+                             "`metalab report` reads them); default: a temporary directory")
     args = parser.parse_args()
     settings = Settings(steps=args.steps, seeds=tuple(args.seeds),
                         groups_per_batch=args.groups_per_batch, support_size=args.support_size,
@@ -286,7 +280,11 @@ def main() -> None:
     if args.quick:
         settings = Settings(steps=5, seeds=(0,), groups_per_batch=2, support_size=5,
                             eval_per_group=10, batch_sizes=(1, 5, 10))
-    run(settings, args.datasets, args.methods, args.json)
+    if args.runs is not None:
+        run(settings, args.datasets, args.methods, args.json, args.runs)
+        return
+    with tempfile.TemporaryDirectory(prefix="group-shift-") as runs_dir:
+        run(settings, args.datasets, args.methods, args.json, Path(runs_dir))
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import platform
 import tempfile
 import time
@@ -57,6 +56,7 @@ from metalab.tasks.memorization import (
     check_disjoint_characters,
 )
 from metalab.train import Evaluator, Trainer
+from metalab.train.report import format_plain, over_seeds, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results" / "memorization.json"
 PAPER = {  # the issue's reference numbers (authors' notebook; paper's pose table)
@@ -311,26 +311,14 @@ def run_one(family: Family, s: Settings, name: str, seed: int, work: Path) -> di
 
 
 # -- summaries ----------------------------------------------------------------------------
-def t_interval(values: list[float]) -> tuple[float, float]:
-    """Mean and Student-t 95% half-width of ``values`` (0 for a single value)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    from scipy.stats import t
-
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, float(t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
-
-
 def summarize(runs: list[dict]) -> dict[str, dict]:
     summary: dict[str, dict] = {}
     for name in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == name]
 
         def interval(get, rows=mine):
-            mean, half = t_interval([get(r) for r in rows])
-            return {"mean": mean, "ci95": half}
+            seeds = over_seeds([get(r) for r in rows])  # Student-t over seeds
+            return {"mean": seeds["mean"], "ci95": seeds["ci95"]}
 
         summary[name] = {
             "test_mse": interval(lambda r: r["test_mse"]),
@@ -343,9 +331,6 @@ def summarize(runs: list[dict]) -> dict[str, dict]:
 
 
 def markdown(family: str, summary: dict[str, dict], s: Settings, seeds: int) -> str:
-    def fmt(cell: dict) -> str:
-        return f"{cell['mean']:.3f} ± {cell['ci95']:.3f}"
-
     paper = PAPER.get(family, {})
     lines = [
         f"### {family}: meta-test MSE and support swap ({seeds} seeds, {s.steps} meta-steps of "
@@ -357,24 +342,16 @@ def markdown(family: str, summary: dict[str, dict], s: Settings, seeds: int) -> 
     ]
     for name, row in summary.items():
         reference = next((v for k, v in paper.items() if name.startswith(k)), None)
+        swaps = [format_plain(row[f"{split}_{key}"]) for split in ("train", "test")
+                 for key in ("own_support", "swapped_support", "ratio")]
         lines.append(
-            f"| {name} | {fmt(row['test_mse'])} | "
+            f"| {name} | {format_plain(row['test_mse'])} | "
             f"{', '.join(f'{v:.3f}' for v in row['per_seed_test_mse'])} | "
-            f"{'' if reference is None else reference} | {fmt(row['train_own_support'])} | "
-            f"{fmt(row['train_swapped_support'])} | {fmt(row['train_ratio'])} | "
-            f"{fmt(row['test_own_support'])} | {fmt(row['test_swapped_support'])} | "
-            f"{fmt(row['test_ratio'])} |")
+            f"{'' if reference is None else reference} | " + " | ".join(swaps) + " |")
     if family == "pose":
         lines.append("\n(paper: Pascal 3D renders, targets azimuth / 2pi * 10 in [0, 10); here "
                      "glyph rotations in radians: the paper column is not in the same units)")
     return "\n".join(lines)
-
-
-def write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2) + "\n")
-    os.replace(temporary, path)
 
 
 SMOKE = dict(steps=3, test_tasks=8, swap_tasks=4, eval_batch=4, eval_inner_steps=2)

@@ -29,7 +29,6 @@ The recorded results (benchmarks/results/msr_*) come from, on one CPU thread:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -39,26 +38,27 @@ from pathlib import Path
 import torch
 
 from metalab import datasets
-from metalab.algorithms import MAML, MetaSGD
+from metalab.algorithms import MAML
 from metalab.nn.msr import (
     ROTATION_MODELS,
     TRANSLATION_MODELS,
     conv_classifier,
     inner_parameter_names,
-    rotation_model,
-    translation_model,
 )
 from metalab.tasks import EpisodeSampler
 from metalab.tasks.augmented import AugmentedEpisodes
 from metalab.tasks.symmetry import GROUPS, RotationEquivariantTasks, TranslationEquivariantTasks
-from metalab.train import Evaluator, Trainer
+from metalab.train import Evaluator, Trainer, load_run, resolve, train_run
+from metalab.train.checkpoint import atomic_write_text
 from metalab.train.evaluator import mean_ci95
+from metalab.train.report import format_plain, over_seeds, write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 INNER_LR, OUTER_LR, META_BATCH = 0.1, 1e-3, 32
 
 
 def make_source(problem, split: str, tasks_per_batch: int, seed: int, args):
+    """The problem's task family; the test split in pool order (every test task once)."""
     order = "sequential" if split == "test" else "random"
     if isinstance(problem, int):
         return TranslationEquivariantTasks(problem, split, tasks_per_batch, seed=seed,
@@ -74,36 +74,53 @@ def make_source(problem, split: str, tasks_per_batch: int, seed: int, args):
 SCALED_LR_CONV = "maml-conv-lr"
 
 
-def make_model(problem, kind: str):
-    if isinstance(problem, int):
-        return translation_model(kind, rank=problem)
-    kind = "maml-conv" if kind == SCALED_LR_CONV else kind
-    return rotation_model(kind, out_channels=3 * len(GROUPS[problem]))
-
-
 def initial_inner_lr(problem, kind: str) -> float:
     if kind == SCALED_LR_CONV:
         return 3 * len(GROUPS[problem]) / 2
     return INNER_LR
 
 
-def run_one(problem, kind: str, seed: int, args, run_root: Path) -> dict:
-    torch.manual_seed(seed)
-    model = make_model(problem, kind)
-    learner = MetaSGD(model, inner_lr=initial_inner_lr(problem, kind), inner_steps=1,
-                      loss="mse", strategy="vmap",
-                      adapt=inner_parameter_names(model))
-    steps = args.steps if isinstance(problem, int) else args.rotation_steps
-    train = make_source(problem, "train", META_BATCH, 1000 + seed, args)
-    started = time.perf_counter()
-    Trainer(learner, train, run_root / f"{problem}-{kind}-seed{seed}", steps=steps, lr=OUTER_LR,
-            checkpoint_every=steps, log_every=max(1, steps // 20), progress=False,
-            seed=seed, device=args.device).fit()
-    seconds = time.perf_counter() - started
+def problem_config(problem, kind: str, seed: int, args) -> dict:
+    """The run's config: Meta-SGD (one inner step, learned step sizes, vmap) on the 1-D
+    translation family of rank ``problem`` or the 2-D rotation family of group ``problem``
+    (as ``configs/msr-fc-translation.yaml``), the sharing matrices outer-loop only."""
+    if isinstance(problem, int):
+        data = {"name": "translation-equivariant", "rank": problem}
+        model = {"name": "translation", "kind": kind, "rank": problem}
+        steps = args.steps
+    else:
+        data = {"name": "rotation-equivariant", "group": problem, "image_size": args.image_size}
+        model = {"name": "rotation", "kind": "maml-conv" if kind == SCALED_LR_CONV else kind,
+                 "out_channels": 3 * len(GROUPS[problem])}
+        steps = args.rotation_steps
+    data.update(num_tasks=args.num_tasks, train_split="train", val_split="test",
+                test_split="test")
     test_tasks = int(args.num_tasks * 0.2)
-    test = make_source(problem, "test", min(100, test_tasks), 2000 + seed, args)
-    values = Evaluator(test_tasks).per_task(learner.eval(), test, args.device)["mse"]
+    return resolve({
+        "algorithm": {"name": "metasgd", "inner_lr": initial_inner_lr(problem, kind),
+                      "inner_steps": 1, "strategy": "vmap"},
+        "model": model, "data": data,
+        "train": {"steps": steps, "meta_batch": META_BATCH, "lr": OUTER_LR, "seed": seed,
+                  "val_every": 0, "checkpoint_every": steps, "log_every": max(1, steps // 20),
+                  "progress": False, "device": args.device},
+        "eval": {"episodes": test_tasks, "batch_size": min(100, test_tasks)},
+    })
+
+
+def run_one(problem, kind: str, seed: int, args, run_root: Path) -> dict:
+    """Train the problem's config into ``run_root/<problem>-<kind>-seed<N>`` (`train_run`),
+    then score every test task of the pool once (pool order)."""
+    config = problem_config(problem, kind, seed, args)
+    run_dir = run_root / f"{problem}-{kind}-seed{seed}"
+    started = time.perf_counter()
+    train_run(config, run_dir)
+    seconds = time.perf_counter() - started
+    test_tasks = config["eval"]["episodes"]
+    test = make_source(problem, "test", config["eval"]["batch_size"], 2000 + seed, args)
+    learner = load_run(run_dir).to(args.device)
+    values = Evaluator(test_tasks).per_task(learner, test, args.device)["mse"]
     mean, ci95 = mean_ci95(values)
+    steps = config["train"]["steps"]
     print(f"  {str(problem):>4} {kind:<9} seed {seed}: MSE {mean:.4f} ± {ci95:.4f} "
           f"({steps} steps, {seconds:.0f} s)", flush=True)
     return {"problem": problem, "model": kind, "seed": seed, "mse": mean, "ci95": ci95,
@@ -146,11 +163,12 @@ def run_glyphs(args, run_root: Path) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Mean and CI over test tasks (one seed) or over the seeds' means (several)."""
+    """Mean and CI over test tasks (one seed) or Student-t over the seeds' means (several,
+    `metalab.train.report.over_seeds`)."""
     if len(rows) == 1:
         return {"mse": rows[0]["mse"], "ci95": rows[0]["ci95"], "over": "test tasks"}
-    mean, ci95 = mean_ci95(torch.tensor([r["mse"] for r in rows]))
-    return {"mse": mean, "ci95": ci95, "over": f"{len(rows)} seeds"}
+    seeds = over_seeds([r["mse"] for r in rows])
+    return {"mse": seeds["mean"], "ci95": seeds["ci95"], "over": f"{len(rows)} seeds"}
 
 
 def aligned_sharing(U_learned: torch.Tensor, U_true: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -209,15 +227,10 @@ def mse_table(results: list[dict]) -> list[str]:
         cells = []
         for column in columns:
             found = [r for r in results if r["model"] == kind and r["problem"] == column]
-            cells.append(f"{found[0]['mse']:.4f} ± {found[0]['ci95']:.4f}" if found else "-")
+            cells.append(format_plain({"mean": found[0]["mse"], "ci95": found[0]["ci95"]}, 4)
+                         if found else "-")
         lines.append(f"| {kind} | " + " | ".join(cells) + " |")
     return lines
-
-
-def write_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
 
 
 def main() -> None:
@@ -294,8 +307,8 @@ def main() -> None:
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "total_seconds": total, "u_alignment_residual": u_residuals,
               "results": results, "glyphs": glyph_rows}
-    write_atomic(args.out / f"{args.name}.json", json.dumps(record, indent=2) + "\n")
-    write_atomic(args.out / f"{args.name}.md", table + "\n")
+    write_json(args.out / f"{args.name}.json", record)
+    atomic_write_text(args.out / f"{args.name}.md", table + "\n")
     print(f"wrote {args.out / args.name}.json and .md" + (", msr_U.png" if 1 in args.ranks
                                                           else ""))
 

@@ -9,14 +9,15 @@ steps on 600 tasks (100 query points each), next to the paper's numbers.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import time
 from pathlib import Path
 
 import torch
 
+from metalab.cli.main import resolve_config_path
 from metalab.train import evaluate_run, load_config, train_run
+from metalab.train.report import format_plain, write_json
 
 PAPER_MSE = {5: {1: 0.67, 10: 0.35}}  # the reference values for 5-shot MAML
 
@@ -29,8 +30,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    config_path = Path(__file__).resolve().parents[1] / "configs" / (
-        f"maml-sinusoid-{args.shots}shot.yaml")
+    config_path = resolve_config_path(f"maml-sinusoid-{args.shots}shot")
     run_dir = Path(args.out) / f"{args.shots}shot-seed{args.seed}"
     config = load_config(config_path, [f"train.steps={args.steps}", f"train.seed={args.seed}",
                                        "train.progress=false"])
@@ -48,9 +48,9 @@ def main() -> None:
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     for row in rows:
         paper = "n/a" if row["paper"] is None else f"{row['paper']:.2f}"
-        print(f"  {row['inner_steps']:>2} inner steps: MSE {row['mse']:.3f} ± {row['ci95']:.3f}"
-              f"   (paper {paper})")
-    (run_dir / "benchmark.json").write_text(json.dumps(rows, indent=2) + "\n")
+        entry = {"mean": row["mse"], "ci95": row["ci95"]}
+        print(f"  {row['inner_steps']:>2} inner steps: MSE {format_plain(entry)}   (paper {paper})")
+    write_json(run_dir / "benchmark.json", rows)
 
 
 if __name__ == "__main__":

@@ -105,3 +105,33 @@ def test_memorization_msr_and_meta_gradient_surgery_configs_run(config, tmp_path
     if config == "msr-fc-translation":
         learner = load_run(tmp_path / config)
         assert all("U" not in name.split(".")[-1] for name in learner.adapt_names)
+
+
+def test_train_for_several_seeds_evaluates_each_and_reports_them(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    assert main(["train", "maml-sinusoid-5shot", *FAST, "eval.episodes=10", "--seeds", "0,1",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    results = [json.loads((out / f"seed{s}" / "eval.json").read_text()) for s in (0, 1)]
+    assert [r["episodes"] for r in results] == [10, 10] and results[0] != results[1]
+    configs = [(out / f"seed{s}" / "config.yaml").read_text() for s in (0, 1)]
+    assert "seed: 0" in configs[0] and "seed: 1" in configs[1]
+    mean = (results[0]["mean"] + results[1]["mean"]) / 2
+    assert f"| 2 | mse | {mean:.3f} ± " in printed
+    assert f"metalab report {out}" in printed
+    assert main(["report", str(out), "--out", str(tmp_path / "table")]) == 0
+    table = json.loads((tmp_path / "table.json").read_text())
+    assert table["rows"][0]["mse"]["values"] == [r["mean"] for r in results]
+
+
+def test_eval_prints_one_line_with_the_worst_group_for_group_data(tmp_path, capsys):
+    run = tmp_path / "erm"
+    _train_and_eval("erm-rotated-digits", run, *TINY_ARM)
+    capsys.readouterr()
+    assert main(["eval", str(run), "--episodes", "14"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    worst = result["per_group"][str(result["worst_group"])]
+    assert capsys.readouterr().out == (
+        f"test accuracy {100 * result['mean']:.1f} ± {100 * result['ci95']:.1f}% over 14 "
+        f"episodes; worst group {worst['name']} {100 * worst['mean']:.1f} ± "
+        f"{100 * worst['ci95']:.1f}%\n")

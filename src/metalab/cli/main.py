@@ -1,9 +1,8 @@
-"""The ``metalab`` command: train, eval, plot, list (and data)."""
+"""The ``metalab`` command: train, eval, report, plot, list (and data)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -74,6 +73,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     config, out = _train_target(args)
     init_from_environment(config["train"]["device"])
+    if args.seeds is not None:
+        return _train_seeds(config, out, args.seeds, args.resume)
     try:
         trainer = train_run(config, out, resume=args.resume)
     except KeyboardInterrupt:
@@ -84,13 +85,41 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_seeds(config: dict, out: Path, seeds: str, resume: bool) -> int:
+    """``metalab train CONFIG --seeds 0,1,2``: a run per seed in OUT/seed<N>, each evaluated."""
+    from metalab.train.distributed import is_main_process
+    from metalab.train.report import format_result, markdown_table, read_run, summarise_runs
+    from metalab.train.seeds import parse_seeds, train_seeds
+
+    run_dirs = train_seeds(config, out, parse_seeds(seeds), resume=resume)
+    if is_main_process():
+        for run_dir in run_dirs:
+            print(f"{run_dir}: {format_result(read_run(run_dir).result)}")
+        print(markdown_table(summarise_runs(run_dirs, by=[])), end="")
+        print(f"summarise again with: metalab report {out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from metalab.train import evaluate_run
+    from metalab.train.report import format_result
 
     result = evaluate_run(args.run_dir, episodes=args.episodes, split=args.split,
                           inner_steps=args.inner_steps, seed=args.seed,
                           support_size=args.support_size)
-    print(json.dumps(result, indent=2))
+    print(format_result(result))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from metalab.train.report import markdown_table, summarise_runs, write_report
+
+    by = None if args.by is None else [key.strip() for key in args.by.split(",") if key.strip()]
+    report = summarise_runs(args.run_dirs, by=by, eval_name=args.eval)
+    print(markdown_table(report), end="")
+    if args.out:
+        markdown, data = write_report(report, Path(args.out))
+        print(f"wrote {markdown} and {data}")
     return 0
 
 
@@ -141,6 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run directory (default runs/CONFIG_NAME)")
     train.add_argument("--resume", action="store_true",
                        help="continue an interrupted run: metalab train --resume RUN")
+    train.add_argument("--seeds", help="train one run per seed (0,1,2 or 0-4) into "
+                                       "OUT/seed<N>/, evaluate each and print the summary")
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("eval", help="meta-test a trained run (mean, 95%% CI)")
@@ -153,6 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
                           help="group data: unlabelled examples per test batch (writes "
                                "eval-<split>-support<N>.json)")
     evaluate.set_defaults(func=cmd_eval)
+
+    report = commands.add_parser(
+        "report", help="table of runs: mean ± 95%% CI across seeds (markdown and JSON)",
+        description="Group runs by config keys and give each group's test metric as mean ± "
+                    "Student-t 95%% CI over its runs (seeds); a group of one run shows its "
+                    "interval over test episodes.")
+    report.add_argument("run_dirs", nargs="+", metavar="run_dir",
+                        help="run directories, or a directory holding runs (train --seeds)")
+    report.add_argument("--by", help="comma-separated config keys to group by: a section "
+                                     "(algorithm = algorithm.name) or a dotted key "
+                                     "(algorithm.inner_lr); default: every key on which the "
+                                     "runs differ, apart from seeds")
+    report.add_argument("--eval", default="eval",
+                        help="which evaluation to read: eval (eval.json, default), eval-val, "
+                             "eval-test-support10, ...")
+    report.add_argument("--out", help="also write the table to OUT.md and OUT.json "
+                                      "(atomically; a suffix given is replaced)")
+    report.set_defaults(func=cmd_report)
 
     plot = commands.add_parser("plot", help="PNG of training curves, or per-group results")
     plot.add_argument("run_dirs", nargs="+", metavar="run_dir")
