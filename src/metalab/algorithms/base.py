@@ -40,7 +40,6 @@ from metalab.algorithms.stream import AdaptationStream
 from metalab.functional import check_strategy, map_tasks
 from metalab.tasks import TaskBatch
 from metalab.tasks.objective import Objective, objective_for
-from metalab.tasks.source import check_positive_int
 
 State = Any
 
@@ -251,11 +250,8 @@ class MetaLearner(nn.Module):
         once), so peak memory holds one chunk's graph; the gradient is the same.
         Returns the task-weighted mean metrics.
         """
-        size = len(batch) if task_chunk is None else check_positive_int("task_chunk",
-                                                                         task_chunk)
         metrics: dict[str, float] = {}
-        for start in range(0, len(batch), size):
-            chunk = batch[start: start + size]
+        for chunk in batch.chunks(task_chunk):
             weight = len(chunk) / len(batch)
             loss, chunk_metrics = self.meta_loss(chunk)
             (loss * (scale * weight)).backward()

@@ -89,6 +89,12 @@ class TaskBatch:
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
+    def chunks(self, size: int | None) -> Iterator[TaskBatch]:
+        """Consecutive batches of at most ``size`` tasks (``None``: the whole batch)."""
+        size = len(self) if size is None else check_positive_int("task_chunk", size)
+        for start in range(0, len(self), size):
+            yield self[start: start + size]
+
     def __getitem__(self, index: int | slice) -> Task | TaskBatch:
         """An int gives one `Task` (no task dimension); a slice gives a smaller `TaskBatch`."""
         if isinstance(index, slice):

@@ -60,12 +60,6 @@ def _flat(grads, params: list[nn.Parameter]) -> Tensor:
                       else g.reshape(-1) for g, p in zip(grads, params, strict=True)])
 
 
-def _chunks(batch: TaskBatch, task_chunk: int | None):
-    size = len(batch) if task_chunk is None else task_chunk
-    for start in range(0, len(batch), size):
-        yield batch[start: start + size]
-
-
 def _task_weighted(parts: list[dict[str, Tensor]], total: int) -> dict[str, float]:
     """The mean over all ``total`` tasks of each per-task metric, from chunks of tasks."""
     summary: dict[str, float] = {}
@@ -79,7 +73,7 @@ def task_gradients(learner: MetaLearner, batch: TaskBatch, params: list[nn.Param
                    task_chunk: int | None = None) -> TaskGradients:
     """``G[t] = d L_t / d params`` for every task, built ``task_chunk`` tasks at a time."""
     rows, losses, parts = [], [], []
-    for chunk in _chunks(batch, task_chunk):
+    for chunk in batch.chunks(task_chunk):
         chunk_losses, metrics = learner.training_losses(chunk)
         for t in range(len(chunk)):
             grads = torch.autograd.grad(chunk_losses[t], params, retain_graph=t + 1 < len(chunk),
