@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab.nn.norm import TaskBatchNorm
-from metalab.tasks.source import check_positive_int
 from metalab.tasks.symmetry import GROUPS, check_group, group_filter_bank
+from metalab.validation import check_positive_int
 
 # Parameter names that are symmetry matrices (outer loop only) in every MSR layer.
 SYMMETRY_PARAMETERS = ("U", "bias_U", "U_out", "U_in", "U_space")
