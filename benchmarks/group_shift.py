@@ -38,7 +38,7 @@ from scipy import stats
 from metalab.algorithms.arm import ARMBN, ARMCML, ARMLL, ERM
 from metalab.combiners import build_combiner
 from metalab.datasets.atomic import atomic_file
-from metalab.datasets.corruptions import corrupted_glyphs
+from metalab.datasets.corrupted_glyphs import corrupted_glyphs
 from metalab.datasets.rotated import rotated_digits
 from metalab.nn.arm import ARMConvNet, ContextNet, LearnedLoss
 from metalab.tasks.groups import GroupBatchSampler, GroupEvalSampler
