@@ -11,18 +11,10 @@ import torch.nn.functional as F
 from PIL import Image
 
 from metalab.datasets.base import ImageDataset
-from metalab.datasets.corruptions import (
-    ARM_SPLIT,
-    CORRUPTIONS,
-    CorruptedDataset,
-    available_corruptions,
-    corrupt,
-    corrupted,
-    corrupted_glyphs,
-    corruption_groups,
-    disk_kernel,
-    group_seed,
-)
+from metalab.datasets.corrupted import CorruptedDataset, corrupted
+from metalab.datasets.corrupted_glyphs import CorruptedGlyphs
+from metalab.datasets.corruption_groups import ARM_SPLIT, corruption_groups, group_seed
+from metalab.datasets.corruptions import CORRUPTIONS, available_corruptions, corrupt, disk_kernel
 
 RANDOM = {"gaussian_noise", "shot_noise", "impulse_noise", "speckle_noise", "glass_blur",
           "motion_blur", "elastic_transform"}
@@ -296,8 +288,8 @@ def test_corrupted_dataset_needs_uint8_images():
 
 
 def test_corrupted_glyphs_share_classes_and_split_the_corruptions():
-    test = corrupted_glyphs("test", images_per_group=3)
-    val = corrupted_glyphs("val", images_per_group=3)
+    test = CorruptedGlyphs("test", images_per_group=3)
+    val = CorruptedGlyphs("val", images_per_group=3)
     assert test.class_names == val.class_names and test.num_classes == 49
     assert all(name.startswith("Latin/") for name in test.class_names)
     assert test.num_groups == 16 and val.num_groups == 11
@@ -305,4 +297,4 @@ def test_corrupted_glyphs_share_classes_and_split_the_corruptions():
     assert "saturate-1" not in val.group_names  # the identity on single-channel glyphs
     assert test.group_counts().tolist() == [3] * 16 and test.image_shape == (1, 28, 28)
     with pytest.raises(ValueError, match="embedded and take no root"):
-        corrupted_glyphs("train", root="/data")
+        CorruptedGlyphs("train", root="/data")

@@ -66,7 +66,7 @@ def write_mnist(root: Path, gz: bool, n_train: int = 12, n_test: int = 5) -> dic
 @pytest.mark.parametrize("gz", [True, False])
 def test_mnist_reads_idx_files(tmp_path: Path, gz: bool) -> None:
     arrays = write_mnist(tmp_path, gz)
-    train, test = MNIST(tmp_path, train=True), MNIST(tmp_path, train=False)
+    train, test = MNIST("train", root=tmp_path), MNIST("test", root=tmp_path)
     assert len(train) == 12 and len(test) == 5 and train.split == "train"
     assert torch.equal(
         train.images[:, 0], torch.from_numpy(arrays["train-images-idx3-ubyte"]).byte()
@@ -79,7 +79,7 @@ def test_mnist_reads_idx_files(tmp_path: Path, gz: bool) -> None:
 
 def test_mnist_torchvision_layout(tmp_path: Path) -> None:
     write_mnist(tmp_path / "MNIST" / "raw", gz=True)
-    assert len(MNIST(tmp_path)) == 12
+    assert len(MNIST(root=tmp_path)) == 12
 
 
 def test_mnist_truncated_and_corrupt_files(tmp_path: Path) -> None:
@@ -87,11 +87,11 @@ def test_mnist_truncated_and_corrupt_files(tmp_path: Path) -> None:
     images = tmp_path / "train-images-idx3-ubyte"
     images.write_bytes(images.read_bytes()[:-100])
     with pytest.raises(CorruptDatasetError, match="truncated") as info:
-        MNIST(tmp_path)
+        MNIST(root=tmp_path)
     assert info.value.path == images
     images.write_bytes(b"\x89PNG not idx")
     with pytest.raises(CorruptDatasetError, match="magic"):
-        MNIST(tmp_path)
+        MNIST(root=tmp_path)
 
 
 def test_mnist_truncated_gzip(tmp_path: Path) -> None:
@@ -99,12 +99,12 @@ def test_mnist_truncated_gzip(tmp_path: Path) -> None:
     labels = tmp_path / "t10k-labels-idx1-ubyte.gz"
     labels.write_bytes(labels.read_bytes()[:15])
     with pytest.raises(CorruptDatasetError, match="t10k-labels.*truncated or corrupt"):
-        MNIST(tmp_path, train=False)
+        MNIST("test", root=tmp_path)
 
 
 def test_mnist_missing_files_named(tmp_path: Path) -> None:
     with pytest.raises(MissingDatasetError, match="train-images-idx3-ubyte"):
-        MNIST(tmp_path)
+        MNIST(root=tmp_path)
 
 
 # ---------------------------------------------------------------- miniImageNet
@@ -130,7 +130,7 @@ def write_mini_pickles(root: Path, classes: int = 3, per_class: int = 4) -> dict
 
 def test_mini_imagenet_pickles(tmp_path: Path) -> None:
     written = write_mini_pickles(tmp_path)
-    data = MiniImageNet(tmp_path, "val")
+    data = MiniImageNet("val", root=tmp_path)
     assert data.num_classes == 3 and len(data) == 12 and data.image_shape == (3, 84, 84)
     assert data.class_names == sorted(written["val"]["class_dict"])
     expected = torch.from_numpy(written["val"]["image_data"][5]).permute(2, 0, 1)
@@ -144,7 +144,7 @@ def test_mini_imagenet_truncated_pickle(tmp_path: Path) -> None:
     path = tmp_path / "mini-imagenet-cache-train.pkl"
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(CorruptDatasetError, match="unpickled") as info:
-        MiniImageNet(tmp_path, "train")
+        MiniImageNet("train", root=tmp_path)
     assert info.value.path == path
 
 
@@ -153,7 +153,7 @@ def test_mini_imagenet_empty_class_in_pickle(tmp_path: Path) -> None:
     with open(tmp_path / "mini-imagenet-cache-test.pkl", "wb") as handle:
         pickle.dump(data, handle)
     with pytest.raises(CorruptDatasetError, match="class 'b' has no images"):
-        MiniImageNet(tmp_path, "test")
+        MiniImageNet("test", root=tmp_path)
 
 
 def write_mini_csv(root: Path, split: str, classes: int = 2, per_class: int = 3) -> None:
@@ -172,11 +172,11 @@ def write_mini_csv(root: Path, split: str, classes: int = 2, per_class: int = 3)
 
 def test_mini_imagenet_csv_and_images(tmp_path: Path, _cache: Path) -> None:
     write_mini_csv(tmp_path, "train")
-    data = MiniImageNet(tmp_path, "train")
+    data = MiniImageNet("train", root=tmp_path)
     assert data.image_shape == (3, 84, 84) and len(data) == 6
     assert data.class_names == ["n00", "n01"] and data.labels.tolist() == [0, 0, 0, 1, 1, 1]
     assert list((_cache / "mini-imagenet").glob("mini-imagenet-train-v*-*.pt"))
-    again = MiniImageNet(tmp_path, "train")
+    again = MiniImageNet("train", root=tmp_path)
     assert torch.equal(again.images, data.images)
 
 
@@ -185,21 +185,21 @@ def test_mini_imagenet_csv_errors(tmp_path: Path) -> None:
     missing = tmp_path / "images" / "n01_2.png"
     missing.unlink()
     with pytest.raises(MissingDatasetError) as info:
-        MiniImageNet(tmp_path, "val", cache=False)
+        MiniImageNet("val", root=tmp_path, cache=False)
     assert info.value.path == missing
     broken = tmp_path / "images" / "n00_0.png"
     broken.write_bytes(broken.read_bytes()[:50])
     with pytest.raises(CorruptDatasetError, match="readable image") as info:
-        MiniImageNet(tmp_path, "val", cache=False)
+        MiniImageNet("val", root=tmp_path, cache=False)
     assert info.value.path == broken
     (tmp_path / "test.csv").write_text("path,class\nx.png,a\n")
     with pytest.raises(CorruptDatasetError, match="filename,label"):
-        MiniImageNet(tmp_path, "test", cache=False)
+        MiniImageNet("test", root=tmp_path, cache=False)
 
 
 def test_mini_imagenet_missing_names_both_forms(tmp_path: Path) -> None:
     with pytest.raises(MissingDatasetError, match="mini-imagenet-cache-train.pkl or train.csv"):
-        MiniImageNet(tmp_path, "train")
+        MiniImageNet("train", root=tmp_path)
 
 
 # ---------------------------------------------------------------- CIFAR-FS
@@ -221,7 +221,7 @@ def write_cifar100(folder: Path, train_per_class: int = 2, test_per_class: int =
 
 def test_cifar_fs_class_split(tmp_path: Path) -> None:
     names = write_cifar100(tmp_path / "cifar-100-python")
-    parts = {s: CIFARFS(tmp_path, s) for s in ("train", "val", "test")}
+    parts = {s: CIFARFS(s, root=tmp_path) for s in ("train", "val", "test")}
     assert {s: p.num_classes for s, p in parts.items()} == {"train": 64, "val": 16, "test": 20}
     assert len(parts["test"]) == 20 * 3 and parts["test"].image_shape == (3, 32, 32)
     assert parts["test"].class_names == list(CLASSES["test"])
@@ -242,23 +242,23 @@ def test_cifar_fs_from_tar_archive_and_truncated_archive(tmp_path: Path) -> None
     good = archive.read_bytes()
     archive.write_bytes(good[: len(good) // 2])
     with pytest.raises(CorruptDatasetError, match="truncated or corrupt") as info:
-        CIFARFS(root, "val")
+        CIFARFS("val", root=root)
     assert info.value.path == archive
     assert sorted(p.name for p in root.iterdir()) == ["cifar-100-python.tar.gz"]
     archive.write_bytes(good)
-    assert CIFARFS(root, "val").num_classes == 16
+    assert CIFARFS("val", root=root).num_classes == 16
     assert (root / "cifar-100-python" / "meta").is_file()
     assert not [p for p in root.iterdir() if p.name.startswith(".")]
 
 
 def test_cifar_fs_missing_and_corrupt(tmp_path: Path) -> None:
     with pytest.raises(MissingDatasetError, match="cifar-100-python.tar.gz"):
-        CIFARFS(tmp_path, "train")
+        CIFARFS("train", root=tmp_path)
     write_cifar100(tmp_path / "cifar-100-python")
     meta = tmp_path / "cifar-100-python" / "meta"
     meta.write_bytes(meta.read_bytes()[:20])
     with pytest.raises(CorruptDatasetError) as info:
-        CIFARFS(tmp_path, "train")
+        CIFARFS("train", root=tmp_path)
     assert info.value.path == meta
 
 

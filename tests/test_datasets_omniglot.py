@@ -73,11 +73,11 @@ def test_alphabet_split_holds_out_shared_alphabets() -> None:
 
 def test_bad_split_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="'validation'.*'train', 'val', 'test'"):
-        Omniglot("/nonexistent", "validation")
+        Omniglot("validation", root="/nonexistent")
     with pytest.raises(ValueError, match="split_by"):
-        Omniglot("/nonexistent", "train", split_by="drawer")
+        Omniglot("train", root="/nonexistent", split_by="drawer")
     with pytest.raises(ValueError, match="unknown Omniglot source 'small3'"):
-        Omniglot("/nonexistent", "train", train_sources=["small3"])
+        Omniglot("train", root="/nonexistent", train_sources=["small3"])
 
 
 # ---------------------------------------------------------------- real subsets
@@ -88,7 +88,7 @@ def test_bad_split_arguments_are_named() -> None:
     ("source", "alphabets", "characters"), [("small1", 5, 136), ("small2", 5, 156)]
 )
 def test_real_subset_counts(source: str, alphabets: int, characters: int) -> None:
-    data = Omniglot(OMNIGLOT, "trainval", split_by="alphabet", train_sources=[source])
+    data = Omniglot("trainval", root=OMNIGLOT, split_by="alphabet", train_sources=[source])
     assert len(data.alphabets) == alphabets
     assert data.num_classes == characters
     assert data.class_counts().tolist() == [20] * characters
@@ -103,7 +103,7 @@ def test_real_subset_counts(source: str, alphabets: int, characters: int) -> Non
 @needs_real
 def test_real_alphabet_split_small1_to_small2() -> None:
     kwargs = dict(split_by="alphabet", train_sources=["small1"], test_sources=["small2"])
-    parts = {s: Omniglot(OMNIGLOT, s, **kwargs) for s in ("train", "val", "test")}
+    parts = {s: Omniglot(s, root=OMNIGLOT, **kwargs) for s in ("train", "val", "test")}
     assert parts["test"].alphabets == ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
     assert parts["val"].alphabets == ["Latin"]
     assert set(parts["train"].alphabets) == {"Balinese", "Early_Aramaic", "Greek", "Korean"}
@@ -114,10 +114,10 @@ def test_real_alphabet_split_small1_to_small2() -> None:
 @needs_real
 def test_real_character_split_and_rotations() -> None:
     kwargs = dict(train_sources=["small1"], test_sources=[])
-    sizes = {s: Omniglot(OMNIGLOT, s, **kwargs).num_classes for s in ("train", "val", "test")}
+    sizes = {s: Omniglot(s, root=OMNIGLOT, **kwargs).num_classes for s in ("train", "val", "test")}
     assert sizes == {"train": 93, "val": 8, "test": 35}
-    plain = Omniglot(OMNIGLOT, "val", **kwargs)
-    rotated = Omniglot(OMNIGLOT, "val", rotations=True, **kwargs)
+    plain = Omniglot("val", root=OMNIGLOT, **kwargs)
+    rotated = Omniglot("val", root=OMNIGLOT, rotations=True, **kwargs)
     assert rotated.num_classes == 4 * plain.num_classes and len(rotated) == 4 * len(plain)
     assert rotated.class_names[plain.num_classes].endswith("/rot090")
     turned = torch.rot90(plain.images[0], 1, dims=(-2, -1))
@@ -127,7 +127,7 @@ def test_real_character_split_and_rotations() -> None:
 
 @needs_real
 def test_preprocess_matches_dataset_items(tmp_path: Path) -> None:
-    data = Omniglot(OMNIGLOT, "trainval", split_by="alphabet", train_sources=["small1"])
+    data = Omniglot("trainval", root=OMNIGLOT, split_by="alphabet", train_sources=["small1"])
     with zipfile.ZipFile(SMALL1) as archive:
         member = sorted(n for n in archive.namelist() if n.endswith(".png"))[0]
         png = tmp_path / "drawing.png"
@@ -146,8 +146,8 @@ def test_folder_and_zip_give_the_same_images(tmp_path: Path) -> None:
     extract_zip(SMALL2, tmp_path / "images_background_small2")
     assert not leftovers(tmp_path)
     kwargs = dict(split_by="alphabet", train_sources=["small2"], cache=False)
-    from_folder = Omniglot(tmp_path, "val", **kwargs)
-    from_zip = Omniglot(OMNIGLOT, "val", **kwargs)
+    from_folder = Omniglot("val", root=tmp_path, **kwargs)
+    from_zip = Omniglot("val", root=OMNIGLOT, **kwargs)
     assert torch.equal(from_folder.images, from_zip.images)
     assert from_folder.class_names == from_zip.class_names
 
@@ -155,7 +155,7 @@ def test_folder_and_zip_give_the_same_images(tmp_path: Path) -> None:
 @needs_real
 def test_cache_file_is_versioned_and_reused(_cache: Path) -> None:
     kwargs = dict(split_by="alphabet", train_sources=["small2"], image_size=20)
-    first = Omniglot(OMNIGLOT, "val", **kwargs)
+    first = Omniglot("val", root=OMNIGLOT, **kwargs)
     files = sorted((_cache / "omniglot").glob("omniglot-val-v*-*.pt"))
     assert files and not leftovers(_cache)
     stamp = files[-1].stat().st_mtime_ns
@@ -172,7 +172,7 @@ def test_download_verifies_and_extracts_atomically(
     local = RemoteFile(real.filename, SMALL1.as_uri(), real.sha256, real.size)
     monkeypatch.setitem(omniglot_files.ARCHIVES, "small1", local)
     root = tmp_path / "omniglot"
-    data = Omniglot(root, "test", download=True, train_sources=["small1"], test_sources=[])
+    data = Omniglot("test", root=root, download=True, train_sources=["small1"], test_sources=[])
     assert data.num_classes == 35
     assert (root / "images_background_small1.zip").is_file()
     assert (root / "images_background_small1" / "Greek").is_dir()
@@ -184,7 +184,7 @@ def test_download_verifies_and_extracts_atomically(
 
 def test_missing_source_says_what_to_place_where(tmp_path: Path) -> None:
     with pytest.raises(MissingDatasetError) as info:
-        Omniglot(tmp_path, "train")
+        Omniglot("train", root=tmp_path)
     message = str(info.value)
     assert str(tmp_path / "images_background.zip") in message
     assert "github.com/brendenlake/omniglot" in message and "download=True" in message
@@ -197,7 +197,7 @@ def test_offline_download_fails_clearly_and_leaves_nothing(
     offline = RemoteFile(real.filename, "http://127.0.0.1:9/images.zip", real.sha256, real.size)
     monkeypatch.setitem(omniglot_files.ARCHIVES, "small1", offline)
     with pytest.raises(MissingDatasetError, match="place it at .*images_background_small1.zip"):
-        Omniglot(tmp_path, "train", download=True, train_sources=["small1"], test_sources=[])
+        Omniglot("train", root=tmp_path, download=True, train_sources=["small1"], test_sources=[])
     assert list(tmp_path.iterdir()) == []
 
 
@@ -207,7 +207,7 @@ def test_checksum_mismatch_is_reported(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0xFF
     (tmp_path / SMALL1.name).write_bytes(bytes(data))
     with pytest.raises(CorruptDatasetError, match="sha256") as info:
-        Omniglot(tmp_path, "train", train_sources=["small1"], test_sources=[])
+        Omniglot("train", root=tmp_path, train_sources=["small1"], test_sources=[])
     assert info.value.path == tmp_path / SMALL1.name
 
 
@@ -215,7 +215,7 @@ def test_checksum_mismatch_is_reported(tmp_path: Path) -> None:
 def test_truncated_archive_is_reported(tmp_path: Path, _cache: Path) -> None:
     (tmp_path / SMALL1.name).write_bytes(SMALL1.read_bytes()[:100_000])
     with pytest.raises(CorruptDatasetError, match="truncated") as info:
-        Omniglot(tmp_path, "train", train_sources=["small1"], test_sources=[])
+        Omniglot("train", root=tmp_path, train_sources=["small1"], test_sources=[])
     assert str(tmp_path / SMALL1.name) in str(info.value)
     assert not leftovers(_cache) and not leftovers(tmp_path)
 
@@ -262,7 +262,7 @@ def test_empty_class_folder_is_reported(tmp_path: Path, _cache: Path) -> None:
     (top / "Alpha" / "character02").mkdir()
     before = set(_cache.rglob("*")) if _cache.exists() else set()
     with pytest.raises(CorruptDatasetError, match="no .png drawings") as info:
-        Omniglot(tmp_path, "train", train_sources=["small1"], test_sources=[])
+        Omniglot("train", root=tmp_path, train_sources=["small1"], test_sources=[])
     assert info.value.path == top / "Alpha" / "character02"
     after = set(_cache.rglob("*")) if _cache.exists() else set()
     assert after == before
@@ -279,7 +279,7 @@ def test_empty_class_inside_zip_is_reported(
     local = RemoteFile(archive.name, archive.as_uri(), sha256_file(archive))
     monkeypatch.setitem(omniglot_files.ARCHIVES, "small1", local)
     with pytest.raises(CorruptDatasetError, match="character02 holds no .png") as info:
-        Omniglot(tmp_path, "train", train_sources=["small1"], test_sources=[])
+        Omniglot("train", root=tmp_path, train_sources=["small1"], test_sources=[])
     assert info.value.path == archive
 
 
@@ -291,7 +291,8 @@ def test_truncated_png_is_reported(tmp_path: Path) -> None:
     broken = top / "character02" / "01.png"
     broken.write_bytes(broken.read_bytes()[:40])
     with pytest.raises(CorruptDatasetError, match="not a readable PNG") as info:
-        Omniglot(tmp_path, "trainval", split_by="alphabet", train_sources=["small1"], cache=False)
+        Omniglot("trainval", root=tmp_path, split_by="alphabet", train_sources=["small1"],
+                 cache=False)
     assert str(broken) in str(info.value)
 
 

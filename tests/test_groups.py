@@ -8,15 +8,15 @@ import pytest
 import torch
 
 from metalab.datasets import CorruptDatasetError, MissingDatasetError
-from metalab.datasets.femnist import CLASS_NAMES, FEMNIST, femnist
+from metalab.datasets.femnist import CLASS_NAMES, FEMNIST
 from metalab.datasets.groups import GroupDataset
 from metalab.datasets.rotated import (
     ARM_WEIGHTS,
     ROTATIONS,
+    RotatedDigits,
+    RotatedMNIST,
     arm_group_sizes,
     rotate_images,
-    rotated_digits,
-    rotated_mnist,
 )
 from metalab.tasks.groups import GroupBatchSampler, GroupEvalSampler
 from metalab.train.evaluator import Evaluator
@@ -42,12 +42,12 @@ def item_ids(x):
 
 @pytest.fixture(scope="module")
 def digits_train():
-    return rotated_digits("train")
+    return RotatedDigits("train")
 
 
 @pytest.fixture(scope="module")
 def digits_test():
-    return rotated_digits("test")
+    return RotatedDigits("test")
 
 
 # ----------------------------------------------------------------------- GroupDataset
@@ -290,11 +290,11 @@ def test_rotated_digits_training_groups_follow_arm(digits_train):
     assert arm_group_sizes(54000) == [7560] * 3 + [2160] * 3 + [648] * 3 + [324] * 3 + [108] * 2
     assert digits_train.group_names == [f"rot{a}" for a in range(0, 140, 10)]
     assert [info["angle"] for info in digits_train.group_info] == list(ROTATIONS)
-    val = rotated_digits("val")
+    val = RotatedDigits("val")
     assert val.group_counts().tolist() == [135] * 14
     train_pool = set(digits_train.source_index.tolist())
     assert not train_pool & set(val.source_index.tolist())
-    again, other = rotated_digits("train", seed=0), rotated_digits("train", seed=1)
+    again, other = RotatedDigits("train", seed=0), RotatedDigits("train", seed=1)
     assert torch.equal(again.images, digits_train.images)
     assert not torch.equal(other.source_index, digits_train.source_index)
 
@@ -322,20 +322,20 @@ def test_rotated_mnist_reads_mnist_files(tmp_path):
     for prefix, n in (("train", 200), ("t10k", 30)):
         _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
-    train = rotated_mnist("train", root=str(tmp_path))
+    train = RotatedMNIST("train", root=str(tmp_path))
     assert train.group_counts().tolist() == arm_group_sizes(180)
-    test = rotated_mnist("test", root=str(tmp_path))
+    test = RotatedMNIST("test", root=str(tmp_path))
     assert test.group_counts().tolist() == [30] * 14
-    assert rotated_mnist("val", root=str(tmp_path)).group_counts().tolist() == [20] * 14
+    assert RotatedMNIST("val", root=str(tmp_path)).group_counts().tolist() == [20] * 14
     with pytest.raises(ValueError, match="unknown rotated split 'all'"):
-        rotated_mnist("all", root=str(tmp_path))
+        RotatedMNIST("all", root=str(tmp_path))
 
 
 def test_rotated_digits_errors():
     with pytest.raises(ValueError, match="embedded and take no root"):
-        rotated_digits("train", root="/tmp")
+        RotatedDigits("train", root="/tmp")
     with pytest.raises(ValueError, match="unknown rotated split 'trainval'"):
-        rotated_digits("trainval")
+        RotatedDigits("trainval")
 
 
 # ----------------------------------------------------------------------------- FEMNIST
@@ -360,9 +360,9 @@ def test_femnist_published_split_reads_users_as_groups(tmp_path):
     _write_leaf(tmp_path / "train", {"f0": _user(1)}, "b.json")
     _write_leaf(tmp_path / "test", {"f9": _user(4)})
     with pytest.raises(MissingDatasetError, match="no FEMNIST LEAF files"):
-        FEMNIST(tmp_path, "train")  # LEAF's train/test alone divide samples, not users
+        FEMNIST("train", root=tmp_path)  # LEAF's train/test alone divide samples, not users
     _write_leaf(tmp_path / "val", {"f5": _user(2)})
-    data = femnist("train", root=str(tmp_path))
+    data = FEMNIST("train", root=str(tmp_path))
     assert data.user_split == "published"
     assert data.group_names == ["f0", "f1", "f2"] and data.group_counts().tolist() == [1, 2, 3]
     assert data.num_classes == 62 and CLASS_NAMES[10] == "A" and CLASS_NAMES[36] == "a"
@@ -371,21 +371,21 @@ def test_femnist_published_split_reads_users_as_groups(tmp_path):
     assert data.labels[f2].tolist() == [5, 6, 7] and data.images[f2].max() == 0  # 1 - white
     assert data.images[data.groups == 0].min() == 255  # background 0 -> ink 255
     assert data.labels[data.groups == 1].tolist() == [60, 61]
-    assert FEMNIST(tmp_path, "test").group_names == ["f9"]
-    assert FEMNIST(tmp_path, "val").group_names == ["f5"]
+    assert FEMNIST("test", root=tmp_path).group_names == ["f9"]
+    assert FEMNIST("val", root=tmp_path).group_names == ["f5"]
 
 
 def test_femnist_all_data_is_split_by_users(tmp_path):
     users = {f"u{i:02d}": _user(1 + i % 3, i) for i in range(20)}
     _write_leaf(tmp_path / "all_data", dict(list(users.items())[:12]), "p1.json")
     _write_leaf(tmp_path / "all_data", dict(list(users.items())[12:]), "p2.json")
-    splits = {s: FEMNIST(tmp_path, s, seed=3) for s in ("train", "val", "test")}
+    splits = {s: FEMNIST(s, root=tmp_path, seed=3) for s in ("train", "val", "test")}
     names = {s: set(d.group_names) for s, d in splits.items()}
     assert [len(names[s]) for s in ("train", "val", "test")] == [16, 2, 2]
     assert names["train"] | names["val"] | names["test"] == set(users)
     assert not names["train"] & names["val"] and not names["val"] & names["test"]
     assert splits["train"].user_split == "seeded"
-    assert set(FEMNIST(tmp_path, "train", seed=4).group_names) != names["train"]
+    assert set(FEMNIST("train", root=tmp_path, seed=4).group_names) != names["train"]
 
 
 @pytest.mark.parametrize("mutate, message", [
@@ -403,7 +403,7 @@ def test_femnist_malformed_files_name_the_file(tmp_path, mutate, message):
     folder.mkdir()
     (folder / "bad.json").write_text(json.dumps(content))
     with pytest.raises(CorruptDatasetError) as error:
-        FEMNIST(tmp_path, "train")
+        FEMNIST("train", root=tmp_path)
     assert message in str(error.value) and "bad.json" in str(error.value)
 
 
@@ -411,8 +411,8 @@ def test_femnist_truncated_json_and_duplicate_users(tmp_path):
     path = _write_leaf(tmp_path / "all_data", {"u": _user(1)})
     path.write_text(path.read_text()[:-20])
     with pytest.raises(CorruptDatasetError, match="is not readable JSON"):
-        FEMNIST(tmp_path, "train")
+        FEMNIST("train", root=tmp_path)
     _write_leaf(tmp_path / "all_data", {"u": _user(1)}, "part.json")
     _write_leaf(tmp_path / "all_data", {"u": _user(2)}, "second.json")
     with pytest.raises(CorruptDatasetError, match="user 'u' also appears in"):
-        FEMNIST(tmp_path, "train")
+        FEMNIST("train", root=tmp_path)

@@ -12,7 +12,7 @@ from metalab.algorithms.multitask import MultiTask, per_task_metrics
 from metalab.datasets import ImageDataset
 from metalab.datasets.errors import MissingDatasetError
 from metalab.datasets.multimnist import (
-    MultiMNIST,
+    OverlaidDigits,
     multimnist,
     nearest_indices,
     overlay,
@@ -330,7 +330,7 @@ def toy_digits(count: int = 12, side: int = 8):
 
 def test_multimnist_labels_match_the_digits_placed():
     digits = toy_digits()
-    data = MultiMNIST(digits, seed=4, copies=2, offset=2, canvas=10, image_size=7)
+    data = OverlaidDigits(digits, seed=4, copies=2, offset=2, canvas=10, image_size=7)
     assert data.images.shape == (24, 1, 7, 7) and data.labels.shape == (24, 2)
     assert data.left_index.tolist() == list(range(12)) * 2
     for k in range(len(data)):
@@ -338,9 +338,9 @@ def test_multimnist_labels_match_the_digits_placed():
         assert torch.equal(data.images[k], resize_nearest(overlay(left, right, 2, 10), 7))
         assert data.labels[k].tolist() == [int(digits.labels[data.left_index[k]]),
                                            int(digits.labels[data.right_index[k]])]
-    again = MultiMNIST(digits, seed=4, copies=2, offset=2, canvas=10, image_size=7)
+    again = OverlaidDigits(digits, seed=4, copies=2, offset=2, canvas=10, image_size=7)
     assert torch.equal(again.images, data.images) and torch.equal(again.labels, data.labels)
-    other = MultiMNIST(digits, seed=5, copies=2, offset=2, canvas=10, image_size=7)
+    other = OverlaidDigits(digits, seed=5, copies=2, offset=2, canvas=10, image_size=7)
     assert not torch.equal(other.right_index, data.right_index)
     x, y = data[3]
     assert x.dtype == torch.float32 and float(x.max()) <= 1
@@ -350,10 +350,10 @@ def test_multimnist_labels_match_the_digits_placed():
 
 def test_multimnist_errors_and_the_embedded_fallback(tmp_path):
     with pytest.raises(ValueError, match=r"digits must have uint8 images \[N, 1, S, S\]"):
-        MultiMNIST(SimpleNamespace(images=torch.zeros(3, 1, 4, 5, dtype=torch.uint8),
+        OverlaidDigits(SimpleNamespace(images=torch.zeros(3, 1, 4, 5, dtype=torch.uint8),
                                    labels=torch.zeros(3)))
     with pytest.raises(ValueError, match="copies must be a positive int"):
-        MultiMNIST(toy_digits(), copies=0)
+        OverlaidDigits(toy_digits(), copies=0)
     with pytest.raises(MissingDatasetError):
         multimnist("test", root=str(tmp_path), source="mnist")
     data = multimnist("test", root=str(tmp_path), seed=0)

@@ -14,6 +14,7 @@ from metalab.algorithms.mr_maml import MRMAMLA, MRMAMLW, BodyHead
 from metalab.algorithms.multitask import MultiTask, per_task_metrics
 from metalab.algorithms.protonet import ProtoNet
 from metalab.algorithms.stream import AdaptationStream
+from metalab.validation import check_choice
 
 
 def _import_every_method_module() -> None:
@@ -30,9 +31,7 @@ ALGORITHMS = REGISTRY
 
 def algorithm_class(name: str) -> type[MetaLearner]:
     """The registered method called ``name``."""
-    if name not in ALGORITHMS:
-        raise ValueError(f"algorithm.name must be one of {sorted(ALGORITHMS)}, got {name!r}")
-    return ALGORITHMS[name]
+    return ALGORITHMS[check_choice("algorithm.name", name, sorted(ALGORITHMS))]
 
 
 def build_learner(name: str, model, **kwargs) -> MetaLearner:

@@ -38,7 +38,7 @@ from metalab.functional import inner_loop
 from metalab.nn.arm import ContextNet, LearnedLoss, task_norm_layers, task_norm_statistics
 from metalab.nn.statistics import predict_from_support
 from metalab.tasks import TaskBatch
-from metalab.tasks.source import check_positive_int
+from metalab.validation import check_positive_int
 
 Params = dict[str, Tensor]
 

@@ -30,7 +30,7 @@ from metalab.functional import (
     inner_loop,
     to_channels_last,
 )
-from metalab.tasks.source import check_positive_int
+from metalab.validation import check_positive_int
 
 Params = dict[str, Tensor]
 

@@ -34,6 +34,7 @@ from torch.func import functional_call
 from metalab.algorithms.maml import MAML
 from metalab.nn.backbones import BodyHead  # noqa: F401  (the model these methods take)
 from metalab.tasks import TaskBatch
+from metalab.validation import check_choice
 
 FLOAT32_EPS = float(torch.finfo(torch.float32).eps)  # TFP's floor on sigma in float32
 
@@ -172,9 +173,7 @@ class MRMAMLW(_EncodedMAML, name="mr-maml-w"):
                  sigma_transform: str = "exp", init_rho: float = -50.0,
                  sigma_floor: float = 0.0, **kwargs) -> None:
         super().__init__(model, beta, eval_sample, **kwargs)
-        if sigma_transform not in SIGMA_TRANSFORMS:
-            raise ValueError(f"sigma_transform must be one of {SIGMA_TRANSFORMS}, got "
-                             f"{sigma_transform!r}")
+        check_choice("sigma_transform", sigma_transform, SIGMA_TRANSFORMS)
         sigma_floor = float(sigma_floor)
         if not sigma_floor >= 0:
             raise ValueError(f"sigma_floor must be >= 0, got {sigma_floor!r}")

@@ -19,6 +19,7 @@ from metalab.combiners.gradnorm import GradNorm
 from metalab.combiners.mgda import MGDA
 from metalab.combiners.pcgrad import PCGrad, pcgrad_coefficients
 from metalab.combiners.weighting import GroupDRO, MeanLoss, SumLoss, UncertaintyWeighting
+from metalab.validation import check_choice
 
 COMBINERS: dict[str, type[Combiner]] = {
     "mean": MeanLoss,
@@ -37,8 +38,7 @@ def build_combiner(name: str, **kwargs) -> Combiner:
 
     Raises ValueError for an unknown name, an unknown or missing option, or a bad value.
     """
-    if name not in COMBINERS:
-        raise ValueError(f"combiner must be one of {sorted(COMBINERS)}, got {name!r}")
+    check_choice("combiner", name, sorted(COMBINERS))
     cls = COMBINERS[name]
     signature = inspect.signature(cls)
     try:

@@ -19,29 +19,14 @@ multiplies by T, the scale of methods whose paper sums the task gradients (PCGra
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 
+# check_choice and check_real live in metalab.validation; imported here under their old
+# names so ``from metalab.combiners.base import check_choice`` keeps working.
+from metalab.validation import check_choice, check_real  # noqa: F401
+
 REDUCTIONS = ("mean", "sum")
-
-
-def check_choice(name: str, value, choices) -> str:
-    """Return ``value`` if it is one of ``choices``, else raise naming ``name``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-    return value
-
-
-def check_real(name: str, value, minimum: float = 0.0, inclusive: bool = True) -> float:
-    """Return ``value`` as a float if it is a finite number >= (or >) ``minimum``."""
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value) and (value >= minimum if inclusive else value > minimum))
-    if not ok:
-        bound = ">=" if inclusive else ">"
-        raise ValueError(f"{name} must be a finite number {bound} {minimum}, got {value!r}")
-    return float(value)
 
 
 def check_losses(losses) -> Tensor:

@@ -28,8 +28,9 @@ import math
 import numpy as np
 from torch import Tensor
 
-from metalab.combiners.base import GradientCombiner, check_choice, check_real
+from metalab.combiners.base import GradientCombiner
 from metalab.combiners.simplex import definite, host_gram, simplex_qp, to_weights
+from metalab.validation import check_choice, check_real
 
 RESCALES = (0, 1, 2)
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from metalab.combiners.base import GradientCombiner, check_real, check_task_ids
+from metalab.combiners.base import GradientCombiner, check_task_ids
 from metalab.combiners.weighting import ids_or_positions
-from metalab.tasks.source import check_positive_int
+from metalab.validation import check_positive_int, check_real
 
 MIN_WEIGHT = 1e-6  # weights are clamped to at least this before renormalising
 

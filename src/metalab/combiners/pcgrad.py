@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from metalab.combiners.base import GradientCombiner, check_choice
-from metalab.tasks.source import check_positive_int
+from metalab.combiners.base import GradientCombiner
+from metalab.validation import check_choice, check_positive_int
 
 ORDERS = ("random", "fixed")
 

@@ -9,15 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metalab.combiners.base import (
-    REDUCTIONS,
-    Combiner,
-    check_choice,
-    check_losses,
-    check_real,
-    check_task_ids,
-)
-from metalab.tasks.source import check_positive_int
+from metalab.combiners.base import REDUCTIONS, Combiner, check_losses, check_task_ids
+from metalab.validation import check_choice, check_positive_int, check_real
 
 
 class MeanLoss(Combiner):

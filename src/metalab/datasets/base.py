@@ -3,12 +3,18 @@
 All images live in one uint8 tensor ``images`` of shape ``[N, C, H, W]``; an item is
 converted to float in ``[0, 1]`` when it is read. Samplers can therefore gather a whole
 episode with one indexing operation (``dataset.batch(indices)``) instead of ``N`` calls.
+
+Every dataset the registry builds has one constructor shape, ``Dataset(split, root=None,
+**options)``, and declares what the registry and ``metalab data`` need to know as class
+attributes (:class:`DatasetFacts`: its splits, whether it reads files, a one-line
+description). Its metadata (``class_names``, ``group_names``, ``source`` …) are fields
+declared on the class and set by its constructor, never attributes patched on afterwards.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -20,7 +26,44 @@ def to_float(images: Tensor) -> Tensor:
     return images.to(torch.float32).div_(255.0)
 
 
-class ImageDataset(Dataset):
+class DatasetFacts:
+    """Class-level facts every registered dataset declares (read without building it).
+
+    ``splits``: the split names its constructor accepts (the first is the default shown by
+    ``metalab data show``); ``needs_files``: it reads files from ``root`` (else it is
+    embedded and refuses a ``root``); ``optional_files``: embedded, but reads files from
+    ``root`` when they are there; ``description``: one line for ``metalab data list``.
+    """
+
+    splits: ClassVar[tuple[str, ...]] = ()
+    needs_files: ClassVar[bool] = False
+    optional_files: ClassVar[bool] = False
+    description: ClassVar[str] = ""
+
+
+def check_split(split: Any, splits: Sequence[str], what: str) -> str:
+    """``split`` if it is one of ``splits``; ``what`` names the dataset in the error.
+
+    A non-string split is almost always the old ``Dataset(root, split)`` argument order, so
+    the error says the shape to use.
+    """
+    if not isinstance(split, str):
+        raise TypeError(
+            f"split must be a split name (one of {list(splits)}), got {split!r}; datasets "
+            f"take (split, root=None, **options), so pass a folder as root=..."
+        )
+    if split not in splits:
+        raise ValueError(f"unknown {what} split {split!r}; expected one of {list(splits)}")
+    return split
+
+
+def check_no_root(root: Any, what: str) -> None:
+    """Embedded datasets read no files: refuse a ``root`` (naming it) instead of ignoring it."""
+    if root is not None:
+        raise ValueError(f"{what} are embedded and take no root (got root={root!r})")
+
+
+class ImageDataset(DatasetFacts, Dataset):
     """Labelled images held in memory.
 
     Args:
@@ -33,6 +76,12 @@ class ImageDataset(Dataset):
     ``dataset[i]`` returns ``(x, y)`` with ``x`` a float tensor ``[C, H, W]`` in ``[0, 1]``
     and ``y`` an int. ``labels`` is a 1-D LongTensor.
     """
+
+    images: Tensor
+    labels: Tensor
+    class_names: list[str]
+    class_info: list[dict[str, Any]] | None
+    split: str
 
     def __init__(
         self,

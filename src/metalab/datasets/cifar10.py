@@ -15,8 +15,8 @@ Files:
   of every row). ``root`` may be that folder, or a folder holding it or the ``CIFAR-10-C.tar``
   archive (extracted atomically).
 
-:func:`cifar10_c` is the group-shift benchmark of ARM (Zhang, Marklund et al., "Adaptive Risk
-Minimization", NeurIPS 2021) on CIFAR-10-C; see its docstring.
+The group-shift benchmark of ARM (Zhang, Marklund et al., "Adaptive Risk Minimization",
+NeurIPS 2021) on CIFAR-10-C is :class:`metalab.datasets.cifar10_shift.CIFAR10CShift`.
 """
 
 from __future__ import annotations
@@ -30,16 +30,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .base import ImageDataset
+from .base import ImageDataset, check_split
 from .cifar_fs import _unpickle, extract_tar
-from .corruptions import (
-    CORRUPTIONS,
-    SEVERITIES,
-    CorruptedDataset,
-    corruption_groups,
-    group_list,
-    group_seed,
-)
+from .corruption_groups import group_list, group_seed
+from .corruptions import SEVERITIES
 from .errors import CorruptDatasetError, MissingDatasetError
 from .groups import GroupDataset
 from .paths import resolve_root
@@ -57,12 +51,7 @@ C_URL = "https://zenodo.org/records/2535967"
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
                "truck")
 SIDE = 32
-SPLITS = ("train", "val", "test")
-TEST_SOURCES = ("auto", "files", "generated")
-# ARM's test split also holds these groups, which only the CIFAR-10-C files provide (the
-# library cannot generate the weather corruptions): corruption_groups("test") +
-# list(WEATHER_TEST_GROUPS) are ARM's 22 test groups.
-WEATHER_TEST_GROUPS = tuple(("fog", s) for s in SEVERITIES) + (("spatter", 5),)
+SPLITS = ("train", "test")
 
 _LAYOUT = (f"the python version of CIFAR-10 ({FOLDER}/ with data_batch_1..5, test_batch and "
            f"{META}, from {CIFAR10_URL})")
@@ -122,17 +111,26 @@ def read_batch(path: Path, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class CIFAR10(ImageDataset):
-    """CIFAR-10 as ``[3, 32, 32]`` images: the 50,000 training images (``train=True``, the five
-    data batches in order) or the 10,000 test images; ``class_names`` from ``batches.meta``.
+    """CIFAR-10 as ``[3, 32, 32]`` images: the 50,000 training images (``"train"``, the five
+    data batches in order) or the 10,000 ``"test"`` images; ``class_names`` from
+    ``batches.meta``.
 
     ``root``: the ``cifar-10-batches-py`` folder, a folder holding it or the
     ``cifar-10-python.tar.gz`` archive (default: the metalab data folder for "cifar10").
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, train: bool = True) -> None:
+    splits = SPLITS
+    needs_files = True
+    description = "CIFAR-10 python pickles (cifar-10-batches-py/ or cifar-10-python.tar.gz)"
+    root: Path
+    files: list[Path]
+
+    def __init__(self, split: str = "train", root: str | os.PathLike[str] | None = None
+                 ) -> None:
+        check_split(split, SPLITS, "CIFAR-10")
         self.root = resolve_root(root, "cifar10")
         folder = locate_cifar10(self.root)
-        names = TRAIN_BATCHES if train else (TEST_BATCH,)
+        names = TRAIN_BATCHES if split == "train" else (TEST_BATCH,)
         missing = [n for n in (*names, META) if not (folder / n).is_file()]
         if missing:
             raise MissingDatasetError(
@@ -143,7 +141,7 @@ class CIFAR10(ImageDataset):
         parts = [read_batch(folder / n, len(class_names)) for n in names]
         images = torch.from_numpy(np.concatenate([p[0] for p in parts]))
         labels = torch.from_numpy(np.concatenate([p[1] for p in parts]))
-        super().__init__(images, labels, class_names, "train" if train else "test")
+        super().__init__(images, labels, class_names, split)
         self.files = [folder / n for n in (*names, META)]
 
 
@@ -203,6 +201,7 @@ class CIFAR10C(GroupDataset):
     """CIFAR-10-C: one group per (corruption, severity) read from Hendrycks' ``.npy`` files.
 
     Args:
+        split: the split name recorded on the dataset (any name: the files have no splits).
         root: the ``CIFAR-10-C`` folder, a folder holding it or ``CIFAR-10-C.tar``
             (default: the metalab data folder for "cifar10-c").
         corruptions: names (each taken at every severity of ``severities``) and/or
@@ -210,8 +209,7 @@ class CIFAR10C(GroupDataset):
         severities: severities of the names given alone.
         images_per_group: each group holds this many of its 10,000 images (a seeded subset,
             in order), or all of them (``None``).
-        seed: seed of those subsets (:func:`~metalab.datasets.corruptions.group_seed`).
-        split: the split name recorded on the dataset.
+        seed: seed of those subsets (:func:`~metalab.datasets.corruption_groups.group_seed`).
         class_names: the classes ``labels.npy`` indexes (CIFAR-10's).
 
     Group names are ``"<corruption>-<severity>"`` in the order requested; ``group_info``
@@ -220,11 +218,15 @@ class CIFAR10C(GroupDataset):
     requested severities are read.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None,
+    needs_files = True
+    root: Path
+    source_index: Tensor
+    files: Path
+
+    def __init__(self, split: str = "test", root: str | os.PathLike[str] | None = None,
                  corruptions: Sequence[str | tuple[str, int]] | None = None,
                  severities: Sequence[int] = SEVERITIES, images_per_group: int | None = None,
-                 seed: int = 0, split: str = "test",
-                 class_names: Sequence[str] = CLASS_NAMES) -> None:
+                 seed: int = 0, class_names: Sequence[str] = CLASS_NAMES) -> None:
         self.root = resolve_root(root, "cifar10-c")
         folder = find_cifar10c(self.root)
         if folder is None:
@@ -313,133 +315,3 @@ def _check_labels(labels: np.ndarray, path: Path, num_classes: int) -> np.ndarra
             or labels.max() >= num_classes:
         raise CorruptDatasetError(path, f"labels must be integers in [0, {num_classes})")
     return labels.astype(np.int64)
-
-
-# -------------------------------------------------------------------- ARM's benchmark
-
-
-def cifar10_c(split: str, root: str | os.PathLike[str] | None = None, seed: int = 0,
-              images_per_group: int | None = 1000, val_fraction: float = 0.1,
-              test_images_per_group: int | None = None, test_source: str = "auto",
-              test_groups: Sequence[str | tuple[str, int]] | None = None) -> GroupDataset:
-    """CIFAR-10-C group shift as in ARM: corruption x severity groups, disjoint across splits.
-
-    Expected layout (``root``, default the metalab data folder for "cifar10-c")::
-
-        root/cifar-10-batches-py/   data_batch_1..5, test_batch, batches.meta
-                                    (or root/cifar-10-python.tar.gz, extracted on first use)
-        root/CIFAR-10-C/            <corruption>.npy, labels.npy
-                                    (or root/CIFAR-10-C.tar, extracted on first use)
-
-    * ``train``: CIFAR-10 training images (those not held out for ``val``) under ARM's
-      training groups, made with the library's corruptions (``corruption_groups("train")``:
-      43 groups; ARM's snow, frost and spatter 1-3 need textures the library lacks). Each
-      group holds ``images_per_group`` images (a seeded subset of the pool; ARM's 1,000 by
-      default, ``None`` for all), as in ARM's generated training data.
-    * ``val``: the held-out ``val_fraction`` of the CIFAR-10 training images (a division
-      seeded by ``seed``) under ARM's validation groups (``corruption_groups("val")``, 16
-      groups), ``images_per_group`` each, as ``corrupted-glyphs`` does on held-out drawings.
-    * ``test``: the CIFAR-10-C files for ``test_groups`` (default
-      ``corruption_groups("test")``: impulse noise, motion blur and elastic transform at
-      severities 1-5 and JPEG at 4; add :data:`WEATHER_TEST_GROUPS` for ARM's fog and
-      spatter 5), all 10,000 images per group unless ``test_images_per_group``. Every
-      requested file must be in ``CIFAR-10-C/``. When there is no CIFAR-10-C folder (nor its
-      archive), ``test_source="auto"`` instead applies the library's own corruptions to the
-      CIFAR-10 test batch (not Hendrycks' images: see :mod:`metalab.datasets.corruptions`
-      for the differences); ``"files"`` requires the files, ``"generated"`` always
-      generates. The dataset's ``source`` says which was used (``"files"``/``"generated"``).
-
-    Every split has the same ``group_names`` and ``group_info`` (train groups, then val
-    groups, then test groups; names ``"<corruption>-<severity>"``), so a group id means the
-    same group in every split; a split holds images only in its own groups, whose ids are
-    ``split_groups``. Corruptions and subsets are deterministic for ``seed``.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"unknown CIFAR-10-C split {split!r}; expected one of {list(SPLITS)}")
-    if test_source not in TEST_SOURCES:
-        raise ValueError(f"test_source must be one of {list(TEST_SOURCES)}, got {test_source!r}")
-    root_path = resolve_root(root, "cifar10-c")
-    groups = {
-        "train": corruption_groups("train", channels=3),
-        "val": corruption_groups("val", channels=3),
-        "test": (corruption_groups("test", channels=3) if test_groups is None
-                 else file_groups(test_groups)),
-    }
-    all_groups = list(dict.fromkeys(groups["train"] + groups["val"] + groups["test"]))
-    if split == "test":
-        local, source = _test_groups(root_path, groups["test"], seed, test_images_per_group,
-                                     test_source)
-    else:
-        base = _cifar10(root_path, train=True)
-        pool = train_val_pool(len(base), split, val_fraction, seed)
-        images = ImageDataset(base.images[pool], base.labels[pool], base.class_names, split)
-        local = CorruptedDataset(images, groups[split], seed=seed,
-                                 images_per_group=images_per_group)
-        source = "generated"
-    index = {f"{name}-{severity}": group for group, (name, severity) in enumerate(all_groups)}
-    mapping = torch.tensor([index[name] for name in local.group_names], dtype=torch.long)
-    dataset = GroupDataset(
-        local.images, local.labels, local.class_names, split, mapping[local.groups], list(index),
-        group_info=[{"corruption": name, "severity": severity} for name, severity in all_groups],
-    )
-    dataset.source = source
-    dataset.seed = int(seed)
-    dataset.split_groups = mapping.tolist()
-    return dataset
-
-
-def train_val_pool(size: int, split: str, val_fraction: float, seed: int) -> Tensor:
-    """Sorted indices of the training or validation part of ``size`` training images: the
-    last ``round(val_fraction * size)`` of a permutation seeded by ``seed`` are validation."""
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"val_fraction must lie in (0, 1), got {val_fraction!r}")
-    held_out = round(val_fraction * size)
-    if held_out in (0, size):
-        raise ValueError(
-            f"val_fraction={val_fraction} of {size} training images leaves no "
-            f"{'validation' if held_out == 0 else 'training'} images"
-        )
-    order = torch.randperm(size, generator=torch.Generator().manual_seed(int(seed)))
-    chosen = order[:size - held_out] if split == "train" else order[size - held_out:]
-    return chosen.sort().values
-
-
-def _cifar10(root: Path, train: bool) -> CIFAR10:
-    """CIFAR-10 whose classes must be CIFAR-10's, in order (CIFAR-10-C's labels index them)."""
-    base = CIFAR10(root, train=train)
-    if tuple(base.class_names) != CLASS_NAMES:
-        raise CorruptDatasetError(
-            base.files[-1], f"label_names {base.class_names} are not CIFAR-10's {list(CLASS_NAMES)}"
-        )
-    return base
-
-
-def _test_groups(root: Path, groups: list[tuple[str, int]], seed: int,
-                 images_per_group: int | None, test_source: str) -> tuple[GroupDataset, str]:
-    """The test groups from the CIFAR-10-C files, or generated on the CIFAR-10 test batch."""
-    folder = None if test_source == "generated" else find_cifar10c(root)
-    if folder is not None:
-        return CIFAR10C(folder, groups, images_per_group=images_per_group, seed=seed), "files"
-    if test_source == "files":
-        raise missing_cifar10c(root)
-    unknown = sorted({name for name, _ in groups if name not in CORRUPTIONS})
-    if unknown:
-        raise MissingDatasetError(
-            root / C_FOLDER,
-            f"not found; test corruptions {unknown} can only be read from the CIFAR-10-C files "
-            f"(the library cannot generate them): place {C_ARCHIVE} (from {C_URL}) in {root}",
-        )
-    try:
-        base = _cifar10(root, train=False)
-    except MissingDatasetError as exc:
-        if test_source == "generated":
-            raise
-        raise MissingDatasetError(
-            root / C_FOLDER,
-            f"not found (place {C_ARCHIVE} from {C_URL} in {root}, or its {C_FOLDER}/ folder); "
-            f"the fallback, CIFAR-10's test batch under generated corruptions, failed too: "
-            f"{exc}",
-        ) from exc
-    generated = CorruptedDataset(base, groups, seed=seed, images_per_group=images_per_group)
-    return generated, "generated"
-

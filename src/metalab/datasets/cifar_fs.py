@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_extraction
-from .base import ImageDataset
+from .base import ImageDataset, check_split
 from .errors import CorruptDatasetError, MissingDatasetError
 from .paths import resolve_root
 
@@ -51,11 +51,21 @@ CLASSES: dict[str, tuple[str, ...]] = {
 
 
 class CIFARFS(ImageDataset):
-    """CIFAR-FS split ``split`` as ``[3, 32, 32]`` images; labels follow ``CLASSES[split]``."""
+    """CIFAR-FS split ``split`` as ``[3, 32, 32]`` images; labels follow ``CLASSES[split]``.
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, split: str = "train") -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown CIFAR-FS split {split!r}; expected one of {list(SPLITS)}")
+    ``root``: the folder with ``cifar-100-python/`` or its archive (default: the metalab
+    data folder for "cifar-fs").
+    """
+
+    splits = SPLITS
+    needs_files = True
+    description = "CIFAR-FS: CIFAR-100 python pickles with the Bertinetto et al. class split"
+    root: Path
+    files: list[Path]
+
+    def __init__(self, split: str = "train", root: str | os.PathLike[str] | None = None
+                 ) -> None:
+        check_split(split, SPLITS, "CIFAR-FS")
         self.root = resolve_root(root, "cifar-fs")
         folder = locate_cifar100(self.root)
         names = _fine_label_names(folder / "meta")

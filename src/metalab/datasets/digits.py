@@ -13,18 +13,27 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .base import ImageDataset
+from .base import ImageDataset, check_no_root, check_split
 
 SPLITS = ("all", "train", "test")
 TEST_EVERY = 4
 
 
 class Digits(ImageDataset):
-    """Handwritten digits from :func:`sklearn.datasets.load_digits` as ``[1, S, S]`` images."""
+    """Handwritten digits from :func:`sklearn.datasets.load_digits` as ``[1, S, S]`` images.
 
-    def __init__(self, split: str = "all", image_size: int = 8) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown Digits split {split!r}; expected one of {list(SPLITS)}")
+    Args:
+        split: ``"all"``, ``"train"`` or ``"test"`` (module docstring).
+        root: must be None (embedded).
+        image_size: side of the (bilinearly resized) images.
+    """
+
+    splits = SPLITS
+    description = "scikit-learn's bundled 8x8 handwritten digits (no download)"
+
+    def __init__(self, split: str = "all", root: None = None, image_size: int = 8) -> None:
+        check_split(split, SPLITS, "Digits")
+        check_no_root(root, "digits")
         if image_size < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size}")
         from sklearn.datasets import load_digits

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .base import check_split
 from .errors import CorruptDatasetError, MissingDatasetError
 from .groups import GroupDataset
 from .paths import resolve_root
@@ -162,19 +163,25 @@ class FEMNIST(GroupDataset):
     """FEMNIST with one group per user (see module docstring for the file layouts).
 
     Args:
-        root: folder with the LEAF files (default: the metalab data folder for "femnist").
         split: ``"train"``, ``"val"`` or ``"test"``.
+        root: folder with the LEAF files (default: the metalab data folder for "femnist").
         user_fractions: (train, val, test) fractions of users when only ``all_data`` exists.
         seed: seed of that division.
 
     ``user_split`` is ``"published"`` or ``"seeded"``; ``files`` the folder read.
     """
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, split: str = "train",
+    splits = SPLITS
+    needs_files = True
+    description = "group shift: LEAF FEMNIST JSON, one group per writer (62 classes)"
+    root: Path
+    user_split: str
+    files: Path
+
+    def __init__(self, split: str = "train", root: str | os.PathLike[str] | None = None,
                  user_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
                  seed: int = 0) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown FEMNIST split {split!r}; expected one of {list(SPLITS)}")
+        check_split(split, SPLITS, "FEMNIST")
         self.root = resolve_root(root, "femnist")
         folder, published = find_layout(self.root, split)
         users = read_leaf_folder(folder)
@@ -195,6 +202,4 @@ class FEMNIST(GroupDataset):
         self.files = folder
 
 
-def femnist(split: str, root: str | None = None, **options: Any) -> FEMNIST:
-    """Registry builder: ``FEMNIST(root, split, **options)``."""
-    return FEMNIST(root, split, **options)
+femnist = FEMNIST  # the old builder's name; same (split, root=None, **options) shape

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ImageDataset
+from .base import ImageDataset, check_no_root, check_split
 from .cache import cache_key, cache_path, load_or_build
 from .fonts import Face, bundled_faces
 from .glyph_alphabets import ALPHABETS, Alphabet
@@ -50,6 +50,7 @@ class Glyphs(ImageDataset):
 
     Args:
         split: ``"train"``, ``"val"``, ``"test"`` (disjoint alphabets) or ``"all"``.
+        root: must be None (embedded).
         image_size: side of the square images (strokes 1 on background 0).
         seed: seed of the drawers' random distortions (the classes do not depend on it).
         images_per_class: drawings per character (20, as in Omniglot).
@@ -62,9 +63,15 @@ class Glyphs(ImageDataset):
     and ``faces``; ``alphabets`` lists the alphabets of the split.
     """
 
+    splits = SPLITS
+    description = "embedded Omniglot-like glyphs rendered from matplotlib's fonts (no download)"
+    alphabets: list[str]
+    seed: int
+
     def __init__(
         self,
         split: str = "train",
+        root: None = None,
         image_size: int = 28,
         seed: int = 0,
         images_per_class: int = 20,
@@ -73,8 +80,8 @@ class Glyphs(ImageDataset):
         alphabets: Sequence[str] | None = None,
         cache: bool = True,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown Glyphs split {split!r}; expected one of {list(SPLITS)}")
+        check_split(split, SPLITS, "Glyphs")
+        check_no_root(root, "glyphs")
         chosen = select_alphabets(alphabets)
         options = {
             "image_size": int(image_size),

@@ -30,6 +30,10 @@ class GroupDataset(ImageDataset):
         group_info: optional per-group metadata dicts (angle, corruption, severity, user ...).
     """
 
+    groups: Tensor
+    group_names: list[str]
+    group_info: list[dict[str, Any]] | None
+
     def __init__(
         self,
         images: Tensor,

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .base import ImageDataset
+from .base import ImageDataset, check_split
 from .cache import cache_key, cache_path, file_fingerprint, load_or_build
 from .errors import CorruptDatasetError, MissingDatasetError
 from .paths import resolve_root
@@ -32,19 +32,26 @@ DECODE_VERSION = 1
 
 
 class MiniImageNet(ImageDataset):
-    """miniImageNet split ``split`` as ``[3, image_size, image_size]`` images in ``[0, 1]``."""
+    """miniImageNet split ``split`` as ``[3, image_size, image_size]`` images in ``[0, 1]``.
+
+    ``root``: the folder with the cache pickles or the CSV files and ``images/`` (default:
+    the metalab data folder for "mini-imagenet"); ``cache`` keeps the decoded CSV form.
+    """
+
+    splits = SPLITS
+    needs_files = True
+    description = "miniImageNet, Ravi & Larochelle split (cache pickles or images + CSV)"
+    root: Path
+    files: list[Path]
 
     def __init__(
         self,
-        root: str | os.PathLike[str] | None = None,
         split: str = "train",
+        root: str | os.PathLike[str] | None = None,
         image_size: int = 84,
         cache: bool = True,
     ) -> None:
-        if split not in SPLITS:
-            raise ValueError(
-                f"unknown miniImageNet split {split!r}; expected one of {list(SPLITS)}"
-            )
+        check_split(split, SPLITS, "miniImageNet")
         self.root = resolve_root(root, "mini-imagenet")
         pickle_path = self.root / f"mini-imagenet-cache-{split}.pkl"
         csv_path = self.root / f"{split}.csv"

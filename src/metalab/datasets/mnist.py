@@ -16,14 +16,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .base import ImageDataset
+from .base import ImageDataset, check_split
 from .errors import CorruptDatasetError, MissingDatasetError
 from .paths import resolve_root
 
 FILES = {
-    True: ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    False: ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
+SPLITS = tuple(FILES)
 IDX_UBYTE = 0x08
 
 
@@ -73,11 +74,23 @@ def find_idx(root: Path, name: str) -> Path:
 
 
 class MNIST(ImageDataset):
-    """MNIST digits as ``[1, 28, 28]`` images; ``train`` selects the 60k or 10k set."""
+    """MNIST digits as ``[1, 28, 28]`` images: the 60k ``"train"`` or the 10k ``"test"`` set.
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, train: bool = True) -> None:
+    ``root``: the folder with the IDX files (module docstring; default: the metalab data
+    folder for "mnist"). ``files`` are the two files read.
+    """
+
+    splits = SPLITS
+    needs_files = True
+    description = "MNIST handwritten digits from the IDX files (gzipped or not)"
+    root: Path
+    files: list[Path]
+
+    def __init__(self, split: str = "train", root: str | os.PathLike[str] | None = None
+                 ) -> None:
+        check_split(split, SPLITS, "MNIST")
         self.root = resolve_root(root, "mnist")
-        image_name, label_name = FILES[bool(train)]
+        image_name, label_name = FILES[split]
         image_path, label_path = find_idx(self.root, image_name), find_idx(self.root, label_name)
         images = read_idx(image_path)
         labels = read_idx(label_path)
@@ -90,7 +103,6 @@ class MNIST(ImageDataset):
         if labels.size and labels.max() > 9:
             raise CorruptDatasetError(label_path, f"label {labels.max()} is not a digit 0-9")
         tensor = torch.from_numpy(images.copy()).unsqueeze(1)
-        split = "train" if train else "test"
         super().__init__(
             tensor, torch.from_numpy(labels.astype(np.int64)), list("0123456789"), split
         )

@@ -13,26 +13,34 @@ to any single-channel digit dataset of square images of side ``S``:
    centres, as PIL's ``NEAREST``).
 
 The labels are ``[N, 2]``: column 0 the left digit's class, column 1 the right one's. The
-composites are deterministic for ``seed``. ``multimnist(split)`` builds it from MNIST when
+composites are deterministic for ``seed``. :class:`MultiMNIST` builds them from MNIST when
 its files are present and otherwise from the embedded scikit-learn digits (upsampled to
-28x28), so the benchmark runs anywhere.
+28x28), so the benchmark runs anywhere; :class:`OverlaidDigits` builds them from any given
+digit dataset.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .base import to_float
+from metalab.validation import check_choice
+
+from .base import DatasetFacts, check_split, to_float
+from .digits import Digits
 from .errors import MissingDatasetError
+from .mnist import MNIST
 
 TASK_NAMES = ("left", "right")
 CHUNK = 4096
 SOURCES = ("auto", "mnist", "digits")
+SPLITS = ("train", "test")
 
 
 def overlay(left: Tensor, right: Tensor, offset: int, canvas: int) -> Tensor:
@@ -65,8 +73,9 @@ def resize_nearest(images: Tensor, size: int) -> Tensor:
     return images.index_select(-2, index).index_select(-1, index)
 
 
-class MultiMNIST(Dataset):
-    """Composites of two digits from ``digits`` (an image dataset with 1-D labels).
+class OverlaidDigits(DatasetFacts, Dataset):
+    """Composites of two digits from ``digits`` (an image dataset with 1-D labels): the
+    adapter :class:`MultiMNIST` builds on, for any digit source.
 
     Args:
         digits: the source split: ``images`` uint8 ``[N, 1, S, S]`` and ``labels`` ``[N]``
@@ -82,7 +91,18 @@ class MultiMNIST(Dataset):
     ``dataset[i]`` is ``(x, labels[i])`` with ``x`` float in ``[0, 1]``.
     """
 
-    def __init__(self, digits, seed: int = 0, copies: int = 1, offset: int = 6,
+    images: Tensor
+    labels: Tensor
+    left_index: Tensor
+    right_index: Tensor
+    task_names: tuple[str, ...]
+    classes_per_task: list[int]
+    class_names: list[str]
+    split: str | None
+    seed: int
+    source: str | None = None  # which digits were used (set by MultiMNIST)
+
+    def __init__(self, digits: Any, seed: int = 0, copies: int = 1, offset: int = 6,
                  canvas: int = 36, image_size: int = 28) -> None:
         images, labels = _source_tensors(digits)
         for name, value in (("copies", copies), ("image_size", image_size)):
@@ -124,10 +144,10 @@ class MultiMNIST(Dataset):
         """Counts that describe the dataset (used by ``metalab data info``)."""
         return {"split": self.split, "images": len(self), "image_shape": list(self.image_shape),
                 "tasks": list(self.task_names), "classes_per_task": list(self.classes_per_task),
-                "source": getattr(self, "source", None)}
+                "source": self.source}
 
     def __repr__(self) -> str:
-        return (f"MultiMNIST(split={self.split!r}, images={len(self)}, "
+        return (f"{type(self).__name__}(split={self.split!r}, images={len(self)}, "
                 f"shape={list(self.image_shape)}, tasks={list(self.task_names)})")
 
 
@@ -147,29 +167,38 @@ def _source_tensors(digits) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
-def multimnist(split: str = "train", root: str | None = None, source: str = "auto",
-               seed: int = 0, copies: int = 1) -> MultiMNIST:
+class MultiMNIST(OverlaidDigits):
     """MultiMNIST of ``split`` (``"train"`` or ``"test"``) from MNIST or the embedded digits.
 
-    ``source="auto"`` uses MNIST when its IDX files are found under ``root`` (or the
-    default data folder) and the scikit-learn digits otherwise; ``"mnist"`` requires the
-    files. The dataset's ``source`` attribute says which was used.
+    Args:
+        split: ``"train"`` or ``"test"``: the digit split the composites are made of.
+        root: where the MNIST IDX files are looked for (default: the metalab data folder).
+        source: ``"auto"`` uses MNIST when its files are found and the scikit-learn digits
+            (upsampled to 28x28) otherwise; ``"mnist"`` requires the files; ``"digits"``
+            always uses the embedded digits. ``source`` on the dataset says which was used.
+        seed, copies: as for :class:`OverlaidDigits` (the geometry is Sener & Koltun's).
     """
-    from .registry import build
 
-    if source not in SOURCES:
-        raise ValueError(f"source must be one of {list(SOURCES)}, got {source!r}")
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    digits, used = None, "digits"
-    if source in ("auto", "mnist"):
-        try:
-            digits, used = build("mnist", split, root), "mnist"
-        except MissingDatasetError:
-            if source == "mnist":
-                raise
-    if digits is None:
-        digits = build("digits", split, image_size=28)
-    dataset = MultiMNIST(digits, seed=seed, copies=copies)
-    dataset.source = used
-    return dataset
+    splits: ClassVar[tuple[str, ...]] = SPLITS
+    optional_files = True
+    description = ("multi-task: two overlapping digits, labels [N, 2] (MNIST files if found "
+                   "under root, else the embedded digits)")
+
+    def __init__(self, split: str = "train", root: str | os.PathLike[str] | None = None,
+                 source: str = "auto", seed: int = 0, copies: int = 1) -> None:
+        check_split(split, SPLITS, "MultiMNIST")
+        check_choice("source", source, SOURCES)
+        digits, used = None, "digits"
+        if source in ("auto", "mnist"):
+            try:
+                digits, used = MNIST(split, root=root), "mnist"
+            except MissingDatasetError:
+                if source == "mnist":
+                    raise
+        if digits is None:
+            digits = Digits(split, image_size=28)
+        self.source = used
+        super().__init__(digits, seed=seed, copies=copies)
+
+
+multimnist = MultiMNIST  # the old builder's name; same (split, root=None, **options) shape

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from .base import ImageDataset, to_float
+from .base import check_split as check_split_name
 from .cache import cache_key, cache_path, file_fingerprint, load_or_build
 from .omniglot_files import (
     OmniglotSource,
@@ -34,6 +35,7 @@ from .omniglot_files import (
     source_paths,
 )
 from .omniglot_split import (
+    SPLITS,
     check_split,
     split_by_alphabet,
     split_by_character,
@@ -85,9 +87,9 @@ class Omniglot(ImageDataset):
     """Omniglot characters as classes, read from the official folders or zip archives.
 
     Args:
+        split: ``"train"``, ``"val"``, ``"test"`` or ``"trainval"`` (train + val).
         root: folder holding the archives (``images_background.zip`` …) or their extracted
             folders; ``None`` means ``<cache>/data/omniglot``.
-        split: ``"train"``, ``"val"``, ``"test"`` or ``"trainval"`` (train + val).
         download: fetch missing archives from the official repository (sha256-verified,
             extracted atomically).
         image_size: side of the square output images (105 keeps the originals).
@@ -104,10 +106,20 @@ class Omniglot(ImageDataset):
     ``source``; ``alphabets`` lists the alphabets present.
     """
 
+    splits = SPLITS
+    needs_files = True
+    description = ("Omniglot handwritten characters (official archives; download=True "
+                   "fetches them)")
+    root: Path
+    split_by: str
+    image_size: int
+    alphabets: list[str]
+    rotations: bool
+
     def __init__(
         self,
-        root: str | os.PathLike[str] | None = None,
         split: str = "train",
+        root: str | os.PathLike[str] | None = None,
         download: bool = False,
         image_size: int = 28,
         rotations: bool = False,
@@ -118,6 +130,7 @@ class Omniglot(ImageDataset):
         shuffle_seed: int | None = None,
         cache: bool = True,
     ) -> None:
+        check_split_name(split, SPLITS, "Omniglot")
         check_split(split, split_by)
         if int(image_size) < 1:
             raise ValueError(f"image_size must be a positive int, got {image_size}")

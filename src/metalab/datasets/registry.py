@@ -1,190 +1,45 @@
-"""Dataset registry: build any dataset by name.
+"""Dataset registry: the name of every dataset and its class; :func:`build` makes one.
 
-``build(name, split, root=None, **kwargs)`` constructs the dataset class registered under
-``name`` (see :func:`available`). ``root`` is passed to datasets that read files and must
-be omitted (None) for the embedded ones, which need no files.
+Every registered class has the constructor ``Dataset(split, root=None, **options)`` and
+declares its splits, whether it reads files and a one-line description as class attributes
+(:class:`~metalab.datasets.base.DatasetFacts`), so this module is a plain mapping: adding a
+dataset is one line here. The dataset modules never import this one back.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import inspect
 from typing import Any
 
 from torch.utils.data import Dataset
 
+from .cifar10 import CIFAR10
+from .cifar10_shift import CIFAR10CShift
+from .cifar_fs import CIFARFS
+from .corrupted_glyphs import CorruptedGlyphs
+from .digits import Digits
+from .femnist import FEMNIST
+from .glyphs import Glyphs
+from .mini_imagenet import MiniImageNet
+from .mnist import MNIST
+from .multimnist import MultiMNIST
+from .omniglot import Omniglot
+from .rotated import RotatedDigits, RotatedMNIST
 
-@dataclass(frozen=True)
-class Entry:
-    """How to build one registered dataset."""
-
-    factory: Callable[..., Dataset]
-    splits: tuple[str, ...]
-    needs_files: bool
-    description: str
-    optional_files: bool = False  # embedded, but reads files from ``root`` when given
-
-
-def _omniglot(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .omniglot import Omniglot
-
-    return Omniglot(root, split, **kwargs)
-
-
-def _glyphs(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .glyphs import Glyphs
-
-    return Glyphs(split, **kwargs)
-
-
-def _digits(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .digits import Digits
-
-    return Digits(split, **kwargs)
-
-
-def _mini_imagenet(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .mini_imagenet import MiniImageNet
-
-    return MiniImageNet(root, split, **kwargs)
-
-
-def _cifar_fs(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .cifar_fs import CIFARFS
-
-    return CIFARFS(root, split, **kwargs)
-
-
-def _mnist(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .mnist import MNIST
-
-    return MNIST(root, train=split == "train", **kwargs)
-
-
-def _rotated_digits(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .rotated import rotated_digits
-
-    return rotated_digits(split, root, **kwargs)
-
-
-def _rotated_mnist(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .rotated import rotated_mnist
-
-    return rotated_mnist(split, root, **kwargs)
-
-
-def _femnist(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .femnist import femnist
-
-    return femnist(split, root, **kwargs)
-
-
-def _corrupted_glyphs(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .corruptions import corrupted_glyphs
-
-    return corrupted_glyphs(split, root, **kwargs)
-
-
-def _multimnist(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .multimnist import multimnist
-
-    return multimnist(split, root, **kwargs)
-
-
-def _cifar10(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .cifar10 import CIFAR10
-
-    return CIFAR10(root, train=split == "train", **kwargs)
-
-
-def _cifar10_c(split: str, root: Any, **kwargs: Any) -> Dataset:
-    from .cifar10 import cifar10_c
-
-    return cifar10_c(split, root, **kwargs)
-
-
-REGISTRY: dict[str, Entry] = {
-    "omniglot": Entry(
-        _omniglot,
-        ("train", "val", "test", "trainval"),
-        True,
-        "Omniglot handwritten characters (official archives; download=True fetches them)",
-    ),
-    "glyphs": Entry(
-        _glyphs,
-        ("train", "val", "test", "all"),
-        False,
-        "embedded Omniglot-like glyphs rendered from matplotlib's fonts (no download)",
-    ),
-    "digits": Entry(
-        _digits,
-        ("all", "train", "test"),
-        False,
-        "scikit-learn's bundled 8x8 handwritten digits (no download)",
-    ),
-    "mini-imagenet": Entry(
-        _mini_imagenet,
-        ("train", "val", "test"),
-        True,
-        "miniImageNet, Ravi & Larochelle split (cache pickles or images + CSV)",
-    ),
-    "cifar-fs": Entry(
-        _cifar_fs,
-        ("train", "val", "test"),
-        True,
-        "CIFAR-FS: CIFAR-100 python pickles with the Bertinetto et al. class split",
-    ),
-    "mnist": Entry(
-        _mnist,
-        ("train", "test"),
-        True,
-        "MNIST handwritten digits from the IDX files (gzipped or not)",
-    ),
-    "rotated-digits": Entry(
-        _rotated_digits,
-        ("train", "val", "test"),
-        False,
-        "group shift: embedded digits in 14 rotation groups, ARM's skewed training mix",
-    ),
-    "rotated-mnist": Entry(
-        _rotated_mnist,
-        ("train", "val", "test"),
-        True,
-        "group shift: MNIST in 14 rotation groups (0-130 degrees), ARM's skewed training mix",
-    ),
-    "femnist": Entry(
-        _femnist,
-        ("train", "val", "test"),
-        True,
-        "group shift: LEAF FEMNIST JSON, one group per writer (62 classes)",
-    ),
-    "corrupted-glyphs": Entry(
-        _corrupted_glyphs,
-        ("train", "val", "test"),
-        False,
-        "group shift: embedded glyphs under corruption x severity groups (disjoint train/test)",
-    ),
-    "multimnist": Entry(
-        _multimnist,
-        ("train", "test"),
-        False,
-        "multi-task: two overlapping digits, labels [N, 2] (MNIST files if found under root, "
-        "else the embedded digits)",
-        optional_files=True,
-    ),
-    "cifar10": Entry(
-        _cifar10,
-        ("train", "test"),
-        True,
-        "CIFAR-10 python pickles (cifar-10-batches-py/ or cifar-10-python.tar.gz)",
-    ),
-    "cifar10-c": Entry(
-        _cifar10_c,
-        ("train", "val", "test"),
-        True,
-        "group shift: CIFAR-10 under ARM's corruption x severity groups; test groups from "
-        "the CIFAR-10-C .npy files",
-    ),
+REGISTRY: dict[str, type[Dataset]] = {
+    "omniglot": Omniglot,
+    "glyphs": Glyphs,
+    "digits": Digits,
+    "mini-imagenet": MiniImageNet,
+    "cifar-fs": CIFARFS,
+    "mnist": MNIST,
+    "rotated-digits": RotatedDigits,
+    "rotated-mnist": RotatedMNIST,
+    "femnist": FEMNIST,
+    "corrupted-glyphs": CorruptedGlyphs,
+    "multimnist": MultiMNIST,
+    "cifar10": CIFAR10,
+    "cifar10-c": CIFAR10CShift,
 }
 
 
@@ -193,24 +48,35 @@ def available() -> list[str]:
     return list(REGISTRY)
 
 
-def entry(name: str) -> Entry:
-    """The registry entry of ``name``; a ValueError lists the valid names otherwise."""
+def entry(name: str) -> type[Dataset]:
+    """The class registered under ``name``; a ValueError lists the valid names otherwise."""
     if name not in REGISTRY:
         raise ValueError(f"unknown dataset {name!r}; available datasets: {available()}")
     return REGISTRY[name]
 
 
-def build(name: str, split: str, root: str | None = None, **kwargs: Any) -> Dataset:
-    """Construct dataset ``name`` for ``split``.
+def options(name: str) -> list[str]:
+    """The keyword options dataset ``name`` accepts besides ``split`` and ``root``."""
+    parameters = inspect.signature(entry(name).__init__).parameters
+    return [p for p in parameters if p not in ("self", "split", "root")]
 
-    Raises ValueError for an unknown name or split (naming the valid ones), and when a
-    ``root`` is given to a dataset that reads no files.
+
+def build(name: str, split: str, root: str | None = None, **options_: Any) -> Dataset:
+    """Construct dataset ``name`` for ``split``: ``REGISTRY[name](split, root, **options)``.
+
+    Raises ValueError naming the valid choices for an unknown name, split or option, and
+    when a ``root`` is given to a dataset that reads no files.
     """
-    spec = entry(name)
-    if split not in spec.splits:
+    cls = entry(name)
+    if split not in cls.splits:
         raise ValueError(
-            f"unknown split {split!r} for dataset {name!r}; valid splits: {list(spec.splits)}"
+            f"unknown split {split!r} for dataset {name!r}; valid splits: {list(cls.splits)}"
         )
-    if root is not None and not (spec.needs_files or spec.optional_files):
+    if root is not None and not (cls.needs_files or cls.optional_files):
         raise ValueError(f"dataset {name!r} is embedded and takes no root (got root={root!r})")
-    return spec.factory(split, root, **kwargs)
+    known = options(name)
+    unknown = sorted(set(options_) - set(known))
+    if unknown:
+        raise ValueError(f"unknown option{'s' if len(unknown) > 1 else ''} {unknown} for "
+                         f"dataset {name!r}; its options are {known}")
+    return cls(split, root=root, **options_)

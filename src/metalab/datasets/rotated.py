@@ -21,14 +21,18 @@ for ``seed``: the 90/10 division of the training set and the training draws.
 from __future__ import annotations
 
 import math
-from typing import Any
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import ImageDataset
+from metalab.validation import check_choice
+
+from .base import ImageDataset, check_no_root, check_split
+from .digits import Digits
 from .groups import GroupDataset
+from .mnist import MNIST
 
 ROTATIONS = tuple(range(0, 140, 10))
 # ARM's per-angle weights, written as the official code computes them (70/100, ...).
@@ -50,10 +54,7 @@ def rotate_images(images: Tensor, degrees: float, interpolation: str = "nearest"
     Pixels that come from outside the image are 0. uint8 input gives uint8 output
     (rounded); float input gives float output.
     """
-    if interpolation not in INTERPOLATIONS:
-        raise ValueError(
-            f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}"
-        )
+    check_choice("interpolation", interpolation, INTERPOLATIONS)
     if images.dim() != 4:
         raise ValueError(f"images must have shape [N, C, H, W], got {tuple(images.shape)}")
     if degrees % 360 == 0:
@@ -76,11 +77,13 @@ def rotate_images(images: Tensor, degrees: float, interpolation: str = "nearest"
 
 
 class RotatedDataset(GroupDataset):
-    """The ARM rotation groups built from a base training set and a base test set.
+    """The ARM rotation groups built from given base images (an adapter: the registered
+    datasets :class:`RotatedDigits` and :class:`RotatedMNIST` build their bases and call it).
 
     Args:
-        train_base: labelled images the training and validation splits come from.
-        test_base: labelled images of the test split.
+        train_base: labelled images the training and validation splits come from (may be
+            None for ``split="test"``).
+        test_base: labelled images of the test split (may be None for the other splits).
         split: ``"train"`` (skewed), ``"val"`` or ``"test"`` (every image at every angle).
         seed: seed of the 90/10 division and the training draws.
         interpolation: ``"nearest"`` (ARM) or ``"bilinear"``.
@@ -90,18 +93,23 @@ class RotatedDataset(GroupDataset):
     set of every image.
     """
 
-    def __init__(self, train_base: ImageDataset, test_base: ImageDataset, split: str,
-                 seed: int = 0, interpolation: str = "nearest", chunk: int = 4096) -> None:
-        if split not in SPLITS:
-            raise ValueError(f"unknown rotated split {split!r}; expected one of {list(SPLITS)}")
-        if interpolation not in INTERPOLATIONS:
-            raise ValueError(
-                f"interpolation must be one of {list(INTERPOLATIONS)}, got {interpolation!r}"
-            )
-        generator = torch.Generator().manual_seed(int(seed))
+    splits = SPLITS
+    source_index: Tensor
+    seed: int
+    interpolation: str
+
+    def __init__(self, train_base: ImageDataset | None, test_base: ImageDataset | None,
+                 split: str, seed: int = 0, interpolation: str = "nearest",
+                 chunk: int = 4096) -> None:
+        check_split(split, SPLITS, "rotated")
+        check_choice("interpolation", interpolation, INTERPOLATIONS)
         base = test_base if split == "test" else train_base
-        pool = self._pool(len(train_base), split, generator) if split != "test" else (
-            torch.arange(len(test_base)))
+        if base is None:
+            raise ValueError(f"split {split!r} needs a "
+                             f"{'test_base' if split == 'test' else 'train_base'}, got None")
+        generator = torch.Generator().manual_seed(int(seed))
+        pool = self._pool(len(base), split, generator) if split != "test" else (
+            torch.arange(len(base)))
         if split == "train":
             picks = [pool[torch.randint(len(pool), (size,), generator=generator)]
                      for size in arm_group_sizes(len(pool))]
@@ -136,8 +144,7 @@ class RotatedDataset(GroupDataset):
         return order[:cut] if split == "train" else order[cut:]
 
 
-def rotated_digits(split: str, root: Any = None, seed: int = 0, digit_size: int = 20,
-                   image_size: int = 28, interpolation: str = "nearest") -> RotatedDataset:
+class RotatedDigits(RotatedDataset):
     """Embedded rotated digits: scikit-learn's 8x8 digits under the ARM rotation groups.
 
     Each digit is resized to ``digit_size`` and centred on a ``image_size`` black canvas
@@ -145,39 +152,55 @@ def rotated_digits(split: str, root: Any = None, seed: int = 0, digit_size: int 
     validation come from the digits' ``"train"`` split (1,348 images: pools of 1,213 and
     135; the training groups then hold 169 images each at 0-20 degrees down to 2 at
     120-130), the test split from ``"test"`` (449 images, 6,286 with the 14 angles).
+    ``root`` must be None (embedded).
     """
-    from .registry import build
 
-    if root is not None:
-        raise ValueError(f"rotated digits are embedded and take no root (got root={root!r})")
-    if digit_size < 1 or image_size < digit_size:
-        raise ValueError(
-            f"need 1 <= digit_size <= image_size, got digit_size={digit_size}, "
-            f"image_size={image_size}"
-        )
+    description = "group shift: embedded digits in 14 rotation groups, ARM's skewed training mix"
 
-    def base(name: str) -> ImageDataset:
-        digits = build("digits", name, image_size=digit_size)
-        before = (image_size - digit_size) // 2
-        after = image_size - digit_size - before
-        canvas = F.pad(digits.images, (before, after, before, after))
-        return ImageDataset(canvas, digits.labels, digits.class_names, name)
-
-    return RotatedDataset(base("train"), base("test"), split, seed, interpolation)
+    def __init__(self, split: str = "train", root: None = None, seed: int = 0,
+                 digit_size: int = 20, image_size: int = 28,
+                 interpolation: str = "nearest") -> None:
+        check_split(split, SPLITS, "rotated")
+        check_no_root(root, "rotated digits")
+        if digit_size < 1 or image_size < digit_size:
+            raise ValueError(
+                f"need 1 <= digit_size <= image_size, got digit_size={digit_size}, "
+                f"image_size={image_size}"
+            )
+        train_base = None if split == "test" else _framed_digits("train", digit_size, image_size)
+        test_base = _framed_digits("test", digit_size, image_size) if split == "test" else None
+        super().__init__(train_base, test_base, split, seed, interpolation)
 
 
-def rotated_mnist(split: str, root: Any = None, seed: int = 0,
-                  interpolation: str = "nearest") -> RotatedDataset:
+def _framed_digits(split: str, digit_size: int, image_size: int) -> ImageDataset:
+    """The digits of ``split`` resized to ``digit_size``, centred on an ``image_size`` canvas."""
+    digits = Digits(split, image_size=digit_size)
+    before = (image_size - digit_size) // 2
+    after = image_size - digit_size - before
+    canvas = F.pad(digits.images, (before, after, before, after))
+    return ImageDataset(canvas, digits.labels, digits.class_names, split)
+
+
+class RotatedMNIST(RotatedDataset):
     """Rotated MNIST as in ARM, from the MNIST IDX files under ``root``.
 
     Training pool 54,000 images (training groups of 7,560 images at 0-20 degrees, 2,160,
     648, 324 and 108 at 120-130 degrees: 32,292 in all); validation 6,000 x 14 angles;
     test 10,000 x 14 angles.
     """
-    from .registry import build
 
-    if split not in SPLITS:
-        raise ValueError(f"unknown rotated split {split!r}; expected one of {list(SPLITS)}")
-    test_base = build("mnist", "test", root=root)
-    train_base = test_base if split == "test" else build("mnist", "train", root=root)
-    return RotatedDataset(train_base, test_base, split, seed, interpolation)
+    needs_files = True
+    description = ("group shift: MNIST in 14 rotation groups (0-130 degrees), ARM's skewed "
+                   "training mix")
+
+    def __init__(self, split: str = "train", root: str | os.PathLike[str] | None = None,
+                 seed: int = 0, interpolation: str = "nearest") -> None:
+        check_split(split, SPLITS, "rotated")
+        train_base = None if split == "test" else MNIST("train", root=root)
+        test_base = MNIST("test", root=root) if split == "test" else None
+        super().__init__(train_base, test_base, split, seed, interpolation)
+
+
+# The old builders' names: the same (split, root=None, **options) shape.
+rotated_digits = RotatedDigits
+rotated_mnist = RotatedMNIST

@@ -14,14 +14,13 @@ import torch
 from torch import Tensor
 
 from metalab.functional.inner_loop import GradientFn, autograd_gradients, func_gradients
+from metalab.validation import check_choice
 
 STRATEGIES = ("loop", "vmap")
 
 
 def check_strategy(strategy: str) -> str:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    return strategy
+    return check_choice("strategy", strategy, STRATEGIES)
 
 
 def gradients_for(strategy: str) -> GradientFn:

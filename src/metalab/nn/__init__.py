@@ -27,6 +27,7 @@ from metalab.nn.multitask import (
     multi_head_lenet,
 )
 from metalab.nn.norm import TaskBatchNorm
+from metalab.validation import check_choice
 
 
 def body_head(body: dict[str, Any], head: dict[str, Any]) -> BodyHead:
@@ -57,8 +58,7 @@ MODELS = {
 
 def build_model(name: str, **kwargs):
     """Construct a registered model by name (see ``MODELS``)."""
-    if name not in MODELS:
-        raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {name!r}")
+    check_choice("model.name", name, sorted(MODELS))
     return MODELS[name](**kwargs)
 
 

@@ -32,15 +32,15 @@ import torch
 from torch import Tensor, nn
 
 from metalab.nn.norm import TaskBatchNorm
+from metalab.validation import check_choice, check_positive_int
 
 NORMS = ("none", "batch", "task")
 PADDINGS = ("valid", "same")
 
 
 def check_norm(norm: str) -> str:
-    if norm not in NORMS:
-        raise ValueError(f"norm must be one of {list(NORMS)}, got {norm!r}")
-    return norm
+    """``norm`` if it is one of :data:`NORMS`."""
+    return check_choice("norm", norm, NORMS)
 
 
 def make_norm(norm: str, channels: int) -> nn.Module:
@@ -53,14 +53,8 @@ def make_norm(norm: str, channels: int) -> nn.Module:
     return nn.Identity()
 
 
-def _positive(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
 def _odd_kernel(kernel_size) -> int:
-    _positive("kernel_size", kernel_size)
+    check_positive_int("kernel_size", kernel_size)
     if kernel_size % 2 == 0:
         raise ValueError(f"kernel_size must be odd (for 'same' padding), got {kernel_size}")
     return kernel_size
@@ -98,11 +92,10 @@ class ARMConvNet(nn.Module):
         for name, value in (("in_channels", in_channels), ("num_classes", num_classes),
                             ("hidden", hidden), ("fc_hidden", fc_hidden),
                             ("image_size", image_size)):
-            _positive(name, value)
+            check_positive_int(name, value)
         _odd_kernel(kernel_size)
         check_norm(norm)
-        if padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {list(PADDINGS)}, got {padding!r}")
+        check_choice("padding", padding, PADDINGS)
         self.norm = norm
         same = (kernel_size - 1) // 2
         pooled_pad = same if padding == "same" else 0
@@ -158,7 +151,7 @@ class ContextNet(nn.Module):
         super().__init__()
         for name, value in (("in_channels", in_channels), ("out_channels", out_channels),
                             ("hidden", hidden)):
-            _positive(name, value)
+            check_positive_int(name, value)
         pad = (_odd_kernel(kernel_size) - 1) // 2
         self.in_channels = in_channels
         self.out_channels = out_channels
@@ -187,9 +180,9 @@ class LearnedLoss(nn.Module):
     def __init__(self, num_classes: int, hidden: int = 32, layers: int = 3,
                  eps: float = 1e-12) -> None:
         super().__init__()
-        _positive("num_classes", num_classes)
-        _positive("hidden", hidden)
-        _positive("layers", layers)
+        check_positive_int("num_classes", num_classes)
+        check_positive_int("hidden", hidden)
+        check_positive_int("layers", layers)
         parts: list[nn.Module] = []
         width = num_classes
         for _ in range(layers):
@@ -279,8 +272,7 @@ def task_norm_statistics(model: nn.Module, mode: str,
     `torch.func.functional_call` (the layer's current weight and bias are read at call
     time) and is twice differentiable.
     """
-    if mode not in STATISTICS_MODES:
-        raise ValueError(f"mode must be one of {list(STATISTICS_MODES)}, got {mode!r}")
+    check_choice("mode", mode, STATISTICS_MODES)
     layers = task_norm_layers(model)
     if mode == "apply":
         missing = sorted(set(layers) - set(statistics))

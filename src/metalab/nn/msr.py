@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalab.nn.norm import TaskBatchNorm
-from metalab.tasks.source import check_positive_int
 from metalab.tasks.symmetry import GROUPS, check_group, group_filter_bank
+from metalab.validation import check_choice, check_positive_int
 
 # Parameter names that are symmetry matrices (outer loop only) in every MSR layer.
 SYMMETRY_PARAMETERS = ("U", "bias_U", "U_out", "U_in", "U_space")
@@ -444,8 +444,7 @@ def conv_classifier(kind: str, ways: int, hidden: int = 16, image_size: int = 28
     augmented experiments) whose factors start as identities, so the two models start as
     the same function class and MSR then meta-learns the sharing of each kernel.
     """
-    if kind not in CLASSIFIER_MODELS:
-        raise ValueError(f"kind must be one of {CLASSIFIER_MODELS}, got {kind!r}")
+    check_choice("kind", kind, CLASSIFIER_MODELS)
     side = check_positive_int("image_size", image_size)
     layers: list[nn.Module] = []
     width = check_positive_int("in_channels", in_channels)

@@ -21,6 +21,7 @@ from metalab.tasks.batch import TaskBatch
 from metalab.tasks.episodes import EpisodeSampler
 from metalab.tasks.source import TaskSource
 from metalab.tasks.symmetry import GROUPS, check_group, transform_image
+from metalab.validation import check_choice
 
 AUGMENT_MODES = ("query", "both", "none")
 
@@ -42,8 +43,7 @@ class AugmentedEpisodes(TaskSource):
                  seed: int | None = None) -> None:
         if not isinstance(episodes, EpisodeSampler):
             raise TypeError(f"episodes must be an EpisodeSampler, got {type(episodes).__name__}")
-        if augment not in AUGMENT_MODES:
-            raise ValueError(f"augment must be one of {AUGMENT_MODES}, got {augment!r}")
+        check_choice("augment", augment, AUGMENT_MODES)
         super().__init__(episodes.tasks_per_batch, seed)
         self.episodes = episodes
         self.group = check_group(group)

@@ -7,11 +7,14 @@ Every tensor has a leading task dimension: ``support_x [T, Ns, ...]``, ``support
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from metalab.validation import check_positive_int
 
 
 class Task(NamedTuple):

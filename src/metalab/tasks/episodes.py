@@ -20,7 +20,8 @@ import torch
 from torch import Tensor
 
 from metalab.tasks.batch import TaskBatch
-from metalab.tasks.source import TaskSource, check_positive_int
+from metalab.tasks.source import TaskSource
+from metalab.validation import check_positive_int
 
 
 class EpisodeSampler(TaskSource):

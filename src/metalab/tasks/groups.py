@@ -18,7 +18,8 @@ import torch
 from torch import Tensor
 
 from metalab.tasks.batch import TaskBatch
-from metalab.tasks.source import TaskSource, check_positive_int
+from metalab.tasks.source import TaskSource
+from metalab.validation import check_choice, check_positive_int
 
 SAMPLING = ("frequency", "uniform")
 
@@ -51,9 +52,7 @@ class GroupBatchSampler(TaskSource):
         super().__init__(check_positive_int("groups_per_batch", groups_per_batch), seed)
         self.dataset = dataset
         self.support_size = check_positive_int("support_size", support_size)
-        if sampling not in SAMPLING:
-            raise ValueError(f"sampling must be one of {list(SAMPLING)}, got {sampling!r}")
-        self.sampling = sampling
+        self.sampling = check_choice("sampling", sampling, SAMPLING)
         self.distinct_groups = bool(distinct_groups)
         self.group_members, self.num_classes = _group_members(dataset)
         counts = torch.tensor([len(m) for m in self.group_members], dtype=torch.float64)

@@ -26,25 +26,10 @@ from torch import Tensor
 
 from metalab.tasks.batch import TaskBatch
 from metalab.tasks.episodes import gather_inputs, indices_by_class
-from metalab.tasks.source import TaskSource, check_positive_int
+from metalab.tasks.source import TaskSource
+from metalab.validation import check_choice, check_interval, check_positive_int
 
 SPLITS = ("train", "test")
-
-
-def _check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    return split
-
-
-def _check_interval(name: str, value) -> tuple[float, float]:
-    try:
-        low, high = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a (low, high) pair of numbers, got {value!r}") from None
-    if not low < high:
-        raise ValueError(f"{name} must be a (low, high) pair with low < high, got {value!r}")
-    return low, high
 
 
 class NonMutuallyExclusiveSinusoid(TaskSource):
@@ -75,7 +60,7 @@ class NonMutuallyExclusiveSinusoid(TaskSource):
                  amplitude_range=(0.1, 4.0), x_range=(-5.0, 5.0), phase: float = 0.0,
                  noise: float = 0.1, seed: int | None = None) -> None:
         super().__init__(tasks_per_batch, seed)
-        self.split = _check_split(split)
+        self.split = check_choice("split", split, SPLITS)
         test = self.split == "test"
         self.shots = check_positive_int("shots", (5 if test else 10) if shots is None else shots)
         self.queries = check_positive_int("queries",
@@ -85,8 +70,8 @@ class NonMutuallyExclusiveSinusoid(TaskSource):
         if self.train_amplitudes > self.num_amplitudes:
             raise ValueError(f"train_amplitudes={train_amplitudes} but there are only "
                              f"num_amplitudes={num_amplitudes} amplitudes")
-        self.amplitude_range = _check_interval("amplitude_range", amplitude_range)
-        self.x_range = _check_interval("x_range", x_range)
+        self.amplitude_range = check_interval("amplitude_range", amplitude_range)
+        self.x_range = check_interval("x_range", x_range)
         if self.split == "test" and self.x_range[1] - self.x_range[0] <= 1.0:
             raise ValueError(f"x_range must be wider than 1 for the test grid, got {x_range!r}")
         if noise < 0:
@@ -201,8 +186,8 @@ class GlyphPose(TaskSource):
         self.dataset = dataset
         self.shots = check_positive_int("shots", shots)
         self.queries = check_positive_int("queries", queries)
-        self.rotation_range = _check_interval("rotation_range", rotation_range)
-        self.canonical_range = _check_interval("canonical_range", canonical_range)
+        self.rotation_range = check_interval("rotation_range", rotation_range)
+        self.canonical_range = check_interval("canonical_range", canonical_range)
         self.class_ids, self.class_indices = indices_by_class(dataset)
         chooser = torch.Generator().manual_seed(int(canonical_seed))
         low, high = self.canonical_range

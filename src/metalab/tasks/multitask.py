@@ -31,7 +31,8 @@ from torch import Tensor
 from metalab.datasets import ImageDataset
 from metalab.tasks.batch import TaskBatch
 from metalab.tasks.episodes import gather_inputs
-from metalab.tasks.source import TaskSource, check_positive_int
+from metalab.tasks.source import TaskSource
+from metalab.validation import check_positive_int
 
 
 def multitask_batch(x: Tensor, y: Tensor, num_classes: int, task_id: Tensor) -> TaskBatch:

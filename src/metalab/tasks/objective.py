@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
+from metalab.validation import check_choice
+
 
 def mse(outputs: Tensor, targets: Tensor) -> Tensor:
     """Mean squared error over every entry."""
@@ -48,9 +50,7 @@ OBJECTIVES = {objective.loss_name: objective for objective in (CLASSIFICATION, R
 
 def objective_for(loss: str) -> Objective:
     """The objective whose training loss is named ``loss`` (``cross_entropy`` or ``mse``)."""
-    if loss not in OBJECTIVES:
-        raise ValueError(f"loss must be one of {sorted(OBJECTIVES)}, got {loss!r}")
-    return OBJECTIVES[loss]
+    return OBJECTIVES[check_choice("loss", loss, sorted(OBJECTIVES))]
 
 
 def lower_is_better(metric_name: str) -> bool:

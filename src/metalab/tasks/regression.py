@@ -7,14 +7,8 @@ import math
 import torch
 
 from metalab.tasks.batch import TaskBatch
-from metalab.tasks.source import TaskSource, check_positive_int
-
-
-def _check_range(name: str, value) -> tuple[float, float]:
-    low, high = (float(v) for v in value)
-    if not low <= high:
-        raise ValueError(f"{name} must be a (low, high) pair with low <= high, got {value!r}")
-    return low, high
+from metalab.tasks.source import TaskSource
+from metalab.validation import check_interval, check_positive_int
 
 
 class Sinusoid(TaskSource):
@@ -31,9 +25,9 @@ class Sinusoid(TaskSource):
         super().__init__(tasks_per_batch, seed)
         self.shots = check_positive_int("shots", shots)
         self.queries = check_positive_int("queries", queries)
-        self.amplitude = _check_range("amplitude", amplitude)
-        self.phase = _check_range("phase", phase)
-        self.x_range = _check_range("x_range", x_range)
+        self.amplitude = check_interval("amplitude", amplitude, allow_empty=True)
+        self.phase = check_interval("phase", phase, allow_empty=True)
+        self.x_range = check_interval("x_range", x_range, allow_empty=True)
         if noise < 0:
             raise ValueError(f"noise must be >= 0, got {noise!r}")
         self.noise = float(noise)

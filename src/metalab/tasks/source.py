@@ -12,12 +12,11 @@ import torch
 
 from metalab.tasks.batch import TaskBatch
 
+# check_positive_int lives in metalab.validation; imported here under its old address so
+# ``from metalab.tasks.source import check_positive_int`` keeps working.
+from metalab.validation import check_positive_int
 
-def check_positive_int(name: str, value, minimum: int = 1) -> int:
-    """Return ``value`` if it is an int >= ``minimum``, else raise naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+__all__ = ["TaskSource", "check_positive_int"]
 
 
 class TaskSource:

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from metalab.tasks.batch import TaskBatch
-from metalab.tasks.source import TaskSource, check_positive_int
+from metalab.tasks.source import TaskSource
+from metalab.validation import check_choice, check_positive_int
 
 SPLITS = ("train", "test")
 ORDERS = ("random", "sequential")
@@ -44,9 +45,8 @@ GROUPS = {
 
 # -- groups of pixel permutations -------------------------------------------------------------
 def check_group(group: str) -> str:
-    if group not in GROUPS:
-        raise ValueError(f"group must be one of {sorted(GROUPS)}, got {group!r}")
-    return group
+    """``group`` if it names one of :data:`GROUPS`."""
+    return check_choice("group", group, GROUPS)
 
 
 def transform_image(x: Tensor, element: tuple[int, int]) -> Tensor:
@@ -106,14 +106,11 @@ class _TaskPool(TaskSource):
                  num_tasks: int, examples_per_task: int, shots: int, queries: int,
                  train_fraction: float, order: str, dtype: torch.dtype) -> None:
         super().__init__(tasks_per_batch, seed)
-        if split not in SPLITS:
-            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-        if order not in ORDERS:
-            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        check_choice("split", split, SPLITS)
+        check_choice("order", order, ORDERS)
         if not 0.0 < train_fraction < 1.0:
             raise ValueError(f"train_fraction must be in (0, 1), got {train_fraction!r}")
-        if not isinstance(data_seed, int) or isinstance(data_seed, bool) or data_seed < 0:
-            raise ValueError(f"data_seed must be an integer >= 0, got {data_seed!r}")
+        check_positive_int("data_seed", data_seed, minimum=0)
         if not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating-point dtype, got {dtype}")
         self.split, self.order, self.dtype = split, order, dtype

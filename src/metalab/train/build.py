@@ -23,6 +23,7 @@ from metalab.train.sources import (
     data_objective,
     is_regression,
 )
+from metalab.validation import check_choice
 
 __all__ = ["REGRESSION_FAMILIES", "build_combiner_for", "build_meta_learner",
            "build_task_source", "complete_model_config", "is_regression"]
@@ -32,8 +33,7 @@ SIZE_KEYS = ("in_channels", "image_size", "in_features", "out_features", "num_cl
 
 
 def _accepted(model_name: str) -> set[str]:
-    if model_name not in MODELS:
-        raise ValueError(f"model.name must be one of {sorted(MODELS)}, got {model_name!r}")
+    check_choice("model.name", model_name, sorted(MODELS))
     return set(inspect.signature(MODELS[model_name]).parameters)
 
 

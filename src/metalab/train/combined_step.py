@@ -35,15 +35,9 @@ from metalab.tasks import TaskBatch
 from metalab.train import distributed
 from metalab.train.backward import BackwardStep
 from metalab.train.config import CombineParams
+from metalab.validation import check_choice
 
 COMBINE_PARAMS = typing.get_args(CombineParams)
-
-
-def check_combine_params(value: str) -> str:
-    if value not in COMBINE_PARAMS:
-        raise ValueError(f"train.combine_params must be one of {list(COMBINE_PARAMS)}, "
-                         f"got {value!r}")
-    return value
 
 
 @dataclass
@@ -116,7 +110,7 @@ class CombinedStep(BackwardStep):
         self.combiner = combiner
         self.task_chunk = task_chunk
         trainable = [(n, p) for n, p in learner.named_parameters() if p.requires_grad]
-        if check_combine_params(combine_params) == "shared":
+        if check_choice("train.combine_params", combine_params, COMBINE_PARAMS) == "shared":
             shared = set(learner.shared_parameter_names())
             unknown = shared - {n for n, _ in trainable}
             if unknown:

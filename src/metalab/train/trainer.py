@@ -34,6 +34,7 @@ from metalab.train.checkpoint import (
 from metalab.train.combined_step import CombinedStep
 from metalab.train.config import ConfigError, TrainConfig, explain
 from metalab.train.evaluator import Evaluator
+from metalab.validation import check_choice
 
 
 def _place(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
@@ -69,8 +70,7 @@ def backward_step_for(learner: MetaLearner, config: TrainConfig,
 
 
 def build_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
-    if name not in OPTIMIZERS:
-        raise ValueError(f"train.optimizer must be one of {sorted(OPTIMIZERS)}, got {name!r}")
+    check_choice("train.optimizer", name, sorted(OPTIMIZERS))
     return OPTIMIZERS[name](params, lr=lr)
 
 
