@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from metalab.algorithms import ARMBN, ARMCML, ARMLL, ProtoNet
