@@ -75,7 +75,7 @@ def test_sinusoid_maml_learns_to_adapt_in_one_step(seed):
 @pytest.mark.slow
 @pytest.mark.parametrize("seed", [1, 2])
 def test_sinusoid_maml_longer_training_adapts_much_better(seed):
-    # 5000 meta-steps (80-115 s each on the loaded 2-core machine). Measured over seeds
+    # 5000 meta-steps (26-29 s each on a quiet machine, 80-115 s on a loaded one). Seeds
     # 0-3, query MSE after / before adaptation / untrained after adaptation:
     #   0.81/2.90/3.86  0.81/3.10/4.31  0.92/2.98/4.13  1.03/3.23/5.58
     # post/pre 0.26-0.32, post/untrained 0.19-0.22; thresholds 0.5 and 0.4.
