@@ -329,10 +329,7 @@ def _check_named(sections: dict[str, Any], section: str, registry: dict[str, Any
 def _data_factory(name: str) -> Callable[..., Any] | None:
     if name in REGRESSION_FAMILIES:
         return REGRESSION_FAMILIES[name]
-    from metalab.datasets.registry import REGISTRY
-
-    entry = REGISTRY.get(name)
-    return None if entry is None else entry.factory
+    return datasets.registry.REGISTRY.get(name)
 
 
 def _check_data(data: dict[str, Any]) -> None:

@@ -260,7 +260,7 @@ def group_runs(runs: Sequence[Run], by: Sequence[str]) -> list[tuple[dict[str, A
 
 
 def group_path(runs: Sequence[Run]) -> str:
-    """A group's name by its runs: their common folder (``runs/erm`` for its seeds), or the
+    """A group's name by its runs: their common folder (``runs/baseline`` for its seeds), or the
     one run's directory."""
     paths = [str(run.path) for run in runs]
     return paths[0] if len(paths) == 1 else os.path.commonpath(paths)
