@@ -547,3 +547,149 @@ def test_the_vmap_strategy_runs_the_tasks_under_vmap(method):
                       batch.support_x.expand(-1, -1, 2).contiguous(), labels, num_classes=2)
     learner.meta_loss(batch)
     assert model.batched and all(model.batched)
+
+
+# -- group samplers ---------------------------------------------------------------------------
+
+class _Groups(torch.utils.data.Dataset):
+    """Items ``(float(i), label)``; groups and labels given; optional size attributes."""
+
+    def __init__(self, groups, labels, **attributes) -> None:
+        self.groups, self.labels = groups, labels
+        for name, value in attributes.items():
+            setattr(self, name, value)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int):
+        return torch.tensor([float(i)]), self.labels[i]
+
+
+GROUP_IDS = [0, 0, 0, 2, 2, 0, 2, 0]  # group 1 empty; 5 items in group 0, 3 in group 2
+GROUP_LABELS = [0, 1, 2, 0, 1, 2, 0, 1]
+
+
+@pytest.mark.parametrize("sampling", ["frequency", "uniform"])
+def test_group_probabilities_are_the_hand_computed_proportions(sampling):
+    from metalab.tasks import GroupBatchSampler
+
+    sampler = GroupBatchSampler(_Groups(GROUP_IDS, GROUP_LABELS, num_groups=4), 2, 3,
+                                sampling=sampling)
+    expected = [5 / 8, 0.0, 3 / 8, 0.0] if sampling == "frequency" else [0.5, 0.0, 0.5, 0.0]
+    assert sampler.group_probabilities.tolist() == pytest.approx(expected, abs=1e-15)
+    assert [m.tolist() for m in sampler.group_members] == [[0, 1, 2, 5, 7], [], [3, 4, 6], []]
+    assert sampler.groups_with_data == 2
+
+
+@pytest.mark.parametrize("attributes, classes", [({}, 3), ({"num_classes": 5}, 5)])
+def test_group_batches_carry_the_number_of_classes(attributes, classes):
+    from metalab.tasks import GroupBatchSampler
+    from metalab.tasks.groups import GroupEvalSampler
+
+    dataset = _Groups(GROUP_IDS, GROUP_LABELS, **attributes)
+    assert GroupBatchSampler(dataset, 2, 3).sample().num_classes == classes
+    assert GroupEvalSampler(dataset, batch_size=2).sample().num_classes == classes
+
+
+def test_group_eval_orders_differ_between_groups_and_seeds_but_repeat_for_a_seed():
+    from metalab.tasks.groups import GroupEvalSampler
+
+    dataset = _Groups(list(range(2)) * 20, [0] * 40)
+
+    def first_batches(seed, count=4):
+        sampler = GroupEvalSampler(dataset, batch_size=20, seed=seed)
+        return [sampler.sample().support_x.flatten().tolist() for _ in range(count)]
+
+    a = first_batches(0)
+    assert a == first_batches(0)
+    assert a != first_batches(1)
+    # within a group the order is a permutation that depends on the group
+    in_group = [[int(v) // 2 for v in batch] for batch in a]
+    assert in_group[0] != in_group[1]
+    # the next epoch of a group is a new permutation
+    assert a[0] != a[2] and sorted(a[0]) == sorted(a[2])
+
+
+class _SizedGroups(_Groups):
+    def __init__(self, groups, size: int) -> None:
+        super().__init__(groups, [0] * max(size, 1))
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+
+@pytest.mark.parametrize("groups, size", [([[0], [1]], 2), ([], 0), ([0, 1, 2], 2)])
+def test_group_ids_must_be_one_flat_int_per_item(groups, size):
+    from metalab.tasks import GroupBatchSampler
+
+    with pytest.raises(ValueError, match=f"non-empty flat sequence of {size} ints"):
+        GroupBatchSampler(_SizedGroups(groups, size), 1, 1)
+
+
+# -- Matching Networks ------------------------------------------------------------------------
+
+def test_matching_networks_default_is_the_papers_unscaled_cosine_attention():
+    from metalab.algorithms.matching import MatchingNet
+
+    learner = MatchingNet(torch.nn.Identity()).double()
+    support = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]], dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1])
+    query = torch.tensor([[3.0, 1.0], [-1.0, 2.0]], dtype=torch.float64)
+    expected = []
+    for q in query.tolist():
+        cosines = [(q[0] * s[0] + q[1] * s[1]) / (math.hypot(*q) * math.hypot(*s))
+                   for s in support.tolist()]
+        exps = [math.exp(c) for c in cosines]  # s = 1: the paper's attention
+        p1 = (exps[1] + exps[2]) / sum(exps)
+        expected.append([math.log(1 - p1), math.log(p1)])
+    torch.testing.assert_close(learner.adapt(support, labels)(query),
+                               torch.tensor(expected, dtype=torch.float64), rtol=1e-12,
+                               atol=1e-12)
+
+
+# -- documented defaults ----------------------------------------------------------------------
+
+def _defaults():
+    import inspect
+
+    from metalab.algorithms import ARMLL, MAML
+    from metalab.algorithms.maml import MetaSGD
+    from metalab.algorithms.mr_maml import MRMAMLA, MRMAMLW
+    from metalab.combiners.cagrad import CAGrad
+    from metalab.combiners.gradnorm import GradNorm
+    from metalab.combiners.weighting import GroupDRO
+
+    def default(cls, name):
+        return inspect.signature(cls.__init__).parameters[name].default
+
+    linear = torch.nn.Linear(1, 1)
+    ll = ARMLL(torch.nn.Linear(2, 3), num_classes=3)
+    return {
+        # Finn et al. 2017 (Omniglot): alpha = 0.4; Meta-SGD initialises its rates there
+        "maml inner_lr": (MAML(linear).inner_lr, 0.4),
+        "meta-sgd initial rate": (default(MetaSGD, "inner_lr"), 0.4),
+        "maml inner_steps": (MAML(linear).inner_steps, 1),
+        # ARM official code: one step of 0.1 on the learned loss
+        "arm-ll inner_lr": (ll.inner_lr, 0.1),
+        "arm-ll inner_steps": (ll.inner_steps, 1),
+        # GradNorm (Chen et al. 2018): alpha = 1.5; weights' learning rate 0.025
+        "gradnorm alpha": (GradNorm(2).alpha, 1.5),
+        "gradnorm lr": (GradNorm(2).lr, 0.025),
+        # group DRO (Sagawa et al. 2020): eta_q = 0.01
+        "group dro step": (GroupDRO(2).step_size, 0.01),
+        # CAGrad official code: c = 0.5, rescale 1
+        "cagrad c": (CAGrad().c, 0.5),
+        "cagrad rescale": (CAGrad().rescale, 1),
+        # MR-MAML, the authors' sinusoid notebook: beta 5e-5 (W) and 5.0 (A)
+        "mr-maml-w beta": (default(MRMAMLW, "beta"), 5e-5),
+        "mr-maml-a beta": (default(MRMAMLA, "beta"), 5.0),
+        "mr-maml-w init_log_sigma": (default(MRMAMLW, "init_log_sigma"), -6.0),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_defaults()))
+def test_documented_defaults(name):
+    value, expected = _defaults()[name]
+    assert value == expected
