@@ -693,3 +693,31 @@ def _defaults():
 def test_documented_defaults(name):
     value, expected = _defaults()[name]
     assert value == expected
+
+
+# -- MAML options -----------------------------------------------------------------------------
+
+def test_maml_steps_with_the_update_rule_it_is_given():
+    """``update_rule=SGD(0.05)`` replaces ``inner_lr``: one step on the support MSE of
+    ``w x`` (no bias) moves ``w`` by ``-0.05 * mean(2 (w x - y) x)``."""
+    from metalab.algorithms import MAML
+
+    model = torch.nn.Linear(1, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    learner = MAML(model, inner_lr=0.4, loss="mse", update_rule=SGD(0.05))
+    x = torch.tensor([[1.0], [2.0], [-1.0]], dtype=torch.float64)
+    y = torch.tensor([[0.0], [3.0], [1.0]], dtype=torch.float64)
+    grad = sum(2 * (0.5 * xi - yi) * xi for xi, yi in zip([1.0, 2.0, -1.0], [0.0, 3.0, 1.0],
+                                                           strict=True)) / 3
+    w = 0.5 - 0.05 * grad
+    probe = torch.tensor([[2.0]], dtype=torch.float64)
+    assert learner.adapt(x, y)(probe).item() == pytest.approx(2.0 * w, rel=1e-12)
+
+
+def test_maml_checkpointing_runs_with_the_loop_and_is_refused_with_vmap():
+    from metalab.algorithms import MAML
+
+    assert MAML(torch.nn.Linear(1, 1), checkpoint_steps=True).checkpoint_steps is True
+    with pytest.raises(ValueError, match="checkpoint_steps=True needs strategy='loop'"):
+        MAML(torch.nn.Linear(1, 1), checkpoint_steps=True, strategy="vmap")
