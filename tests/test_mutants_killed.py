@@ -721,3 +721,56 @@ def test_maml_checkpointing_runs_with_the_loop_and_is_refused_with_vmap():
     assert MAML(torch.nn.Linear(1, 1), checkpoint_steps=True).checkpoint_steps is True
     with pytest.raises(ValueError, match="checkpoint_steps=True needs strategy='loop'"):
         MAML(torch.nn.Linear(1, 1), checkpoint_steps=True, strategy="vmap")
+
+
+# -- CAGrad's dual on two tasks, by ternary search --------------------------------------------
+
+@pytest.mark.parametrize("seed", range(10))
+@pytest.mark.parametrize("c", [0.2, 1.0, 3.0])
+def test_cagrad_weights_minimise_the_dual_on_two_tasks(seed, c):
+    """``min_{t in [0, 1]} g_w . g0 + c |g0| |g_w|`` with ``w = (t, 1 - t)`` is a convex
+    function of ``t``: a ternary search finds its minimiser to rounding."""
+    import numpy as np
+
+    from metalab.combiners.cagrad import conflict_averse_weights
+
+    rng = np.random.default_rng(seed)
+    grads = rng.standard_normal((2, 4)) * np.array([[1.0], [10.0 ** (seed % 5 - 2)]])
+    gram = grads @ grads.T
+    radius = c * math.sqrt(max(gram.mean(), 0.0))
+
+    def dual(t):
+        w = np.array([t, 1 - t])
+        return w @ gram.mean(axis=1) + radius * math.sqrt(max(w @ gram @ w, 0.0))
+
+    low, high = 0.0, 1.0
+    for _ in range(200):
+        a, b = low + (high - low) / 3, high - (high - low) / 3
+        low, high = (low, b) if dual(a) <= dual(b) else (a, high)
+    best = (low + high) / 2
+    w = conflict_averse_weights(gram, radius)
+    assert dual(w[0]) <= dual(best) + 1e-12 * (1 + abs(dual(best)))
+    assert w[0] == pytest.approx(best, abs=1e-6)
+
+
+@pytest.mark.parametrize("scale, c", [(1.0, 0.5), (10.0, 0.05), (10.0, 0.5)])
+def test_cagrad_weights_when_two_large_gradients_cancel(scale, c):
+    """Three tasks, two large gradients nearly cancelling: with a small ``c`` the root search
+    starts above its root (h > 0), so lambda must shrink. The dual objective at the returned weights
+    is no worse than its minimum over a fine grid of the simplex."""
+    import numpy as np
+
+    from metalab.combiners.cagrad import conflict_averse_weights
+
+    grads = np.array([[scale, 0.0, 0.0], [-scale, 0.0, 0.3], [-0.5, 1.0, 0.0]])
+    gram = grads @ grads.T
+    radius = c * math.sqrt(gram.mean())
+    steps = np.linspace(0.0, 1.0, 801)
+    t1, t2 = np.meshgrid(steps, steps, indexing="ij")
+    inside = t1 + t2 <= 1.0
+    w = np.stack([t1[inside], t2[inside], 1.0 - t1[inside] - t2[inside]], axis=1)
+    dual = w @ gram.mean(axis=1) + radius * np.sqrt(np.einsum("ni,ij,nj->n", w, gram, w))
+    found = conflict_averse_weights(gram, radius)
+    value = found @ gram.mean(axis=1) + radius * math.sqrt(found @ gram @ found)
+    assert value <= dual.min() + 1e-12
+    assert value >= dual.min() - 1e-3 * abs(dual.min())  # the grid is fine enough
