@@ -774,3 +774,62 @@ def test_cagrad_weights_when_two_large_gradients_cancel(scale, c):
     value = found @ gram.mean(axis=1) + radius * math.sqrt(found @ gram @ found)
     assert value <= dual.min() + 1e-12
     assert value >= dual.min() - 1e-3 * abs(dual.min())  # the grid is fine enough
+
+
+# -- combiner inputs, streams and registration ------------------------------------------------
+
+def test_gradnorm_refuses_a_zero_loss_and_a_zero_learning_rate():
+    from metalab.combiners.gradnorm import GradNorm
+
+    grads = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="gradnorm needs positive task losses"):
+        GradNorm(2).combine(grads, torch.tensor([0.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="lr must be"):
+        GradNorm(2, lr=0.0)
+
+
+@pytest.mark.parametrize("losses, task_ids, error", [
+    (torch.tensor([1, 2]), None, "non-empty 1-D floating tensor"),
+    (torch.tensor([1.0, 2.0]), torch.tensor([True, False]), "integer tensor"),
+    (torch.tensor([1.0, 2.0]), torch.tensor([0, 1, 2]), "integer tensor of shape \\[2\\]"),
+])
+@pytest.mark.parametrize("combiner", ["mean", "sum"])
+def test_loss_combiners_check_their_inputs(losses, task_ids, error, combiner):
+    from metalab.combiners.weighting import MeanLoss, SumLoss
+
+    with pytest.raises(ValueError, match=error):
+        (MeanLoss() if combiner == "mean" else SumLoss()).combine_losses(losses, task_ids)
+
+
+def test_a_stream_of_a_learner_that_ignores_the_support_predicts_before_any_update():
+    model = torch.nn.Linear(2, 3).double()
+    stream = ERM(model).stream()
+    x = torch.randn(4, 2, dtype=torch.float64)
+    torch.testing.assert_close(stream(x), model(x).detach())
+
+
+def test_a_new_method_name_registers_its_class():
+    from metalab.algorithms.base import REGISTRY, MetaLearner
+
+    cls = type("Fresh", (MetaLearner,), {}, name="fresh-method-for-a-test")
+    try:
+        assert REGISTRY["fresh-method-for-a-test"] is cls
+    finally:
+        REGISTRY.pop("fresh-method-for-a-test", None)
+
+
+def test_group_summary_defaults_to_accuracy():
+    summary = group_summary(torch.tensor([0.2, 0.4]), torch.tensor([0, 1]))
+    assert summary["average_accuracy"] == pytest.approx(0.3) and summary["worst_group"] == 0
+
+
+def test_arm_cml_context_defaults_follow_the_official_code():
+    import inspect
+
+    from metalab.algorithms import ARMCML
+
+    parameters = inspect.signature(ARMCML.__init__).parameters
+    assert {name: parameters[name].default for name in
+            ("image_channels", "context_channels", "context_hidden", "context_norm")} == {
+        "image_channels": 1, "context_channels": 12, "context_hidden": 64,
+        "context_norm": "none"}
