@@ -847,3 +847,13 @@ def test_mr_maml_w_exp_sigma_adds_its_floor(floor):
     raw = learner.sigma_parameters["0__weight"].detach()
     expected = [floor + math.exp(r) for r in raw.reshape(-1).tolist()]
     assert learner.sigmas()["0.weight"].reshape(-1).tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_arm_cml_builds_the_context_net_it_is_asked_for():
+    from metalab.algorithms import ARMCML
+
+    learner = ARMCML(torch.nn.Conv2d(3 + 5, 2, 1), image_channels=3, context_channels=5,
+                     context_hidden=8, context_norm="batch")
+    layers = learner.context_net.layers
+    assert (layers[0].in_channels, layers[0].out_channels, layers[-1].out_channels) == (3, 8, 5)
+    assert isinstance(layers[1], torch.nn.BatchNorm2d)
