@@ -857,3 +857,67 @@ def test_arm_cml_builds_the_context_net_it_is_asked_for():
     layers = learner.context_net.layers
     assert (layers[0].in_channels, layers[0].out_channels, layers[-1].out_channels) == (3, 8, 5)
     assert isinstance(layers[1], torch.nn.BatchNorm2d)
+
+
+# -- the evaluator on group data and fixed evaluation sets ------------------------------------
+
+def _value_learner():
+    """Scores task ``i`` of a batch with accuracy ``support_x[i, 0, 0]`` and loss ``1 - it``."""
+    from metalab.algorithms.base import MetaLearner
+
+    class ValueLearner(MetaLearner):
+        def task_losses(self, batch, training=True, **options):
+            assert training is False
+            values = batch.support_x[:, 0, 0].double()
+            return 1.0 - values, {"accuracy": values}
+
+    return ValueLearner()
+
+
+def _grouped_batch(values, groups):
+    from metalab.tasks import TaskBatch
+
+    x = torch.tensor(values, dtype=torch.float64).view(-1, 1, 1)
+    y = torch.zeros(len(values), 1, dtype=torch.long)
+    return TaskBatch(x, y, x, y, num_classes=2, task_id=torch.tensor(groups))
+
+
+class _GroupSource:
+    """Two batches of group-labelled tasks; ``dataset.group_names`` names the groups."""
+
+    tasks_per_batch = 3
+
+    def __init__(self, fixed: bool) -> None:
+        self.dataset = type("D", (), {"group_names": ["north", "south"]})()
+        self.batches = [_grouped_batch([0.5, 0.7, 0.2], [0, 0, 1]),
+                        _grouped_batch([0.4, 0.9, 0.6], [1, 0, 1])]
+        self.drawn = 0
+        if fixed:
+            self.evaluation_batches = lambda: iter(self.batches)
+
+    def sample(self):
+        batch = self.batches[self.drawn % 2]
+        self.drawn += 1
+        return batch
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_the_evaluator_reports_groups_by_name_and_scores_a_fixed_set_once(fixed):
+    from metalab.train.evaluator import Evaluator
+
+    learner = _value_learner()
+    evaluator = Evaluator(episodes=4)
+    values = evaluator.per_task(learner, _GroupSource(fixed))
+    expected = [0.5, 0.7, 0.2, 0.4, 0.9, 0.6][: None if fixed else 4]
+    groups = [0, 0, 1, 1, 0, 1][: None if fixed else 4]
+    assert values["accuracy"].tolist() == pytest.approx(expected)
+    assert values["loss"].tolist() == pytest.approx([1 - v for v in expected])
+    assert values["task_id"].tolist() == groups
+    result = evaluator.evaluate(learner, _GroupSource(fixed))
+    assert result["episodes"] == len(expected)
+    assert result["mean"] == pytest.approx(statistics.fmean(expected), rel=1e-12)
+    by_group = {g: [v for v, h in zip(expected, groups, strict=True) if h == g] for g in (0, 1)}
+    worst = min(by_group, key=lambda g: statistics.fmean(by_group[g]))
+    assert result["worst_group"] == worst
+    assert result["worst_group_accuracy"] == pytest.approx(statistics.fmean(by_group[worst]))
+    assert result["per_group"][worst]["name"] == ["north", "south"][worst]
