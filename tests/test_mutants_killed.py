@@ -908,3 +908,17 @@ def test_the_evaluator_reports_groups_by_name_and_scores_a_fixed_set_once(fixed)
     assert result["worst_group"] == worst
     assert result["worst_group_accuracy"] == pytest.approx(statistics.fmean(by_group[worst]))
     assert result["per_group"][worst]["name"] == ["north", "south"][worst]
+
+
+@pytest.mark.parametrize("floor", [0.1, 1.0])
+def test_mr_maml_w_exp_sigma_adds_its_floor(floor):
+    """``sigma = sigma_floor + exp(s)`` (the docstring's exp transform with a floor)."""
+    from metalab.algorithms import MRMAMLW
+    from metalab.nn import BodyHead
+
+    torch.manual_seed(0)
+    model = BodyHead(torch.nn.Sequential(torch.nn.Linear(1, 3)), torch.nn.Linear(3, 1)).double()
+    learner = MRMAMLW(model, sigma_transform="exp", sigma_floor=floor, loss="mse")
+    raw = learner.sigma_parameters["0__weight"].detach()
+    expected = [floor + math.exp(r) for r in raw.reshape(-1).tolist()]
+    assert learner.sigmas()["0.weight"].reshape(-1).tolist() == pytest.approx(expected, rel=1e-12)
