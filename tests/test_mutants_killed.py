@@ -883,6 +883,7 @@ class _GroupSource:
             self.evaluation_batches = lambda: iter(self.batches)
 
     def sample(self):
+        assert not hasattr(self, "evaluation_batches"), "a fixed set is not sampled"
         batch = self.batches[self.drawn % 2]
         self.drawn += 1
         return batch
