@@ -112,6 +112,42 @@ def test_the_reptile_gradient_is_phi_minus_the_mean_task_weights():
     assert set(metrics) == {"loss", "mse"}
 
 
+def test_process_shards_add_up_to_the_whole_batch():
+    """What torchrun relies on: each process adds its share ``T_r / T`` of the mean, and
+    the all-reduce sums them (full-batch inner steps: no RNG in the inner loop)."""
+    batch = float64_batch(sinusoids(tasks=5))
+    whole, shards = linear_learner(), linear_learner()
+    whole.meta_backward(batch)
+    shards.meta_backward(batch[:3], scale=3 / 5)
+    shards.meta_backward(batch[3:], scale=2 / 5)
+    for p, q in zip(whole.parameters(), shards.parameters(), strict=True):
+        torch.testing.assert_close(q.grad, p.grad, rtol=0, atol=1e-12)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from metalab import load_run
+
+    config = {**TINY, "algorithm": {**TINY["algorithm"], "inner_batch": None},
+              "train": {**TINY["train"], "steps": 4, "meta_batch": 5, "dtype": "float64"}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    single = train_run(load_config(path), tmp_path / "single").learner
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               "--standalone", "-m", "metalab", "train", str(path), "--out",
+               str(tmp_path / "ddp")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    parallel = load_run(tmp_path / "ddp")
+    for name, value in single.state_dict().items():
+        torch.testing.assert_close(parallel.state_dict()[name], value, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("lr, final, expected", [(1.0, 0.0, [1.0, 0.75, 0.5, 0.25]),
                                                  (1.0, 0.2, [1.0, 0.8, 0.6, 0.4])])
 def test_the_outer_step_size_anneals_linearly(lr, final, expected):
