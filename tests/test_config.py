@@ -80,7 +80,10 @@ def _write(tmp_path, config, name="config.yaml"):
 def test_defaults_are_those_old_runs_were_written_with(tmp_path):
     old = yaml.safe_load(OLD_CONFIG_YAML)
     config = load_config(_write(tmp_path, TINY))
-    assert config["train"] | {"dtype": "float64"} == old["train"] | {"dtype": "float64"}
+    # keys added since: their defaults are the behaviour old runs were trained with
+    added = {"lr_schedule": "constant", "lr_final": 0.0}
+    assert config["train"] | {"dtype": "float64"} == old["train"] | {"dtype": "float64",
+                                                                     **added}
     assert {k: config["eval"][k] for k in old["eval"]} == old["eval"]
     assert config["eval"]["queries"] is None and config["eval"]["inner_steps"] is None
     assert config["data"] == old["data"]
@@ -117,7 +120,8 @@ def test_train_keys_listed_are_exactly_the_documented_ones(tmp_path):
     assert known == sorted(["steps", "meta_batch", "optimizer", "lr", "seed", "device",
                             "dtype", "val_every", "val_episodes", "checkpoint_every",
                             "log_every", "grad_clip", "task_chunk", "compile", "progress",
-                            "combiner", "combine_params", "diagnostics"])
+                            "combiner", "combine_params", "diagnostics", "lr_schedule",
+                            "lr_final"])
 
 
 @pytest.mark.parametrize("algorithm, key, closest", [

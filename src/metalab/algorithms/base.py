@@ -22,8 +22,11 @@ The base class derives everything else from them, once:
   ``inner_steps`` (the names a method accepts are its ``adapt_options``).
 
 Facts a builder needs are class attributes, not names checked elsewhere: ``model_role``,
-``chooses_adapted_parameters``, ``adapts_to_support``, ``adapt_options``, and the class methods
-`extra_input_channels` and `options_from_data`.
+``chooses_adapted_parameters``, ``adapts_to_support``, ``adapt_options``,
+``outer_update_is_loss_gradient``, and the class methods `extra_input_channels` and
+`options_from_data`. A method whose outer step is not a loss gradient overrides
+`meta_backward` to write its update direction into ``.grad`` (the trainer's optimizer step
+then applies it) and sets ``outer_update_is_loss_gradient = False``.
 """
 
 from __future__ import annotations
@@ -109,6 +112,10 @@ class MetaLearner(nn.Module):
     adapts_to_support: ClassVar[bool] = True
     #: Keyword options `adapt_task` accepts (evaluation options and task sizes).
     adapt_options: ClassVar[tuple[str, ...]] = ()
+    #: Whether the outer update is the gradient of `meta_loss`. ``False``: the method's
+    #: `meta_backward` writes its own update direction into ``.grad`` (Reptile's
+    #: ``phi - phi_i``), so per-task loss gradients (combiners, diagnostics) do not apply.
+    outer_update_is_loss_gradient: ClassVar[bool] = True
 
     def __init__(self, loss: str = "cross_entropy", strategy: str = "loop") -> None:
         super().__init__()

@@ -10,6 +10,7 @@ from metalab.functional.layout import to_channels_last
 from metalab.functional.tasks import STRATEGIES, check_strategy, gradients_for, map_tasks
 from metalab.functional.update_rules import (
     SGD,
+    Adam,
     Chain,
     LearnedRates,
     UpdateRule,
@@ -19,6 +20,7 @@ from metalab.functional.update_rules import (
 
 __all__ = [
     "SGD",
+    "Adam",
     "STRATEGIES",
     "Chain",
     "LearnedRates",

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from metalab.validation import check_real
+
 Params = dict[str, Tensor]
 State = Any  # a pytree of tensors (tuples, dicts); () for stateless rules
 
@@ -91,6 +93,45 @@ class LearnedRates(UpdateRule):
         return {n: self.rate(n) * g for n, g in grads.items()}, state
 
 
+class Adam(UpdateRule):
+    """Adam (Kingma & Ba 2015) as a pure update rule, with torch.optim.Adam's numbers:
+
+        m_t = b1 m_{t-1} + (1 - b1) g        v_t = b2 v_{t-1} + (1 - b2) g^2
+        d   = lr * (m_t / (1 - b1^t)) / (sqrt(v_t / (1 - b2^t)) + eps)
+
+    Reptile uses ``b1 = 0`` (no momentum): ``d = lr * g / (sqrt(v_t / (1 - b2^t)) + eps)``.
+    The state is ``(t, m, v)``, fresh for every task.
+    """
+
+    def __init__(self, lr: float, betas: tuple[float, float] = (0.0, 0.999),
+                 eps: float = 1e-8) -> None:
+        super().__init__()
+        self.lr = check_real("inner_lr", lr, minimum=0.0, inclusive=False)
+        if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"inner_betas must be two numbers in [0, 1), got {betas!r}")
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps = check_real("eps", eps, minimum=0.0, inclusive=False)
+
+    def init(self, params: Params) -> tuple[Tensor, Params, Params]:
+        like = next(iter(params.values()))
+        zeros = {n: torch.zeros_like(p) for n, p in params.items()}
+        return torch.zeros((), dtype=like.dtype, device=like.device), zeros, dict(zeros)
+
+    def transform(self, grads: Params, state, params: Params):
+        step, first, second = state
+        step = step + 1
+        b1, b2 = self.betas
+        first = {n: b1 * first[n] + (1 - b1) * g for n, g in grads.items()}
+        second = {n: b2 * second[n] + (1 - b2) * g * g for n, g in grads.items()}
+        correction1, correction2 = 1 - b1 ** step, 1 - b2 ** step
+        directions = {n: self.lr * (first[n] / correction1)
+                      / ((second[n] / correction2).sqrt() + self.eps) for n in grads}
+        return directions, (step, first, second)
+
+    def extra_repr(self) -> str:
+        return f"lr={self.lr}, betas={self.betas}, eps={self.eps}"
+
+
 class Chain(UpdateRule):
     """Rules applied in turn: each one's directions are the next one's gradients."""
 
@@ -121,5 +162,5 @@ def as_update_rule(rule: UpdateRule | float) -> UpdateRule:
     return SGD(rule)
 
 
-__all__: Iterable[str] = ["Chain", "LearnedRates", "SGD", "UpdateRule", "as_update_rule",
-                          "parameter_key"]
+__all__: Iterable[str] = ["Adam", "Chain", "LearnedRates", "SGD", "UpdateRule",
+                          "as_update_rule", "parameter_key"]

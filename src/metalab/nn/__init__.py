@@ -1,5 +1,6 @@
 """Models: backbones with a ``body`` and a ``head``, per-task batch norm, multi-task models,
-the ARM networks and the MSR layers; `build_model` builds any of them from a config."""
+the ARM networks, the MSR layers and
+the Relation Networks modules; `build_model` builds any of them from a config."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from metalab.nn.multitask import (
     multi_head_lenet,
 )
 from metalab.nn.norm import TaskBatchNorm
+from metalab.nn.relation import RelationEmbedding, RelationModule
 from metalab.validation import check_choice
 
 
@@ -53,6 +55,7 @@ MODELS = {
     "translation": translation_model,
     "rotation": rotation_model,
     "conv-classifier": conv_classifier,
+    "relation-embedding": RelationEmbedding,
 }
 
 
@@ -77,6 +80,8 @@ __all__ = [
     "MSRConv2d",
     "MSRLinear",
     "MultiHead",
+    "RelationEmbedding",
+    "RelationModule",
     "TaskBatchNorm",
     "body_head",
     "build_model",

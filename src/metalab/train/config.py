@@ -56,6 +56,8 @@ class ConfigError(ValueError):
 PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, strict=False)]
+NonNegativeFloat = Annotated[float, Field(ge=0, strict=False)]
+LrSchedule = Literal["constant", "linear"]
 OptimizerName = Literal["adam", "sgd", "adamw"]
 CombineParams = Literal["all", "shared"]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -85,7 +87,10 @@ class TrainConfig(Section):
     """``train``: the meta-optimization, its schedule and where it runs.
 
     Fields: ``steps`` (meta-iterations) and ``meta_batch`` (tasks per step, required);
-    ``optimizer``/``lr``: the meta-optimizer; ``seed``: torch's global RNG and the training
+    ``optimizer``/``lr``: the meta-optimizer; ``lr_schedule``: ``constant`` or ``linear``
+    (from ``lr`` at the first step toward ``lr_final`` at ``steps``: step ``t = 0, 1, ...``
+    uses ``lr + (lr_final - lr) * t / steps``, e.g. an annealed outer step size);
+    ``seed``: torch's global RNG and the training
     tasks; ``device``, ``dtype`` (``null``: the model's own, or ``float32``/``float64``);
     ``val_every`` (0: no validation), ``val_episodes``; ``checkpoint_every``, ``log_every``
     in steps; ``grad_clip``: max global norm of the meta-gradient; ``task_chunk``:
@@ -103,6 +108,8 @@ class TrainConfig(Section):
     meta_batch: PositiveInt
     optimizer: OptimizerName = "adam"
     lr: PositiveFloat = 1e-3
+    lr_schedule: LrSchedule = "constant"
+    lr_final: NonNegativeFloat = 0.0
     seed: int = 0
     device: Annotated[str, BeforeValidator(_device_name)] = "cpu"
     dtype: Annotated[Literal["float32", "float64"] | None, BeforeValidator(_dtype_name)] = None

@@ -65,8 +65,20 @@ def backward_step_for(learner: MetaLearner, config: TrainConfig,
     (diagnostics without a combiner combine by the mean: the same update)."""
     if combiner is None and not config.diagnostics:
         return MeanBackward(learner, config.task_chunk)
+    if not learner.outer_update_is_loss_gradient:
+        raise ConfigError(f"train.combiner and train.diagnostics need per-task loss gradients, "
+                          f"but {type(learner).__name__}'s outer update is not a loss "
+                          f"gradient; set train.combiner: null and train.diagnostics: false")
     return CombinedStep(learner, combiner or build_combiner("mean"), config.combine_params,
                         config.task_chunk)
+
+
+def scheduled_lr(config: TrainConfig, step: int) -> float:
+    """The meta-optimizer's learning rate for the update after ``step`` completed steps:
+    ``lr``, or linearly from ``lr`` (step 0) toward ``lr_final`` (reached at ``steps``)."""
+    if config.lr_schedule == "constant":
+        return config.lr
+    return config.lr + (config.lr_final - config.lr) * step / config.steps
 
 
 def build_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -175,6 +187,9 @@ class Trainer:
         metrics = distributed.all_reduce_metrics(metrics, share)
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.learner.parameters(), self.config.grad_clip)
+        if self.config.lr_schedule != "constant":
+            for group in self.optimizer.param_groups:
+                group["lr"] = scheduled_lr(self.config, self.step)
         self.optimizer.step()
         if diagnose:
             self._pending_diagnostics = self.backward_step.diagnostics(batch, share)
