@@ -67,3 +67,22 @@ def test_builder_completes_sizes_from_the_facts():
                  "support_size": 4}, "train": TRAIN, "eval": {"episodes": 1}}))
     assert context["model"]["in_channels"] == 1 + 3
     assert context["algorithm"]["image_channels"] == 1
+
+
+def test_arm_ll_takes_inner_steps_at_meta_test():
+    """``adapt(x, inner_steps=0)`` is the meta-learned model itself (with the batch's
+    statistics); the default takes the configured steps and changes the outputs."""
+    import torch
+
+    from metalab.algorithms import ARMLL
+    from metalab.nn.arm import ARMConvNet
+
+    torch.manual_seed(0)
+    model = ARMConvNet(norm="task", num_classes=3, hidden=4, fc_hidden=6, kernel_size=3,
+                       image_size=8, padding="same").double()
+    learner = ARMLL(model, inner_lr=0.5, inner_steps=2).double()
+    x = torch.randn(5, 1, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        unadapted = model(x)
+    torch.testing.assert_close(learner.adapt(x, inner_steps=0)(x), unadapted)
+    assert not torch.allclose(learner.adapt(x)(x), unadapted)

@@ -184,6 +184,8 @@ class ARMLL(MetaLearner, name="arm-ll"):
         eval_inner_steps: inner steps at test time (default ``inner_steps``).
     """
 
+    adapt_options = ("inner_steps",)
+
     def __init__(self, model: nn.Module, loss_net: nn.Module | None = None, *,
                  num_classes: int | None = None, inner_lr: float = 0.1, inner_steps: int = 1,
                  first_order: bool = False, eval_inner_steps: int | None = None,
