@@ -38,3 +38,35 @@ def classification_batch(tasks=3, ways=5, shots=1, queries=3, size=16, seed=0,
     return TaskBatch(images(ways * shots), labels.repeat(shots).expand(tasks, -1).contiguous(),
                      images(ways * queries), labels.repeat(queries).expand(tasks, -1).contiguous(),
                      num_classes=ways)
+
+
+class Interrupt(Exception):
+    """Raised by `interrupted_then_resumed` in the middle of a run."""
+
+
+def interrupted_then_resumed(config: dict, root, interrupt_at: int = 7):
+    """Trainers of ``config``: one run straight through (``root/straight``), and one
+    interrupted at its ``interrupt_at``-th step then resumed (``root/broken``) from a
+    process with other RNG state. Returns ``(straight, resumed)``."""
+    import pytest
+    import yaml
+
+    from metalab.train.run import make_trainer, train_run
+
+    straight = train_run(config, root / "straight")
+    trainer = make_trainer(config, root / "broken")
+    original, calls = trainer.train_step, {"n": 0}
+
+    def failing_step():
+        calls["n"] += 1
+        if calls["n"] == interrupt_at:
+            raise Interrupt
+        return original()
+
+    trainer.train_step = failing_step
+    (root / "broken").mkdir()
+    (root / "broken" / "config.yaml").write_text(yaml.safe_dump(config))
+    with pytest.raises(Interrupt):
+        trainer.fit()
+    torch.manual_seed(999)  # a resumed process starts with other RNG state
+    return straight, train_run(config, root / "broken", resume=True)

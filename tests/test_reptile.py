@@ -15,6 +15,7 @@ import torch
 import yaml
 from torch import nn
 
+from helpers import interrupted_then_resumed
 from metalab.algorithms import ALGORITHMS
 from metalab.algorithms.reptile import Reptile, minibatch_indices
 from metalab.cli.main import main
@@ -22,7 +23,7 @@ from metalab.combiners import build_combiner
 from metalab.functional import Adam
 from metalab.tasks import Sinusoid
 from metalab.train import ConfigError, Trainer, load_config
-from metalab.train.run import make_trainer, train_run
+from metalab.train.run import train_run
 from metalab.train.trainer import scheduled_lr
 
 
@@ -254,32 +255,13 @@ TINY = {
 }
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_an_interrupted_run_resumes_bit_identically(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(TINY))
     config = load_config(path)
-    straight = train_run(config, tmp_path / "straight").learner
-
-    trainer = make_trainer(config, tmp_path / "broken")
-    original, calls = trainer.train_step, {"n": 0}
-
-    def failing_step():
-        calls["n"] += 1
-        if calls["n"] == 7:  # after the checkpoint at step 4, before the one at step 8
-            raise Interrupt
-        return original()
-
-    trainer.train_step = failing_step
-    (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(Interrupt):
-        trainer.fit()
-    torch.manual_seed(999)  # a resumed process starts with other RNG state
-    resumed = train_run(config, tmp_path / "broken", resume=True)
+    # after the checkpoint at step 4, before the one at step 8
+    straight, resumed = interrupted_then_resumed(config, tmp_path, interrupt_at=7)
+    straight = straight.learner
     for name, value in straight.state_dict().items():
         assert torch.equal(resumed.learner.state_dict()[name], value), name
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(1.0 - 9 / 10)

@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import interrupted_then_resumed
 from metalab import load_run
 from metalab.cli.main import main
 from metalab.train import ConfigError, Evaluator, apply_overrides, load_config, mean_ci95
@@ -84,31 +85,11 @@ def _parameters(learner):
     return {k: v.clone() for k, v in learner.state_dict().items()}
 
 
-class Interrupt(Exception):
-    pass
-
-
 def test_interrupted_then_resumed_run_matches_uninterrupted(tmp_path, monkeypatch):
     config = load_config_from(TINY_SINUSOID, tmp_path)
-    straight = train_run(config, tmp_path / "straight").learner
-
-    trainer = make_trainer(config, tmp_path / "broken")
-    original = trainer.train_step
-    calls = {"n": 0}
-
-    def failing_step():
-        calls["n"] += 1
-        if calls["n"] == 7:  # after the checkpoint at step 4, before the one at step 8
-            raise Interrupt
-        return original()
-
-    trainer.train_step = failing_step
-    (tmp_path / "broken").mkdir()
-    (tmp_path / "broken" / "config.yaml").write_text(yaml.safe_dump(config))
-    with pytest.raises(Interrupt):
-        trainer.fit()
-    torch.manual_seed(999)  # a resumed process starts with other RNG state
-    resumed = train_run(config, tmp_path / "broken", resume=True).learner
+    # after the checkpoint at step 4, before the one at step 8
+    straight, resumed = interrupted_then_resumed(config, tmp_path, interrupt_at=7)
+    straight, resumed = straight.learner, resumed.learner
     for name, value in _parameters(straight).items():
         assert torch.equal(resumed.state_dict()[name], value), name
     steps = [json.loads(line)["step"]
