@@ -923,3 +923,43 @@ def test_mr_maml_w_exp_sigma_adds_its_floor(floor):
     raw = learner.sigma_parameters["0__weight"].detach()
     expected = [floor + math.exp(r) for r in raw.reshape(-1).tolist()]
     assert learner.sigmas()["0.weight"].reshape(-1).tolist() == pytest.approx(expected, rel=1e-12)
+
+
+def test_mr_maml_adapt_takes_the_inner_steps_it_is_given():
+    """``adapt(..., inner_steps=0)`` is the head on the mean codes, by hand; the default
+    (eval_inner_steps=2) moves the prediction."""
+    from metalab.algorithms import MRMAMLW
+    from metalab.nn import MLP, BodyHead
+
+    torch.manual_seed(0)
+    model = BodyHead(MLP(1, (4,), None), MLP(4, (), 1)).double()
+    learner = MRMAMLW(model, eval_sample=False, inner_lr=0.3, inner_steps=1,
+                      eval_inner_steps=2, loss="mse").double()
+    x = torch.linspace(-1, 1, 6, dtype=torch.float64).unsqueeze(1)
+    y = torch.sin(3 * x)
+    with torch.no_grad():
+        unadapted = model.head(model.body(x))
+    torch.testing.assert_close(learner.adapt(x, y, inner_steps=0)(x), unadapted)
+    assert not torch.allclose(learner.adapt(x, y)(x), unadapted)
+
+
+def test_arm_ll_meta_training_takes_inner_steps_not_eval_inner_steps():
+    """The training loss depends on ``inner_steps`` and not on ``eval_inner_steps``."""
+    from metalab.algorithms import ARMLL
+    from metalab.nn.arm import ARMConvNet
+    from metalab.tasks import TaskBatch
+
+    def learner(inner_steps, eval_inner_steps):
+        torch.manual_seed(0)
+        model = ARMConvNet(norm="task", num_classes=3, hidden=4, fc_hidden=6, kernel_size=3,
+                           image_size=8, padding="same")
+        return ARMLL(model, inner_lr=0.5, inner_steps=inner_steps,
+                     eval_inner_steps=eval_inner_steps).double()
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 5, 1, 8, 8, generator=g, dtype=torch.float64)
+    y = torch.randint(3, (2, 5), generator=g)
+    batch = TaskBatch(x, y, x, y, num_classes=3)
+    one_step = learner(1, 0).task_losses(batch)[0]
+    torch.testing.assert_close(learner(1, 3).task_losses(batch)[0], one_step, rtol=0, atol=0)
+    assert not torch.allclose(learner(3, 0).task_losses(batch)[0], one_step)
