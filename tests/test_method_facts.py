@@ -86,3 +86,16 @@ def test_arm_ll_takes_inner_steps_at_meta_test():
         unadapted = model(x)
     torch.testing.assert_close(learner.adapt(x, inner_steps=0)(x), unadapted)
     assert not torch.allclose(learner.adapt(x)(x), unadapted)
+
+
+@pytest.mark.parametrize("name", ["protonet", "matching"])
+def test_a_metric_learner_on_a_regression_batch_names_itself(name):
+    import torch
+    from torch import nn
+
+    from metalab.tasks import TaskBatch
+
+    x, y = torch.randn(2, 3, 4), torch.randn(2, 3, 1)
+    learner = ALGORITHMS[name](nn.Flatten())
+    with pytest.raises(ValueError, match=f"{ALGORITHMS[name].__name__} needs a classification"):
+        learner.task_losses(TaskBatch(x, y, x, y))

@@ -47,6 +47,12 @@ from metalab.tasks.objective import Objective, objective_for
 State = Any
 
 
+def support_ways(support_y: Tensor, ways: int | None) -> int:
+    """``ways`` as given (the batch's number of classes), else the largest support label + 1
+    (a user's `adapt` call)."""
+    return int(support_y.max()) + 1 if ways is None else ways
+
+
 class Predictor:
     """A model adapted to one task: ``predictor(x)`` returns logits or predictions."""
 
@@ -163,8 +169,14 @@ class MetaLearner(nn.Module):
         raise NotImplementedError
 
     def task_options(self, batch: TaskBatch) -> dict[str, Any]:
-        """Options of `adapt_task` that a batch determines (e.g. ProtoNet's ``ways``)."""
-        return {}
+        """Options of `adapt_task` that a batch determines: its number of classes for a
+        method that takes ``ways`` (the metric learners)."""
+        if "ways" not in self.adapt_options:
+            return {}
+        if batch.num_classes is None:
+            raise ValueError(f"{type(self).__name__} needs a classification TaskBatch "
+                             f"(num_classes is None)")
+        return {"ways": batch.num_classes}
 
     # -- derived: training -----------------------------------------------------------------
     def task_losses(self, batch: TaskBatch, training: bool = True, **options

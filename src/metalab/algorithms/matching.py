@@ -39,8 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner
-from metalab.tasks import TaskBatch
+from metalab.algorithms.base import MetaLearner, support_ways
 
 
 def lstm_step(cell: nn.LSTMCell, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -137,16 +136,11 @@ class MatchingNet(MetaLearner, name="matching"):
         """Unit-norm embeddings ``[N, D]`` (without context)."""
         return F.normalize(self.features(x), dim=1)
 
-    def task_options(self, batch: TaskBatch) -> dict[str, int]:
-        if batch.num_classes is None:
-            raise ValueError("MatchingNet needs a classification TaskBatch (num_classes is None)")
-        return {"ways": batch.num_classes}
-
     def adapt_task(self, support_x: Tensor, support_y: Tensor, *, training: bool,
                    ways: int | None = None) -> tuple[Tensor, Tensor]:
         """The support set's embeddings ``g(x_i, S)`` ``[Ns, D]`` and one-hot labels
         ``[Ns, ways]``."""
-        ways = int(support_y.max()) + 1 if ways is None else ways
+        ways = support_ways(support_y, ways)
         one_hot = (support_y.unsqueeze(-1) == torch.arange(ways, device=support_y.device))
         support = self.features(support_x)
         if self.support_context is not None:

@@ -10,8 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner
-from metalab.tasks import TaskBatch
+from metalab.algorithms.base import MetaLearner, support_ways
 
 
 def prototypes(embeddings: Tensor, labels: Tensor, ways: int) -> Tensor:
@@ -48,15 +47,10 @@ class ProtoNet(MetaLearner, name="protonet"):
     def embed(self, x: Tensor) -> Tensor:
         return self.model(x).flatten(1)
 
-    def task_options(self, batch: TaskBatch) -> dict[str, int]:
-        if batch.num_classes is None:
-            raise ValueError("ProtoNet needs a classification TaskBatch (num_classes is None)")
-        return {"ways": batch.num_classes}
-
     def adapt_task(self, support_x: Tensor, support_y: Tensor, *, training: bool,
                    ways: int | None = None) -> Tensor:
         """The prototypes ``[ways, D]`` (``ways``: the batch's, else the largest label + 1)."""
-        ways = int(support_y.max()) + 1 if ways is None else ways
+        ways = support_ways(support_y, ways)
         return prototypes(self.embed(support_x), support_y, ways)
 
     def predict(self, centers: Tensor, x: Tensor) -> Tensor:

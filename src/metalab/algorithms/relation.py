@@ -34,9 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner
+from metalab.algorithms.base import MetaLearner, support_ways
 from metalab.nn.relation import RelationModule
-from metalab.tasks import TaskBatch
 
 
 def one_hot(labels: Tensor, ways: int, dtype: torch.dtype) -> Tensor:
@@ -90,16 +89,11 @@ class RelationNet(MetaLearner, name="relation"):
             relation = RelationModule(tuple(shape), relation_hidden, fc_hidden)
         self.relation = relation
 
-    def task_options(self, batch: TaskBatch) -> dict[str, int]:
-        if batch.num_classes is None:
-            raise ValueError("RelationNet needs a classification TaskBatch (num_classes is None)")
-        return {"ways": batch.num_classes}
-
     def adapt_task(self, support_x: Tensor, support_y: Tensor, *, training: bool,
                    ways: int | None = None) -> Tensor:
         """The class feature maps ``[ways, C, H, W]`` (``ways``: the batch's, else the
         largest label + 1)."""
-        ways = int(support_y.max()) + 1 if ways is None else ways
+        ways = support_ways(support_y, ways)
         return class_feature_maps(self.model(support_x), support_y, ways)
 
     def predict(self, class_maps: Tensor, x: Tensor) -> Tensor:
