@@ -247,7 +247,7 @@ def _per_channel(values: Tensor, like: Tensor) -> Tensor:
     return values.view((1, -1) + (1,) * (like.dim() - 2))
 
 
-STATISTICS_MODES = ("batch", "record", "apply", "pool")
+STATISTICS_MODES = ("batch", "record", "apply")
 
 
 def task_norm_layers(model: nn.Module) -> dict[str, TaskBatchNorm]:
@@ -265,8 +265,6 @@ def task_norm_statistics(model: nn.Module, mode: str,
       an error; nothing is stored;
     - ``"record"``: with its input's own statistics, stored in ``statistics[name]``;
     - ``"apply"``: with ``statistics[name]`` (recorded earlier on another batch);
-    - ``"pool"``: merges its input's statistics into ``statistics[name]`` (created on the
-      first batch) and normalizes with the merged ones.
 
     The layers' own ``forward`` is restored on exit. Works under
     `torch.func.functional_call` (the layer's current weight and bias are read at call
@@ -291,8 +289,6 @@ def task_norm_statistics(model: nn.Module, mode: str,
                 stats = statistics[name]
             else:
                 stats = ChannelStatistics.of(x)
-                if mode == "pool" and name in statistics:
-                    stats = statistics[name].merge(stats)
                 if mode != "batch":
                     statistics[name] = stats
             return stats.normalize(x, layer)
