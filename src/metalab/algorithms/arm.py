@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from metalab.algorithms.base import MetaLearner, parameters_for
-from metalab.algorithms.erm import batched, per_task_scores
+from metalab.algorithms.erm import batched
 from metalab.algorithms.stream import check_inputs
 from metalab.functional import inner_loop
 from metalab.nn.arm import ContextNet, LearnedLoss, task_norm_layers, task_norm_statistics
@@ -152,7 +152,7 @@ class ARMCML(MetaLearner, name="arm-cml"):
         contexts = batched(self.context_net, batch.support_x).mean(dim=1)
         expanded = contexts.unsqueeze(1).expand(-1, batch.query_x.shape[1], *contexts.shape[1:])
         outputs = batched(self.model, torch.cat([batch.query_x, expanded], dim=2))
-        return per_task_scores(self, outputs, batch.query_y)
+        return self.stacked_scores(zip(outputs, batch.query_y, strict=True))
 
     def adapt_task(self, support_x: Tensor, support_y: Tensor | None = None, *,
                    training: bool) -> Tensor:

@@ -31,7 +31,7 @@ then applies it) and sets ``outer_update_is_loss_gradient = False``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar
 
@@ -309,12 +309,16 @@ class MetaLearner(nn.Module):
                                ) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-task query loss and metric at meta-test, each task through `adapt`."""
         options = {**self.task_options(batch), **options}
-        scores = [self.score(self.adapt(batch.support_x[t], batch.support_y[t],
-                                                  **options)(batch.query_x[t]),
-                                       batch.query_y[t])
-                  for t in range(len(batch))]
-        losses, metric = (torch.stack(column) for column in zip(*scores, strict=True))
-        return losses, {self.metric_name: metric}
+        return self.stacked_scores(
+            (self.adapt(batch.support_x[t], batch.support_y[t], **options)(batch.query_x[t]),
+             batch.query_y[t]) for t in range(len(batch)))
+
+    def stacked_scores(self, outputs_and_targets: Iterable[tuple[Tensor, Tensor]]
+                       ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per-task losses and the (detached) metric from one ``(outputs, targets)`` pair per
+        task."""
+        losses, metric = zip(*(self.score(o, y) for o, y in outputs_and_targets), strict=True)
+        return torch.stack(losses), {self.metric_name: torch.stack(metric).detach()}
 
     def stream(self) -> AdaptationStream:
         """Adaptation to one task from batches of its inputs arriving one by one."""

@@ -8,21 +8,11 @@ group DRO (Sagawa et al. 2020).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner
 from metalab.algorithms.stream import check_inputs
 from metalab.tasks import TaskBatch
-
-
-def per_task_scores(learner: MetaLearner, outputs: Tensor, labels: Tensor
-                    ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-task losses and the (detached) metric from outputs ``[T, N, ...]`` and labels
-    ``[T, N]``."""
-    scores = [learner.score(outputs[t], labels[t]) for t in range(len(outputs))]
-    losses, metric = zip(*scores, strict=True)
-    return torch.stack(losses), {learner.metric_name: torch.stack(metric).detach()}
 
 
 def batched(model: nn.Module, x: Tensor) -> Tensor:
@@ -47,7 +37,8 @@ class ERM(MetaLearner, name="erm"):
         self.model = model
 
     def training_task_losses(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        return per_task_scores(self, batched(self.model, batch.query_x), batch.query_y)
+        return self.stacked_scores(zip(batched(self.model, batch.query_x), batch.query_y,
+                                       strict=True))
 
     def adapt_task(self, support_x: Tensor | None, support_y: Tensor | None = None, *,
                    training: bool) -> None:
