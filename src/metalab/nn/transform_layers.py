@@ -17,6 +17,7 @@ step on ``W`` under a fixed ``T`` is a step in the metric ``T^T T`` on the layer
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -29,6 +30,10 @@ class ChannelTransform(nn.Module):
         self.weight = nn.Parameter(torch.eye(channels, **options))
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            return F.linear(x, self.weight)
+        if x.dim() == 4:  # a 1x1 convolution (oneDNN's kernel; keeps channels-last inputs)
+            return F.conv2d(x, self.weight[:, :, None, None])
         return torch.einsum("oc,nc...->no...", self.weight, x)
 
     def extra_repr(self) -> str:
