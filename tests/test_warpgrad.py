@@ -122,11 +122,11 @@ def test_warp_objective_gradient_equals_the_hand_written_reference(steps):
                                    rtol=1e-10, atol=1e-12)
 
 
-def test_warp_samples_draws_that_many_points_per_task_from_the_buffer():
-    learner = WarpGrad(_network(), inner_steps=3, warp_samples=2, loss="mse")
-    chosen = learner._sample(buffer_size=12, tasks=4)
-    assert len(chosen) == 8 and len(set(chosen.tolist())) == 8
-    assert len(learner._sample(buffer_size=6, tasks=4)) == 6
+def test_warp_samples_draws_that_many_points_of_each_trajectory():
+    learner = WarpGrad(_network(), inner_steps=5, warp_samples=2, loss="mse")
+    chosen = learner.sample_points(5)
+    assert len(chosen) == 2 and len(set(chosen.tolist())) == 2 and chosen.max() < 5
+    assert learner.sample_points(1).tolist() == [0]
 
 
 def test_warpgrad_takes_the_loop_strategy_only():

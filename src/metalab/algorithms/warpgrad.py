@@ -53,9 +53,9 @@ class WarpGrad(MAML, name="warpgrad"):
         model: any `nn.Module` with `nn.Conv2d`/`nn.Linear` layers (each gets a warp layer).
         inner_lr: the inner step size alpha.
         inner_steps: K, inner steps per task in meta-training (the trajectory's length).
-        warp_samples: trajectory points per task, on average, in the warp objective, drawn
-            uniformly without replacement from the buffer of every task's ``K`` points
-            ``theta_0 .. theta_{K-1}``; ``None``: all of them.
+        warp_samples: trajectory points per task in the warp objective, drawn uniformly
+            without replacement from the task's ``K`` points ``theta_0 .. theta_{K-1}`` in
+            the buffer; ``None``: all of them.
         eval_inner_steps: inner steps at meta-test (default ``inner_steps``).
         loss, strategy: as for MAML (``strategy="loop"`` only).
     """
@@ -98,15 +98,18 @@ class WarpGrad(MAML, name="warpgrad"):
             points.append({n: p.detach() for n, p in nxt.items()})
         return points
 
-    def warped_step_loss(self, theta_k: Params, warp: Params, support: tuple[Tensor, Tensor],
-                         query: tuple[Tensor, Tensor]) -> Tensor:
+    def warped_step_scores(self, theta_k: Params, warp: Params,
+                           support: tuple[Tensor, Tensor], query: tuple[Tensor, Tensor]
+                           ) -> tuple[Tensor, Tensor]:
         """``L_query(theta_k - alpha grad L_support(theta_k; omega); omega)`` with
-        ``theta_k`` a constant: differentiable w.r.t. ``omega`` (through the step too)."""
+        ``theta_k`` a constant, differentiable w.r.t. ``omega`` (through the step too), and
+        the query metric there."""
         point = {n: p.detach().requires_grad_(True) for n, p in theta_k.items()}
         grads = autograd_gradients(lambda p: self.task_loss({**warp, **p}, *support), point,
                                    True)
         stepped, _ = self.update_rule.update(grads, self.update_rule.init(point), point)
-        return self.task_loss({**warp, **stepped}, *query)
+        return self.score(functional_call(self.model, {**warp, **stepped}, (query[0],)),
+                          query[1])
 
     @staticmethod
     def reptile_surrogate(theta0: Params, final: Params) -> Tensor:
@@ -116,33 +119,29 @@ class WarpGrad(MAML, name="warpgrad"):
 
     # -- training: the warp objective over the meta-batch's trajectories -------------------
     def training_task_losses(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Per task: the mean warp loss of its sampled trajectory points plus the Reptile
+        surrogate (value 0). The metric is the query metric after the warped step from
+        those points (one inner step from a point of the trajectory, not the end of it)."""
         params = dict(self.model.named_parameters())
         warp = {n: params[n] for n in self.warp_names}
         theta0 = {n: params[n] for n in self.adapt_names}
         frozen_warp = {n: p.detach() for n, p in warp.items()}
-        buffer, finals = [], []
-        for t in range(len(batch)):
-            points = self.trajectory(theta0, frozen_warp, batch.support_x[t],
-                                     batch.support_y[t], self.inner_steps)
-            buffer += [(t, point) for point in points[:-1]]
-            finals.append(points[-1])
-        chosen = self._sample(len(buffer), len(batch))
-        losses = [self.reptile_surrogate(theta0, finals[t]) for t in range(len(batch))]
-        for index in chosen.tolist():
-            t, point = buffer[index]
-            support, query = ((batch.support_x[t], batch.support_y[t]),
-                              (batch.query_x[t], batch.query_y[t]))
-            weight = len(batch) / len(chosen)
-            losses[t] = losses[t] + weight * self.warped_step_loss(point, warp, support, query)
-        with torch.no_grad():
-            metric = torch.stack([
-                self.metric_fn(functional_call(self.model, {**frozen_warp, **finals[t]},
-                                               (batch.query_x[t],)), batch.query_y[t])
-                for t in range(len(batch))])
-        return torch.stack(losses), {self.metric_name: metric}
+        buffer = [self.trajectory(theta0, frozen_warp, batch.support_x[t], batch.support_y[t],
+                                  self.inner_steps) for t in range(len(batch))]
+        losses, metrics = [], []
+        for t, points in enumerate(buffer):
+            support = (batch.support_x[t], batch.support_y[t])
+            query = (batch.query_x[t], batch.query_y[t])
+            scores = [self.warped_step_scores(points[k], warp, support, query)
+                      for k in self.sample_points(self.inner_steps).tolist()]
+            losses.append(torch.stack([loss for loss, _ in scores]).mean()
+                          + self.reptile_surrogate(theta0, points[-1]))
+            metrics.append(torch.stack([metric.detach() for _, metric in scores]).mean())
+        return torch.stack(losses), {self.metric_name: torch.stack(metrics)}
 
-    def _sample(self, buffer_size: int, tasks: int) -> Tensor:
-        """Indices of the buffer's points in the warp objective (all, or a random subset)."""
-        if self.warp_samples is None or self.warp_samples * tasks >= buffer_size:
-            return torch.arange(buffer_size)
-        return torch.randperm(buffer_size)[:self.warp_samples * tasks]
+    def sample_points(self, steps: int) -> Tensor:
+        """Which of a task's points ``theta_0 .. theta_{steps-1}`` enter the warp objective:
+        ``warp_samples`` of them uniformly without replacement (all when ``None``)."""
+        if self.warp_samples is None or self.warp_samples >= steps:
+            return torch.arange(steps)
+        return torch.randperm(steps)[:self.warp_samples]
