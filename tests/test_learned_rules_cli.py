@@ -23,7 +23,7 @@ def test_learned_rule_configs_train_evaluate_and_reload(method, tmp_path):
     assert main(["eval", str(run), "--episodes", "4"]) == 0
     result = json.loads((run / "eval.json").read_text())
     assert result["metric"] == "accuracy" and 0.0 <= result["mean"] <= 1.0
-    learner = load_run(run).learner
+    learner = load_run(run)
     fresh = learner.state_dict()
     moved = [name for name, value in fresh.items() if LEARNED_PART[method] in name
              and value.dim() == 2 and not torch.equal(value, torch.eye(value.shape[0]))]
