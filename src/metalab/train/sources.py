@@ -24,6 +24,8 @@ from metalab import datasets
 from metalab.datasets import GroupDataset
 from metalab.tasks import (
     EpisodeSampler,
+    GaussianProcess,
+    GlyphsCompletion,
     GroupBatchSampler,
     GroupEvalSampler,
     MultiLabelSource,
@@ -43,6 +45,8 @@ REGRESSION_FAMILIES = {
     "nme-sinusoid": NonMutuallyExclusiveSinusoid,
     "translation-equivariant": TranslationEquivariantTasks,
     "rotation-equivariant": RotationEquivariantTasks,
+    "gaussian-process": GaussianProcess,
+    "glyphs-completion": GlyphsCompletion,
 }
 # Keys of ``data`` read by the task sources; the rest are options of the dataset or family.
 SAMPLER_KEYS = {"name", "root", "ways", "shots", "queries", "shuffle_labels", "train_split",
