@@ -36,7 +36,7 @@ from metalab.algorithms.predictive import (
     gaussian_log_density,
 )
 from metalab.functional import map_tasks
-from metalab.nn.neural_process import NeuralProcessNet
+from metalab.nn.neural_process import NeuralProcessNet, check_context
 from metalab.tasks import TaskBatch
 from metalab.validation import check_positive_int
 
@@ -76,6 +76,7 @@ class ConditionalNeuralProcess(MetaLearner, name="cnp"):
         if support_y is None:
             raise ValueError(f"{type(self).__name__} adapts to labelled context points; "
                              f"support_y is None")
+        check_context(support_x, support_y)
         return {"context_x": support_x, "context_y": support_y}
 
     def decode(self, state: State, x: Tensor, z: Tensor | None) -> tuple[Tensor, Tensor]:

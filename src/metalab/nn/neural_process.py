@@ -120,7 +120,7 @@ class NeuralProcessNet(nn.Module):
         the mean of ``r_i`` (CNP, NP) or attention from ``target_x`` to ``context_x`` (ANP)."""
         if self.deterministic_encoder is None:
             return None
-        _check_context(context_x, context_y)
+        check_context(context_x, context_y)
         r_i = self.deterministic_encoder(torch.cat([context_x, context_y], dim=-1))
         if self.attention is None:
             return r_i.mean(dim=-2, keepdim=True).expand(*target_x.shape[:-1], -1)
@@ -131,7 +131,7 @@ class NeuralProcessNet(nn.Module):
         """``(mu, sigma)`` of ``q(z | {(x_i, y_i)})``, each ``[latent]``."""
         if self.latent_encoder is None:
             raise ValueError("this network has no latent path (latent: 0)")
-        _check_context(x, y)
+        check_context(x, y)
         s = self.latent_encoder(torch.cat([x, y], dim=-1)).mean(dim=-2)
         mu, raw = self.latent_head(s).chunk(2, dim=-1)
         return mu, 0.1 + 0.9 * torch.sigmoid(raw)
@@ -151,7 +151,8 @@ class NeuralProcessNet(nn.Module):
         return mean, std ** 2
 
 
-def _check_context(x: Tensor, y: Tensor) -> None:
+def check_context(x: Tensor, y: Tensor) -> None:
+    """Context inputs ``[..., n, in]`` and targets ``[..., n, out]`` with ``n >= 1`` points."""
     if x.shape[-2] == 0:
         raise ValueError("a neural process needs at least one context point, got 0")
     if x.shape[:-1] != y.shape[:-1]:
