@@ -24,7 +24,8 @@ import torch
 
 from metalab.cli.main import resolve_config_path
 from metalab.cli.plot_predictive import plot_predictive
-from metalab.train import Evaluator, load_config, load_run, mean_ci95, train_run
+from metalab.tasks import TaskBatch
+from metalab.train import load_config, load_run, mean_ci95, train_run
 from metalab.train.build import build_task_source
 from metalab.train.config import EvalConfig, apply_overrides
 from metalab.train.report import format_plain, write_json
@@ -51,11 +52,13 @@ def ensure_run(runs: Path, config_name: str, steps: int | None) -> Path | None:
     return run
 
 
-def measure(run: Path, contexts: int, episodes: int, overrides: tuple[str, ...] = ()
-            ) -> dict[str, dict[str, float]]:
-    """Mean and 95% CI of every per-task value on test tasks with ``contexts`` points."""
+def measure(run: Path, context_sizes: tuple[int, ...], episodes: int,
+            overrides: tuple[str, ...] = ()) -> dict[int, dict[str, dict[str, float]]]:
+    """Per context size, the mean and 95% CI of every per-task value on the same test tasks:
+    each task is drawn with ``max(context_sizes)`` context points and the first ``k`` kept,
+    so the contexts are nested and the targets shared."""
     config = read_run_config(run, overrides)
-    changes = [f"data.shots={contexts}"]
+    changes = [f"data.shots={max(context_sizes)}"]
     if "max_shots" in config["data"]:
         changes.append("data.max_shots=null")
     config = apply_overrides(config, changes)
@@ -64,9 +67,19 @@ def measure(run: Path, contexts: int, episodes: int, overrides: tuple[str, ...] 
     options = {}
     if "inner_steps" in learner.adapt_options:
         options["inner_steps"] = EvalConfig.of(config).inner_steps
-    values = Evaluator(episodes, **options).per_task(learner, source)
-    return {name: dict(zip(("mean", "ci95"), mean_ci95(v), strict=True))
-            for name, v in values.items() if name != "task_id"}
+    collected: dict[int, dict[str, list[torch.Tensor]]] = {k: {} for k in context_sizes}
+    seen = 0
+    while seen < episodes:
+        batch = source.sample()[: min(50, episodes - seen)]
+        seen += len(batch)
+        for k in context_sizes:
+            part = TaskBatch(batch.support_x[:, :k], batch.support_y[:, :k], batch.query_x,
+                             batch.query_y)
+            losses, metrics = learner.task_losses(part, training=False, **options)
+            for name, values in {"loss": losses, **metrics}.items():
+                collected[k].setdefault(name, []).append(values.detach())
+    return {k: {name: dict(zip(("mean", "ci95"), mean_ci95(torch.cat(v)), strict=True))
+                for name, v in values.items()} for k, values in collected.items()}
 
 
 def cell(result: dict[str, dict[str, float]], name: str) -> str:
@@ -95,7 +108,7 @@ def main() -> None:
             run = ensure_run(runs, name, args.steps)
             if run is None:
                 continue
-            results = {k: measure(run, k, args.episodes) for k in CONTEXT_SIZES}
+            results = measure(run, CONTEXT_SIZES, args.episodes)
             data[name] = results
             step = read_step(run)
             lines.append(f"| {name} | {step} | " + " | ".join(
@@ -112,8 +125,8 @@ def main() -> None:
             run = ensure_run(runs, name, args.steps)
             if run is None:
                 continue
-            inside = measure(run, shots, args.episodes)
-            outside = measure(run, shots, args.episodes, (OOD_AMPLITUDE,))
+            inside = measure(run, (shots,), args.episodes)[shots]
+            outside = measure(run, (shots,), args.episodes, (OOD_AMPLITUDE,))[shots]
             comparison[f"{name}@{shots}"] = {"in_range": inside, "out_of_range": outside}
             lines.append(f"| {name} ({read_step(run)} steps) | {shots} | {cell(inside, 'mse')} | "
                          f"{cell(inside, 'log_likelihood')} | {cell(outside, 'mse')} | "

@@ -2,7 +2,8 @@
 
 The keys of ``data`` say which kind of source it is:
 
-- a task family by name (``sinusoid``, ``nme-sinusoid``, ``translation-equivariant``,
+- a task family by name (``sinusoid``, ``nme-sinusoid``, ``gaussian-process``,
+  ``glyphs-completion``, ``translation-equivariant``,
   ``rotation-equivariant``): tasks generated on the fly or from a seeded pool;
 - ``support_size``: group shift; a task is an unlabelled batch of one group's examples
   (`GroupBatchSampler` for training, `GroupEvalSampler` cycling through the groups for
