@@ -100,8 +100,9 @@ def plot_predictive(run_dirs: Sequence[Path], out: Path, context_sizes: Sequence
                 raise ValueError(f"{run}: {type(learner).__name__} has no predictive variance; "
                                  f"--predictive is for the neural-process family")
             title = f"{Path(run).name}, {k} context"
-            if images:
-                _draw_image(axes[row, 3 * column: 3 * column + 3], predictive, task, title)
+            if images:  # three narrow panels per context size: a short title
+                _draw_image(axes[row, 3 * column: 3 * column + 3], predictive, task,
+                            f"{k} ctx")
             else:
                 _draw_curve(axes[row, column], predictive, task, title)
     if not images:
