@@ -134,8 +134,14 @@ def cmd_plot(args: argparse.Namespace) -> int:
     elif args.support_sizes:
         out = plot_support_sizes(runs, Path(args.out) if args.out
                                  else runs[0] / "support_sizes.png")
+    elif args.predictive:
+        from metalab.cli.plot_predictive import plot_predictive
+
+        out = plot_predictive(runs, Path(args.out) if args.out else runs[0] / "predictive.png",
+                              overrides=args.data)
     elif len(runs) > 1:
-        raise ValueError("several run directories need --groups or --support-sizes")
+        raise ValueError("several run directories need --groups, --support-sizes or "
+                         "--predictive")
     else:
         out = plot_curves(runs[0], Path(args.out) if args.out else None)
     print(f"wrote {out}")
@@ -210,6 +216,10 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--support-sizes", action="store_true",
                       help="average and worst-group metric against the test batch size "
                            "(the runs' eval-test-support<N>.json)")
+    plot.add_argument("--predictive", action="store_true",
+                      help="predictions with uncertainty bands on test tasks (neural processes)")
+    plot.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE",
+                      help="with --predictive: change the test data (data.amplitude=[5,10])")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or "
                                     "FIRST_RUN/groups.png, FIRST_RUN/support_sizes.png)")
     plot.set_defaults(func=cmd_plot)

@@ -27,6 +27,7 @@ from metalab.nn.multitask import (
     multi_head_conv,
     multi_head_lenet,
 )
+from metalab.nn.neural_process import MultiHeadCrossAttention, NeuralProcessNet
 from metalab.nn.norm import TaskBatchNorm
 from metalab.nn.relation import RelationEmbedding, RelationModule
 from metalab.validation import check_choice
@@ -56,6 +57,7 @@ MODELS = {
     "rotation": rotation_model,
     "conv-classifier": conv_classifier,
     "relation-embedding": RelationEmbedding,
+    "neural-process": NeuralProcessNet,
 }
 
 
@@ -79,6 +81,8 @@ __all__ = [
     "LocallyConnected1d",
     "MSRConv2d",
     "MSRLinear",
+    "MultiHeadCrossAttention",
+    "NeuralProcessNet",
     "MultiHead",
     "RelationEmbedding",
     "RelationModule",

@@ -2,7 +2,9 @@
 
 from metalab.tasks.augmented import AugmentedEpisodes
 from metalab.tasks.batch import Task, TaskBatch
+from metalab.tasks.completion import GlyphsCompletion, ImageCompletion
 from metalab.tasks.episodes import EpisodeSampler, gather_inputs, indices_by_class
+from metalab.tasks.gaussian_process import GaussianProcess
 from metalab.tasks.groups import GroupBatchSampler, GroupEvalSampler
 from metalab.tasks.memorization import GlyphPose, NonMutuallyExclusiveSinusoid
 from metalab.tasks.multitask import (
@@ -18,9 +20,12 @@ from metalab.tasks.symmetry import RotationEquivariantTasks, TranslationEquivari
 __all__ = [
     "AugmentedEpisodes",
     "EpisodeSampler",
+    "GaussianProcess",
+    "GlyphsCompletion",
     "GlyphPose",
     "GroupBatchSampler",
     "GroupEvalSampler",
+    "ImageCompletion",
     "MultiLabelSource",
     "NonMutuallyExclusiveSinusoid",
     "PartitionedTaskSource",

@@ -7,9 +7,11 @@ here; nothing else decides classification versus regression.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -24,6 +26,27 @@ def mse(outputs: Tensor, targets: Tensor) -> Tensor:
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
     """Fraction of ``logits [N, C]`` whose argmax is the label."""
     return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
+
+
+def split_mean_variance(outputs: Tensor) -> tuple[Tensor, Tensor]:
+    """A Gaussian prediction ``[..., 2D]`` (means then variances) as ``(mean, variance)``."""
+    if outputs.shape[-1] % 2:
+        raise ValueError(f"a Gaussian prediction has 2D entries (means then variances) in "
+                         f"its last dimension, got {outputs.shape[-1]}")
+    return outputs.chunk(2, dim=-1)
+
+
+def gaussian_nll(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean over entries of ``-log N(y; mu, var) = (log(2 pi var) + (y - mu)^2 / var) / 2``,
+    with ``outputs = [mu, var]`` concatenated on the last dimension."""
+    mean, variance = split_mean_variance(outputs)
+    return 0.5 * (math.log(2 * math.pi) + torch.log(variance)
+                  + (targets - mean) ** 2 / variance).mean()
+
+
+def gaussian_mean_mse(outputs: Tensor, targets: Tensor) -> Tensor:
+    """Mean squared error of the mean of a Gaussian prediction ``[mu, var]``."""
+    return F.mse_loss(split_mean_variance(outputs)[0], targets)
 
 
 @dataclass(frozen=True)
@@ -45,11 +68,17 @@ class Objective:
 CLASSIFICATION = Objective("classification", "cross_entropy", F.cross_entropy, "accuracy",
                            accuracy, lower_is_better=False)
 REGRESSION = Objective("regression", "mse", mse, "mse", mse, lower_is_better=True)
-OBJECTIVES = {objective.loss_name: objective for objective in (CLASSIFICATION, REGRESSION)}
+#: Regression with a Gaussian predictive (neural processes): trained by the negative
+#: log-likelihood of ``[mean, variance]`` outputs, reported as the MSE of the mean.
+GAUSSIAN_REGRESSION = Objective("regression", "gaussian_nll", gaussian_nll, "mse",
+                                gaussian_mean_mse, lower_is_better=True)
+OBJECTIVES = {objective.loss_name: objective
+              for objective in (CLASSIFICATION, REGRESSION, GAUSSIAN_REGRESSION)}
 
 
 def objective_for(loss: str) -> Objective:
-    """The objective whose training loss is named ``loss`` (``cross_entropy`` or ``mse``)."""
+    """The objective whose training loss is named ``loss`` (``cross_entropy``, ``mse`` or
+    ``gaussian_nll``)."""
     return OBJECTIVES[check_choice("loss", loss, sorted(OBJECTIVES))]
 
 

@@ -77,7 +77,9 @@ class Evaluator:
     def evaluate(self, learner: MetaLearner, source: TaskSource,
                  device: torch.device | str = "cpu", dtype: torch.dtype | None = None
                  ) -> dict[str, float | int | str]:
-        """``{"metric", "mean", "ci95", "episodes"}`` for the learner's main metric.
+        """``{"metric", "mean", "ci95", "episodes"}`` for the learner's main metric, and
+        ``name``/``name_ci95`` for any other per-task value the learner reports beside it
+        (a neural process's ``log_likelihood``).
 
         When the source names its groups or tasks (group data, multi-task data; see
         `group_names`) it adds `group_summary`'s keys. Task ids without names (a regression
@@ -93,6 +95,8 @@ class Evaluator:
         mean, ci95 = mean_ci95(values[metric])
         result = {"metric": metric, "mean": mean, "ci95": ci95,
                   "episodes": int(values[metric].numel())}
+        for name in sorted(set(values) - {metric, "loss", "task_id"}):  # reported beside
+            result[name], result[f"{name}_ci95"] = mean_ci95(values[name])
         names = group_names(source)
         if "task_id" in values and names is not None:
             result.update(group_summary(values[metric], values["task_id"], metric, names))

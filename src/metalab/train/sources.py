@@ -2,7 +2,8 @@
 
 The keys of ``data`` say which kind of source it is:
 
-- a task family by name (``sinusoid``, ``nme-sinusoid``, ``translation-equivariant``,
+- a task family by name (``sinusoid``, ``nme-sinusoid``, ``gaussian-process``,
+  ``glyphs-completion``, ``translation-equivariant``,
   ``rotation-equivariant``): tasks generated on the fly or from a seeded pool;
 - ``support_size``: group shift; a task is an unlabelled batch of one group's examples
   (`GroupBatchSampler` for training, `GroupEvalSampler` cycling through the groups for
@@ -24,6 +25,8 @@ from metalab import datasets
 from metalab.datasets import GroupDataset
 from metalab.tasks import (
     EpisodeSampler,
+    GaussianProcess,
+    GlyphsCompletion,
     GroupBatchSampler,
     GroupEvalSampler,
     MultiLabelSource,
@@ -43,6 +46,8 @@ REGRESSION_FAMILIES = {
     "nme-sinusoid": NonMutuallyExclusiveSinusoid,
     "translation-equivariant": TranslationEquivariantTasks,
     "rotation-equivariant": RotationEquivariantTasks,
+    "gaussian-process": GaussianProcess,
+    "glyphs-completion": GlyphsCompletion,
 }
 # Keys of ``data`` read by the task sources; the rest are options of the dataset or family.
 SAMPLER_KEYS = {"name", "root", "ways", "shots", "queries", "shuffle_labels", "train_split",
