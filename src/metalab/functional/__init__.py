@@ -1,5 +1,10 @@
 """The adaptation engine: functional inner loops, update rules and execution strategies."""
 
+from metalab.functional.implicit import (
+    conjugate_gradient,
+    hessian_vector_products,
+    implicit_meta_gradient,
+)
 from metalab.functional.inner_loop import (
     Params,
     autograd_gradients,
@@ -29,8 +34,11 @@ __all__ = [
     "as_update_rule",
     "autograd_gradients",
     "check_strategy",
+    "conjugate_gradient",
     "func_gradients",
     "gradients_for",
+    "hessian_vector_products",
+    "implicit_meta_gradient",
     "inner_loop",
     "map_tasks",
     "parameter_key",

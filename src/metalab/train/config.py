@@ -323,6 +323,7 @@ def _check_named(sections: dict[str, Any], section: str, registry: dict[str, Any
         raise ConfigError(f"config needs {section}.name (one of {sorted(registry)})")
     _check_name(section, values["name"], registry)
     factory = registry[values["name"]]
+    _check_compatible(section, values, factory)
     accepted = accepted_keywords(factory)
     if accepted is None:
         return
@@ -331,6 +332,18 @@ def _check_named(sections: dict[str, Any], section: str, registry: dict[str, Any
         if key != "name" and key not in known:
             owner = f"{values['name']} ({getattr(factory, '__name__', factory)})"
             raise ConfigError(unknown_key_message(section, key, {"name", *known}, owner))
+
+
+def _check_compatible(section: str, values: dict[str, Any], factory: Any) -> None:
+    """Keys the method declares it cannot take (its ``incompatible_options``: key ->
+    reason) are an error naming each key and why."""
+    reasons = getattr(factory, "incompatible_options", {})
+    clashing = [key for key in values if key in reasons]
+    if clashing:
+        named = " and ".join(f"{section}.{key}" for key in clashing)
+        why = "; ".join(f"{key}: {reasons[key]}" for key in clashing)
+        raise ConfigError(f"{named} cannot go with {section}.name={values['name']!r} ({why}); "
+                          f"remove {'them' if len(clashing) > 1 else 'it'}")
 
 
 def _data_factory(name: str) -> Callable[..., Any] | None:
