@@ -7,7 +7,9 @@ from metalab.functional.inner_loop import (
     inner_loop,
 )
 from metalab.functional.layout import to_channels_last
+from metalab.functional.learned_optimizer import LSTMOptimizer, preprocess_gradients
 from metalab.functional.tasks import STRATEGIES, check_strategy, gradients_for, map_tasks
+from metalab.functional.torch_optimizer import LearnedOptimizer
 from metalab.functional.update_rules import (
     SGD,
     Adam,
@@ -23,6 +25,8 @@ __all__ = [
     "Adam",
     "STRATEGIES",
     "Chain",
+    "LSTMOptimizer",
+    "LearnedOptimizer",
     "LearnedRates",
     "Params",
     "UpdateRule",
@@ -34,5 +38,6 @@ __all__ = [
     "inner_loop",
     "map_tasks",
     "parameter_key",
+    "preprocess_gradients",
     "to_channels_last",
 ]

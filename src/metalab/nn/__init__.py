@@ -28,6 +28,7 @@ from metalab.nn.multitask import (
     multi_head_lenet,
 )
 from metalab.nn.norm import TaskBatchNorm
+from metalab.nn.optimizees import OptimizeeMLP
 from metalab.nn.relation import RelationEmbedding, RelationModule
 from metalab.validation import check_choice
 
@@ -56,6 +57,7 @@ MODELS = {
     "rotation": rotation_model,
     "conv-classifier": conv_classifier,
     "relation-embedding": RelationEmbedding,
+    "optimizee-mlp": OptimizeeMLP,
 }
 
 
@@ -78,6 +80,7 @@ __all__ = [
     "LearnedLoss",
     "LocallyConnected1d",
     "MSRConv2d",
+    "OptimizeeMLP",
     "MSRLinear",
     "MultiHead",
     "RelationEmbedding",
