@@ -150,6 +150,27 @@ def test_maml_takes_the_lstm_rule_as_its_inner_rule():
     torch.testing.assert_close(adapted["bias"], model.bias - 3 * 0.05)
 
 
+@pytest.mark.parametrize("detach", [True, False])
+def test_gradients_are_inputs_only_so_one_inner_step_has_the_first_order_meta_gradient(detach):
+    """With the gradient an input only (detach_gradients), theta' = theta - d(g) has
+    d theta'/d theta = I for one step from a zero state, so MAML's second-order
+    meta-gradient is the query gradient at theta' itself; without it, it is not."""
+    torch.manual_seed(0)
+    rule = LSTMOptimizer(detach_gradients=detach).to(DTYPE)
+    model = nn.Linear(3, 1).to(DTYPE)
+    learner = MAML(model, inner_steps=1, loss="mse", update_rule=rule)
+    sx, sy = torch.randn(5, 3, dtype=DTYPE), torch.randn(5, 1, dtype=DTYPE)
+    qx, qy = torch.randn(4, 3, dtype=DTYPE), torch.randn(4, 1, dtype=DTYPE)
+    adapted = learner.adapt_task(sx, sy, training=True)
+    nn.functional.mse_loss(learner.predict(adapted, qx), qy).backward()
+    at = {n: p.detach().requires_grad_(True) for n, p in adapted.items()}
+    query_loss = nn.functional.mse_loss(torch.func.functional_call(model, at, (qx,)), qy)
+    expected = torch.autograd.grad(query_loss, list(at.values()))
+    close = all(torch.allclose(p.grad, e, rtol=1e-10, atol=1e-12)
+                for p, e in zip(model.parameters(), expected, strict=True))
+    assert close == detach
+
+
 # -- the l2o learner: truncated meta-gradient -----------------------------------------------
 def quadratic_learner(horizon: int, truncation: int, bias: float) -> L2O:
     model = OptimizeeMLP(3, (), 1, bias=False, init_std=0.0)  # theta_0 = 0
@@ -262,3 +283,48 @@ def test_a_briefly_trained_rule_beats_untrained_and_badly_tuned_sgd_on_held_out_
     assert trained < 0.5 * start
     assert trained < untrained
     assert trained < bad_sgd
+
+
+# -- the product: configs, CLI and plot ------------------------------------------------------
+def test_the_quadratic_config_trains_evaluates_and_plots_from_the_cli(tmp_path):
+    import json
+
+    from metalab.cli.main import main
+
+    run = tmp_path / "run"
+    assert main(["train", "l2o-quadratic", "--out", str(run), "train.steps=2",
+                 "train.meta_batch=2", "train.val_every=0", "train.progress=false",
+                 "algorithm.horizon=6", "algorithm.truncation=3", "eval.episodes=4",
+                 "eval.batch_size=2"]) == 0
+    assert main(["eval", str(run), "--inner-steps", "12"]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["metric"] == "mse" and math.isfinite(result["mean"])
+    curves = {"settings": [{"title": "t", "optimizers": {
+        "SGD (lr=0.1)": {"mean": [1.0, 0.5], "low": [0.9, 0.4], "high": [1.1, 0.6]},
+        "LSTM (learned)": {"mean": [1.0, 0.2], "low": [0.9, 0.1], "high": [1.1, 0.3]}}}]}
+    (tmp_path / "curves.json").write_text(json.dumps(curves))
+    assert main(["plot", "--optimizers", str(tmp_path / "curves.json")]) == 0
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+
+
+def test_classifier_training_problems_draw_disjoint_support_and_queries_from_fixed_pools():
+    from metalab.datasets import ImageDataset
+    from metalab.tasks import ClassifierTrainingProblems
+
+    images = torch.arange(50, dtype=torch.uint8).reshape(50, 1, 1, 1).expand(50, 1, 2, 2)
+    dataset = ImageDataset(images.contiguous(), torch.arange(50) % 5, list("abcde"), "test")
+    pools = {pool: ClassifierTrainingProblems(dataset, pool, examples=4, queries=3,
+                                              tasks_per_batch=2, seed=0)
+             for pool in ("train", "val", "test")}
+    ids = {pool: set((source.inputs[:, 0] * 255).round().long().tolist())
+           for pool, source in pools.items()}
+    assert [len(ids[p]) for p in ("train", "val", "test")] == [30, 10, 10]
+    assert not (ids["train"] & ids["val"]) and not (ids["train"] & ids["test"])
+    batch = pools["train"].sample()
+    assert batch.support_x.shape == (2, 4, 4) and batch.query_x.shape == (2, 3, 4)
+    for t in range(2):
+        support = set((batch.support_x[t, :, 0] * 255).round().long().tolist())
+        query = set((batch.query_x[t, :, 0] * 255).round().long().tolist())
+        assert not support & query and support | query <= ids["train"]
+    with pytest.raises(ValueError, match="examples \\+ queries = 40 but the val pool has 10"):
+        ClassifierTrainingProblems(dataset, "val", examples=30, queries=10)
