@@ -6,7 +6,7 @@ momentum (0.9), RMSprop and Adam on held-out problems of the run's task source (
 ``test`` pool/seeds), every optimizer in the same ordinary PyTorch loop (the learned one
 through `metalab.functional.LearnedOptimizer`, the `torch.optim` wrapper).
 
-- Learning rates: each hand-designed optimizer's is chosen on a grid (1e-4 .. 1) on
+- Learning rates: each hand-designed optimizer's is chosen on a grid (1e-4 .. 3) on
   problems of the *training* distribution (the ``train`` pool, seed 1000), at the
   training horizon, by the mean loss along the trajectory (the objective the LSTM is
   trained on); a diverging trajectory scores infinity. For the other architectures the
@@ -22,7 +22,8 @@ Writes OUT/curves.json, OUT/curves.png (the same plot as ``metalab plot --optimi
 OUT/curves.json``) and OUT/table.md.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/learned_optimizer.py \\
-        --quadratic-run RUN_Q --mlp-run RUN_M --out benchmarks/results/learned_optimizer
+        --quadratic-run RUN_Q --mlp-run RUN_M --override data.root=DIR \\
+        --out benchmarks/results/learned_optimizer
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from metalab.nn import OptimizeeMLP
 from metalab.train.run import read_run_config
 from metalab.train.sources import build_task_source
 
-GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0]
+GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0]
 HAND_DESIGNED: dict[str, Callable] = {
     "SGD": lambda p, lr: torch.optim.SGD(p, lr=lr),
     "Nesterov": lambda p, lr: torch.optim.SGD(p, lr=lr, momentum=0.9, nesterov=True),
@@ -142,12 +143,10 @@ def architecture(learner, **changes) -> torch.nn.Module:
 
 
 def run_problem(run_dir: Path, label: str, seeds: list[int], problems: int,
-                tuning_problems: int, variants: dict[str, dict], data_root: str | None
+                tuning_problems: int, variants: dict[str, dict], overrides: list[str]
                 ) -> list[dict]:
     learner = load_run(run_dir).float()
-    config = read_run_config(run_dir)
-    if data_root is not None:
-        config["data"]["root"] = data_root
+    config = read_run_config(run_dir, overrides)
     horizon = learner.horizon
     settings = []
     for variant, changes in variants.items():
@@ -168,8 +167,9 @@ def run_problem(run_dir: Path, label: str, seeds: list[int], problems: int,
 
 
 def markdown(settings: list[dict]) -> str:
-    lines = ["| setting | optimizer | final loss (mean over seeds) | min-max over seeds |",
-             "|---|---|---|---|"]
+    """Final loss (mean over seeds, min-max) and the mean loss along the trajectory."""
+    lines = ["| setting | optimizer | final loss: mean over seeds | min - max over seeds | "
+             "mean loss over steps 1..T |", "|---|---|---|---|---|"]
     for setting in settings:
         ranked = sorted(setting["optimizers"].items(),
                         key=lambda kv: math.inf if math.isnan(kv[1]["mean"][-1])
@@ -177,7 +177,7 @@ def markdown(settings: list[dict]) -> str:
         for name, curve in ranked:
             finals = curve["final"]
             lines.append(f"| {setting['title']} | {name} | {sum(finals) / len(finals):.4g} | "
-                         f"{min(finals):.4g} - {max(finals):.4g} |")
+                         f"{min(finals):.4g} - {max(finals):.4g} | {score(curve['mean']):.4g} |")
     return "\n".join(lines) + "\n"
 
 
@@ -185,7 +185,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quadratic-run", type=Path)
     parser.add_argument("--mlp-run", type=Path)
-    parser.add_argument("--mnist-root", default=None, help="data.root for the MLP run")
+    parser.add_argument("--override", nargs="*", default=[],
+                        help="key=value overrides of the runs' configs for the benchmark's "
+                             "problems, e.g. data.root=/work/shared/data/mnist")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--quadratic-problems", type=int, default=32)
     parser.add_argument("--mlp-problems", type=int, default=2)
@@ -198,11 +200,11 @@ def main() -> None:
     if args.quadratic_run:
         settings += run_problem(args.quadratic_run, "10-D quadratic", seeds,
                                 args.quadratic_problems, 16,
-                                {"trained architecture": {}}, None)
+                                {"trained architecture": {}}, args.override)
     if args.mlp_run:
         settings += run_problem(args.mlp_run, "MNIST MLP", seeds, args.mlp_problems, 2,
                                 {"trained architecture": {}, "ReLU": {"activation": "relu"},
-                                 "40 hidden units": {"hidden": (40,)}}, args.mnist_root)
+                                 "40 hidden units": {"hidden": (40,)}}, args.override)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "curves.json").write_text(json.dumps({"settings": settings}))
     plot_optimizer_curves(settings, args.out / "curves.png")
