@@ -127,6 +127,11 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from metalab.cli.plot import plot_curves, plot_groups, plot_support_sizes
 
     runs = [Path(run) for run in args.run_dirs]
+    if args.optimizers:
+        from metalab.cli.plot_optimizers import plot_optimizers_file
+
+        print(f"wrote {plot_optimizers_file(runs[0], Path(args.out) if args.out else None)}")
+        return 0
     if args.groups and args.support_sizes:
         raise ValueError("--groups and --support-sizes draw different plots; pick one")
     if args.groups:
@@ -220,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="predictions with uncertainty bands on test tasks (neural processes)")
     plot.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE",
                       help="with --predictive: change the test data (data.amplitude=[5,10])")
+    plot.add_argument("--optimizers", action="store_true",
+                      help="the learned-optimizer comparison from the CURVES.json that "
+                           "benchmarks/learned_optimizer.py writes (given instead of a run)")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or "
                                     "FIRST_RUN/groups.png, FIRST_RUN/support_sizes.png)")
     plot.set_defaults(func=cmd_plot)

@@ -12,7 +12,9 @@ from metalab.functional.inner_loop import (
     inner_loop,
 )
 from metalab.functional.layout import to_channels_last
+from metalab.functional.learned_optimizer import LSTMOptimizer, preprocess_gradients
 from metalab.functional.tasks import STRATEGIES, check_strategy, gradients_for, map_tasks
+from metalab.functional.torch_optimizer import LearnedOptimizer
 from metalab.functional.update_rules import (
     SGD,
     Adam,
@@ -28,6 +30,8 @@ __all__ = [
     "Adam",
     "STRATEGIES",
     "Chain",
+    "LSTMOptimizer",
+    "LearnedOptimizer",
     "LearnedRates",
     "Params",
     "UpdateRule",
@@ -42,5 +46,6 @@ __all__ = [
     "inner_loop",
     "map_tasks",
     "parameter_key",
+    "preprocess_gradients",
     "to_channels_last",
 ]

@@ -29,6 +29,7 @@ from metalab.nn.multitask import (
 )
 from metalab.nn.neural_process import MultiHeadCrossAttention, NeuralProcessNet
 from metalab.nn.norm import TaskBatchNorm
+from metalab.nn.optimizees import OptimizeeMLP
 from metalab.nn.relation import RelationEmbedding, RelationModule
 from metalab.validation import check_choice
 
@@ -58,6 +59,7 @@ MODELS = {
     "conv-classifier": conv_classifier,
     "relation-embedding": RelationEmbedding,
     "neural-process": NeuralProcessNet,
+    "optimizee-mlp": OptimizeeMLP,
 }
 
 
@@ -80,6 +82,7 @@ __all__ = [
     "LearnedLoss",
     "LocallyConnected1d",
     "MSRConv2d",
+    "OptimizeeMLP",
     "MSRLinear",
     "MultiHeadCrossAttention",
     "NeuralProcessNet",

@@ -13,12 +13,14 @@ from metalab.tasks.multitask import (
     partition_by_info,
     split_per_class,
 )
+from metalab.tasks.optimization_problems import ClassifierTrainingProblems, RandomQuadratics
 from metalab.tasks.regression import Sinusoid
 from metalab.tasks.source import TaskSource
 from metalab.tasks.symmetry import RotationEquivariantTasks, TranslationEquivariantTasks
 
 __all__ = [
     "AugmentedEpisodes",
+    "ClassifierTrainingProblems",
     "EpisodeSampler",
     "GaussianProcess",
     "GlyphsCompletion",
@@ -29,6 +31,7 @@ __all__ = [
     "MultiLabelSource",
     "NonMutuallyExclusiveSinusoid",
     "PartitionedTaskSource",
+    "RandomQuadratics",
     "RotationEquivariantTasks",
     "Sinusoid",
     "Task",

@@ -11,6 +11,10 @@ The keys of ``data`` say which kind of source it is:
 - ``batch_size``: multi-task learning; every step holds a batch for each task, from a
   dataset labelled for every task (``labels [N, T]``, e.g. MultiMNIST) or a dataset whose
   classes are partitioned into tasks (``partition_by: alphabet, tasks: 20``);
+- ``examples``: optimisation problems for a learned optimizer; a task is training a fresh
+  classifier on ``examples`` examples of a pool of ``data.dataset_split`` (divided into
+  train/val/test pools by ``split_seed``), scored on ``queries`` others
+  (`ClassifierTrainingProblems`);
 - otherwise ``ways``, ``shots``, ``queries``: N-way K-shot episodes.
 """
 
@@ -24,6 +28,7 @@ from typing import Any
 from metalab import datasets
 from metalab.datasets import GroupDataset
 from metalab.tasks import (
+    ClassifierTrainingProblems,
     EpisodeSampler,
     GaussianProcess,
     GlyphsCompletion,
@@ -32,6 +37,7 @@ from metalab.tasks import (
     MultiLabelSource,
     NonMutuallyExclusiveSinusoid,
     PartitionedTaskSource,
+    RandomQuadratics,
     RotationEquivariantTasks,
     Sinusoid,
     TaskSource,
@@ -48,11 +54,13 @@ REGRESSION_FAMILIES = {
     "rotation-equivariant": RotationEquivariantTasks,
     "gaussian-process": GaussianProcess,
     "glyphs-completion": GlyphsCompletion,
+    "quadratic": RandomQuadratics,
 }
 # Keys of ``data`` read by the task sources; the rest are options of the dataset or family.
 SAMPLER_KEYS = {"name", "root", "ways", "shots", "queries", "shuffle_labels", "train_split",
                 "val_split", "test_split", "support_size", "sampling", "distinct_groups",
-                "batch_size", "partition_by", "tasks", "held_out"}
+                "batch_size", "partition_by", "tasks", "held_out", "examples",
+                "dataset_split", "split_seed"}
 
 
 def data_objective(config: dict[str, Any]) -> Objective:
@@ -147,6 +155,18 @@ def _episode_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed
                           shuffle_labels=data["shuffle_labels"], seed=seed)
 
 
+def _problem_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
+                    queries: int | None) -> TaskSource:
+    """Training a fresh classifier on ``data.examples`` examples of the ``split`` pool."""
+    if queries is None:
+        raise ValueError("config needs data.queries (held-out examples per problem) with "
+                         "data.examples")
+    dataset = _dataset(data, data.get("dataset_split", "train"))
+    return ClassifierTrainingProblems(dataset, split, data["examples"], queries,
+                                      tasks_per_batch=tasks_per_batch, seed=seed,
+                                      split_seed=data.get("split_seed", 0))
+
+
 def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
                       queries: int | None = None, support_size: int | None = None
                       ) -> TaskSource:
@@ -164,4 +184,6 @@ def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, 
         return _group_source(data, split, tasks_per_batch, seed, support_size)
     if "batch_size" in data:
         return _multitask_source(data, split, seed)
+    if "examples" in data:
+        return _problem_source(data, split, tasks_per_batch, seed, queries)
     return _episode_source(data, split, tasks_per_batch, seed, queries)
