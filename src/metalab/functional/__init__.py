@@ -5,6 +5,7 @@ from metalab.functional.inner_loop import (
     autograd_gradients,
     func_gradients,
     inner_loop,
+    inner_trajectory,
 )
 from metalab.functional.layout import to_channels_last
 from metalab.functional.tasks import STRATEGIES, check_strategy, gradients_for, map_tasks
@@ -13,6 +14,7 @@ from metalab.functional.update_rules import (
     Adam,
     Chain,
     LearnedRates,
+    PerStepRates,
     UpdateRule,
     as_update_rule,
     parameter_key,
@@ -25,6 +27,7 @@ __all__ = [
     "Chain",
     "LearnedRates",
     "Params",
+    "PerStepRates",
     "UpdateRule",
     "as_update_rule",
     "autograd_gradients",
@@ -32,6 +35,7 @@ __all__ = [
     "func_gradients",
     "gradients_for",
     "inner_loop",
+    "inner_trajectory",
     "map_tasks",
     "parameter_key",
     "to_channels_last",
