@@ -151,7 +151,9 @@ class MAML(MetaLearner, name="maml"):
         """The inner update rule when none is given: ``theta - inner_lr * grad``, or with
         ``per_step_lrs`` ``theta - alpha_{l,k} * grad`` (LSLR, rates starting at inner_lr)."""
         if self.per_step_lrs:
-            return PerStepRates(self.adapt_names, self.inner_steps, self.inner_lr)
+            params = dict(self.inner_module.named_parameters())
+            return PerStepRates({n: params[n] for n in self.adapt_names}, self.inner_steps,
+                                self.inner_lr)
         return SGD(self.inner_lr)
 
     # -- training progress (MAML++'s annealing) --------------------------------------------

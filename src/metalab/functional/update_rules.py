@@ -104,21 +104,23 @@ class PerStepRates(UpdateRule):
     the last rate (more steps at meta-test than in training) reuses the last one.
 
     Args:
-        names: the adapted parameters' names.
+        params: ``{name: tensor}`` for the adapted parameters (only the names, dtype and
+            device are read).
         steps: the number of per-step rates (the inner steps of meta-training).
         init: every rate's initial value (MAML's inner learning rate).
     """
 
-    def __init__(self, names: Iterable[str], steps: int, init: float) -> None:
+    def __init__(self, params: dict[str, Tensor], steps: int, init: float) -> None:
         super().__init__()
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"steps (the number of per-step rates) must be a positive "
                              f"integer, got {steps!r}")
-        self.names = list(names)
+        self.names = list(params)
         self.steps = steps
         self.rates = nn.ParameterDict({
-            parameter_key(n): nn.Parameter(torch.full((steps,), float(init)))
-            for n in self.names})
+            parameter_key(n): nn.Parameter(torch.full((steps,), float(init), dtype=p.dtype,
+                                                      device=p.device))
+            for n, p in params.items()})
 
     def rate(self, name: str, step: Tensor | int) -> Tensor:
         """``alpha_{name, step}`` (the last rate for a step past it)."""
