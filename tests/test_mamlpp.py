@@ -16,6 +16,7 @@ forward pass (including the per-task batch norm) is also written out by hand:
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -378,3 +379,40 @@ def test_resume_in_the_middle_of_the_annealing_is_exact(tmp_path):
     assert resumed.learner.meta_iteration == 9
     assert resumed.optimizer.param_groups[0]["lr"] == pytest.approx(
         0.001 + 0.009 * (1 + math.cos(math.pi * 9 / 10)) / 2)
+
+
+# -- the shipped configs -------------------------------------------------------------------
+TINY_IMAGE_RUN = ["train.steps=3", "train.meta_batch=2", "model.hidden=8", "data.queries=2",
+                  "train.val_every=2", "train.val_episodes=4", "train.progress=false",
+                  "algorithm.inner_steps=2", "algorithm.eval_inner_steps=3",
+                  "algorithm.msl_anneal_steps=2"]
+SHARED_OMNIGLOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
+
+
+@pytest.mark.slow
+def test_the_glyph_config_trains_and_evaluates_from_the_cli(tmp_path):
+    from metalab.cli.main import main
+    from metalab.datasets import Glyphs
+    from metalab.tasks import EpisodeSampler
+    from metalab.train.run import load_run
+
+    run = tmp_path / "mamlpp"
+    assert main(["train", "mamlpp-glyphs-5w1s", *TINY_IMAGE_RUN, "--out", str(run)]) == 0
+    assert main(["eval", str(run), "--episodes", "4"]) == 0
+    learner = load_run(run)
+    assert learner.per_step_bn and learner.per_step_lrs and learner.multi_step_loss
+    assert learner.step_norms["body__0__1__weight"].shape == (1, 8)
+    task = EpisodeSampler(Glyphs("test"), 5, 1, 2, seed=0).sample()[0]
+    assert learner.adapt(task.support_x, task.support_y)(task.query_x).shape == (10, 5)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_OMNIGLOT.is_dir(),
+                    reason=f"real Omniglot subsets not found at {SHARED_OMNIGLOT}")
+def test_the_20_way_subset_config_on_the_real_subsets(tmp_path):
+    from metalab.cli.main import main
+
+    run = tmp_path / "omniglot"
+    overrides = [f"data.root={SHARED_OMNIGLOT}", *TINY_IMAGE_RUN]
+    assert main(["train", "mamlpp-omniglot-small-20w1s", *overrides, "--out", str(run)]) == 0
+    assert main(["eval", str(run), "--episodes", "2"]) == 0
