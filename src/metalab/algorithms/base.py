@@ -227,6 +227,12 @@ class MetaLearner(nn.Module):
         """`training_task_losses`, through `compile` when it was called."""
         return (self._compiled_task_losses or self.training_task_losses)(batch)
 
+    def set_training_progress(self, step: int, total_steps: int) -> None:
+        """Told by the trainer before every meta-iteration: ``step`` iterations are done,
+        of ``total_steps``. A method whose training changes with progress (an annealed
+        loss, first-order then second-order meta-gradients) derives it from these two
+        numbers, so a resumed run continues exactly; the default ignores them."""
+
     def shared_parameter_names(self) -> list[str]:
         """Parameters every task shares (a gradient combiner's ``combine_params="shared"``).
 

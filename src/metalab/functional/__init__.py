@@ -10,6 +10,7 @@ from metalab.functional.inner_loop import (
     autograd_gradients,
     func_gradients,
     inner_loop,
+    inner_trajectory,
 )
 from metalab.functional.layout import to_channels_last
 from metalab.functional.learned_optimizer import LSTMOptimizer, preprocess_gradients
@@ -20,6 +21,7 @@ from metalab.functional.update_rules import (
     Adam,
     Chain,
     LearnedRates,
+    PerStepRates,
     UpdateRule,
     as_update_rule,
     parameter_key,
@@ -34,6 +36,7 @@ __all__ = [
     "LearnedOptimizer",
     "LearnedRates",
     "Params",
+    "PerStepRates",
     "UpdateRule",
     "as_update_rule",
     "autograd_gradients",
@@ -44,6 +47,7 @@ __all__ = [
     "hessian_vector_products",
     "implicit_meta_gradient",
     "inner_loop",
+    "inner_trajectory",
     "map_tasks",
     "parameter_key",
     "preprocess_gradients",

@@ -32,6 +32,7 @@ from metalab.functional.update_rules import UpdateRule, as_update_rule
 Params = dict[str, Tensor]
 LossOf = Callable[[Params], Tensor]
 GradientFn = Callable[[LossOf, Params, bool], Params]
+StepParams = Callable[[int], Params]
 
 
 def autograd_gradients(loss_of: Callable[[Params], Tensor], adapted: Params,
@@ -57,7 +58,8 @@ def func_gradients(loss_of: Callable[[Params], Tensor], adapted: Params,
 def inner_loop(loss_of: LossOf, params: Params, rule: UpdateRule | float, *, steps: int,
                adapt_names: list[str] | None = None, first_order: bool = False,
                gradients: GradientFn = autograd_gradients,
-               checkpoint_steps: bool = False) -> Params:
+               checkpoint_steps: bool = False,
+               step_params: StepParams | None = None) -> Params:
     """Adapt ``params`` by ``steps`` steps of ``rule`` on ``loss_of``.
 
     Args:
@@ -72,33 +74,52 @@ def inner_loop(loss_of: LossOf, params: Params, rule: UpdateRule | float, *, ste
         checkpoint_steps: keep only each step's parameters and recompute the step's graph
             during the backward pass (gradient checkpointing), so second-order memory no
             longer grows with ``steps``; the meta-gradient is unchanged.
+        step_params: ``step_params(k)`` gives fixed (not adapted) parameters that replace
+            those of ``params`` in step ``k``'s loss (``k = 0, 1, ...``): MAML++'s per-step
+            batch-norm weights. ``None``: every step sees ``params``.
 
     Returns:
         A new mapping with the adapted parameters in place of the originals.
     """
+    return inner_trajectory(loss_of, params, rule, steps=steps, adapt_names=adapt_names,
+                            first_order=first_order, gradients=gradients,
+                            checkpoint_steps=checkpoint_steps, step_params=step_params)[-1]
+
+
+def inner_trajectory(loss_of: LossOf, params: Params, rule: UpdateRule | float, *,
+                     steps: int, adapt_names: list[str] | None = None,
+                     first_order: bool = False, gradients: GradientFn = autograd_gradients,
+                     checkpoint_steps: bool = False,
+                     step_params: StepParams | None = None) -> list[Params]:
+    """The parameters before and after every step of `inner_loop` (same arguments):
+    ``steps + 1`` mappings, the start first and `inner_loop`'s result last. A multi-step
+    loss (MAML++) scores the query set at each of them."""
     rule = as_update_rule(rule)
     names = list(params) if adapt_names is None else list(adapt_names)
     fixed = {n: p for n, p in params.items() if n not in names}
     adapted = {n: params[n] for n in names}
 
-    def adapted_loss(current: Params) -> Tensor:
-        return loss_of({**fixed, **current})
+    def adapted_loss_at(k: int) -> LossOf:
+        at_step = fixed if step_params is None else {**fixed, **step_params(k)}
+        return lambda current: loss_of({**at_step, **current})
 
     state = rule.init(adapted)
     _, state_spec = pytree.tree_flatten(state)
 
-    def step(*values: Tensor) -> tuple[Tensor, ...]:
+    def step(k: int, *values: Tensor) -> tuple[Tensor, ...]:
         current = dict(zip(names, values[:len(names)], strict=True))
         rule_state = pytree.tree_unflatten(list(values[len(names):]), state_spec)
         with torch.enable_grad():  # adaptation needs gradients, at meta-test too
-            grads = gradients(adapted_loss, current, not first_order)
+            grads = gradients(adapted_loss_at(k), current, not first_order)
             current, rule_state = rule.update(grads, rule_state, current)
         return (*(current[n] for n in names), *pytree.tree_leaves(rule_state))
 
     values = (*adapted.values(), *pytree.tree_leaves(state))
-    for _ in range(steps):
+    trajectory = [{**fixed, **adapted}]
+    for k in range(steps):
         if checkpoint_steps and torch.is_grad_enabled():
-            values = checkpoint(step, *values, use_reentrant=False)
+            values = checkpoint(step, k, *values, use_reentrant=False)
         else:
-            values = step(*values)
-    return {**fixed, **dict(zip(names, values[:len(names)], strict=True))}
+            values = step(k, *values)
+        trajectory.append({**fixed, **dict(zip(names, values[:len(names)], strict=True))})
+    return trajectory

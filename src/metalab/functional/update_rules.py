@@ -93,6 +93,57 @@ class LearnedRates(UpdateRule):
         return {n: self.rate(n) * g for n, g in grads.items()}, state
 
 
+class PerStepRates(UpdateRule):
+    """``d = alpha_{l,k} * g_l``: one learned scalar rate per parameter tensor ``l`` and inner
+    step ``k`` (LSLR, "learning per-layer per-step learning rates", Antoniou et al. 2019,
+    MAML++ section 4):
+
+        theta_l^{k+1} = theta_l^k - alpha_{l,k} * grad_{theta_l} L_support(theta^k)
+
+    The state is the number of steps taken, so step ``k`` reads ``alpha_{., k}``; a step past
+    the last rate (more steps at meta-test than in training) reuses the last one.
+
+    Args:
+        params: ``{name: tensor}`` for the adapted parameters (only the names, dtype and
+            device are read).
+        steps: the number of per-step rates (the inner steps of meta-training).
+        init: every rate's initial value (MAML's inner learning rate).
+    """
+
+    def __init__(self, params: dict[str, Tensor], steps: int, init: float) -> None:
+        super().__init__()
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"steps (the number of per-step rates) must be a positive "
+                             f"integer, got {steps!r}")
+        self.names = list(params)
+        self.steps = steps
+        self.rates = nn.ParameterDict({
+            parameter_key(n): nn.Parameter(torch.full((steps,), float(init), dtype=p.dtype,
+                                                      device=p.device))
+            for n, p in params.items()})
+
+    def rate(self, name: str, step: Tensor | int) -> Tensor:
+        """``alpha_{name, step}`` (the last rate for a step past it)."""
+        rates = self.rates[parameter_key(name)]
+        if isinstance(step, Tensor):
+            return rates[step.clamp(max=self.steps - 1)]
+        return rates[min(int(step), self.steps - 1)]
+
+    def init(self, params: Params) -> Tensor:
+        like = next(iter(params.values()))
+        return torch.zeros((), dtype=torch.long, device=like.device)
+
+    def transform(self, grads: Params, state: Tensor, params: Params) -> tuple[Params, Tensor]:
+        unknown = sorted(set(grads) - set(self.names))
+        if unknown:
+            raise KeyError(f"PerStepRates has no rates for {unknown}; it was built for "
+                           f"{self.names}")
+        return {n: self.rate(n, state) * g for n, g in grads.items()}, state + 1
+
+    def extra_repr(self) -> str:
+        return f"steps={self.steps}"
+
+
 class Adam(UpdateRule):
     """Adam (Kingma & Ba 2015) as a pure update rule, with torch.optim.Adam's numbers:
 
@@ -162,5 +213,5 @@ def as_update_rule(rule: UpdateRule | float) -> UpdateRule:
     return SGD(rule)
 
 
-__all__: Iterable[str] = ["Adam", "Chain", "LearnedRates", "SGD", "UpdateRule",
-                          "as_update_rule", "parameter_key"]
+__all__: Iterable[str] = ["Adam", "Chain", "LearnedRates", "PerStepRates", "SGD",
+                          "UpdateRule", "as_update_rule", "parameter_key"]

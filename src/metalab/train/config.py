@@ -36,7 +36,14 @@ from typing import Annotated, Any, Literal
 
 import torch
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    model_validator,
+)
 
 from metalab import datasets
 from metalab.algorithms import ALGORITHMS
@@ -57,7 +64,7 @@ PositiveInt = Annotated[int, Field(ge=1)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
 PositiveFloat = Annotated[float, Field(gt=0, strict=False)]
 NonNegativeFloat = Annotated[float, Field(ge=0, strict=False)]
-LrSchedule = Literal["constant", "linear"]
+LrSchedule = Literal["constant", "linear", "cosine", "step"]
 OptimizerName = Literal["adam", "sgd", "adamw"]
 CombineParams = Literal["all", "shared"]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -87,9 +94,12 @@ class TrainConfig(Section):
     """``train``: the meta-optimization, its schedule and where it runs.
 
     Fields: ``steps`` (meta-iterations) and ``meta_batch`` (tasks per step, required);
-    ``optimizer``/``lr``: the meta-optimizer; ``lr_schedule``: ``constant`` or ``linear``
-    (from ``lr`` at the first step toward ``lr_final`` at ``steps``: step ``t = 0, 1, ...``
-    uses ``lr + (lr_final - lr) * t / steps``, e.g. an annealed outer step size);
+    ``optimizer``/``lr``: the meta-optimizer; ``lr_schedule``: the learning rate of the
+    update at step ``t = 0, 1, ..., T - 1`` (``T = steps``), ``constant`` (``lr``),
+    ``linear`` (from ``lr`` toward ``lr_final`` at ``T``: ``lr + (lr_final - lr) t / T``,
+    e.g. an annealed outer step size), ``cosine`` (from ``lr`` down to ``lr_final``:
+    ``lr_final + (lr - lr_final) (1 + cos(pi t / T)) / 2``, cosine annealing) or
+    ``step`` (``lr * lr_gamma ** floor(t / lr_step_every)``; needs ``lr_step_every``);
     ``seed``: torch's global RNG and the training
     tasks; ``device``, ``dtype`` (``null``: the model's own, or ``float32``/``float64``);
     ``val_every`` (0: no validation), ``val_episodes``; ``checkpoint_every``, ``log_every``
@@ -110,6 +120,8 @@ class TrainConfig(Section):
     lr: PositiveFloat = 1e-3
     lr_schedule: LrSchedule = "constant"
     lr_final: NonNegativeFloat = 0.0
+    lr_step_every: PositiveInt | None = None
+    lr_gamma: PositiveFloat = 0.1
     seed: int = 0
     device: Annotated[str, BeforeValidator(_device_name)] = "cpu"
     dtype: Annotated[Literal["float32", "float64"] | None, BeforeValidator(_dtype_name)] = None
@@ -124,6 +136,13 @@ class TrainConfig(Section):
     combiner: str | dict[str, Any] | None = None
     combine_params: CombineParams = "all"
     diagnostics: bool = False
+
+    @model_validator(mode="after")
+    def _step_schedule_has_a_period(self) -> TrainConfig:
+        if self.lr_schedule == "step" and self.lr_step_every is None:
+            raise ValueError("train.lr_schedule: step needs train.lr_step_every (the steps "
+                             "between two decays by lr_gamma), a positive integer")
+        return self
 
     @property
     def torch_dtype(self) -> torch.dtype | None:
@@ -228,6 +247,8 @@ def _typed(schema: type[Section], values: dict[str, Any]) -> dict[str, Any]:
 def explain(schema: type[Section], error: ValidationError) -> str:
     """One sentence for pydantic's first error in ``schema``'s section."""
     error = error.errors()[0]
+    if not error["loc"]:  # a check of several fields together: its message says it all
+        return str(error["msg"]).removeprefix("Value error, ")
     section, key = schema.section, str(error["loc"][0])
     if error["type"] == "extra_forbidden":
         return unknown_key_message(section, key, schema.model_fields)

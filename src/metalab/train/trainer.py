@@ -11,6 +11,7 @@ ends with exactly the parameters of an uninterrupted run.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -74,11 +75,24 @@ def backward_step_for(learner: MetaLearner, config: TrainConfig,
 
 
 def scheduled_lr(config: TrainConfig, step: int) -> float:
-    """The meta-optimizer's learning rate for the update after ``step`` completed steps:
-    ``lr``, or linearly from ``lr`` (step 0) toward ``lr_final`` (reached at ``steps``)."""
-    if config.lr_schedule == "constant":
+    """The meta-optimizer's learning rate for the update after ``step = t`` completed steps
+    of ``T = steps`` (``lr_schedule``; `TrainConfig` has the formulas):
+
+    - ``constant``: ``lr``;
+    - ``linear``: ``lr + (lr_final - lr) t / T``;
+    - ``cosine``: ``lr_final + (lr - lr_final) (1 + cos(pi t / T)) / 2`` (SGDR's cosine
+      annealing without restarts, Loshchilov & Hutter 2017);
+    - ``step``: ``lr * lr_gamma ** floor(t / lr_step_every)``.
+    """
+    schedule, t, total = config.lr_schedule, step, config.steps
+    if schedule == "constant":
         return config.lr
-    return config.lr + (config.lr_final - config.lr) * step / config.steps
+    if schedule == "linear":
+        return config.lr + (config.lr_final - config.lr) * t / total
+    if schedule == "cosine":
+        return config.lr_final + (config.lr - config.lr_final) * (
+            1 + math.cos(math.pi * t / total)) / 2
+    return config.lr * config.lr_gamma ** (t // config.lr_step_every)
 
 
 def build_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
@@ -182,6 +196,7 @@ class Trainer:
         self.learner.train()
         self.optimizer.zero_grad(set_to_none=True)
         batch, share = distributed.shard(self._batch())
+        self.learner.set_training_progress(self.step, self.steps)
         diagnose = self.config.diagnostics and self._is_log_step(self.step + 1)
         metrics = self.backward_step.backward(batch, share, diagnose)
         metrics = distributed.all_reduce_metrics(metrics, share)
