@@ -53,10 +53,10 @@ def one_hot_labels(labels: Tensor, ways: int, dtype: torch.dtype = torch.float32
 
 def offset_label_inputs(labels: Tensor, ways: int, dtype: torch.dtype = torch.float32
                         ) -> Tensor:
-    """Santoro's offset labels ``[n, ways]``: row ``t`` is ``onehot(labels[t - 1])``, row 0
-    zeros."""
+    """Santoro's offset labels ``[n, ..., ways]``: row ``t`` is ``onehot(labels[t - 1])``,
+    row 0 zeros (steps along the first dimension of ``labels [n, ...]``)."""
     one_hot = one_hot_labels(labels, ways, dtype)
-    return torch.cat((one_hot.new_zeros(1, ways), one_hot[:-1]), dim=0)
+    return torch.cat((torch.zeros_like(one_hot[:1]), one_hot[:-1]), dim=0)
 
 
 def random_order(length: int, generator: torch.Generator | None = None) -> Tensor:
