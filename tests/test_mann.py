@@ -172,3 +172,17 @@ def test_bad_options_are_named():
         MANN(_Flat(), ways=WAYS, sequence_loss="last")
     with pytest.raises(ValueError, match="gamma"):
         MANNNet(7, 4, gamma=1.5)
+
+
+@pytest.mark.parametrize("name,cls", [("mann", MANN), ("mann-lstm", MANNLSTM)])
+def test_the_configs_build(name, cls):
+    from pathlib import Path
+
+    import metalab
+    from metalab.train.build import build_meta_learner
+    from metalab.train.config import load_config
+
+    path = Path(metalab.__file__).parent / "configs" / f"{name}-glyphs-5w.yaml"
+    learner = build_meta_learner(load_config(path))
+    assert type(learner) is cls and learner.net.has_memory == (cls is MANN)
+    assert learner.net.controller.hidden_size == 200

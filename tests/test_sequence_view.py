@@ -77,3 +77,16 @@ def test_with_label_channel_concatenates_and_checks_shapes():
 def test_presentation_numbers_count_each_class_in_order():
     targets = torch.tensor([1, 0, 1, 1, 2, 0, 2, 1])
     assert presentation_numbers(targets).tolist() == [1, 1, 2, 3, 1, 2, 2, 4]
+
+
+def test_accuracy_by_presentation_by_hand():
+    from metalab.tasks.sequence import accuracy_by_presentation
+
+    # episode 0: classes 1 0 1 1 0 -> presentations 1 1 2 3 2; correct 0 1 1 0 1
+    # episode 1: classes 0 0 0 1 1 -> presentations 1 2 3 1 2; correct 1 0 1 1 1
+    targets = torch.tensor([[1, 0, 1, 1, 0], [0, 0, 0, 1, 1]])
+    presentations = torch.stack([presentation_numbers(t) for t in targets])
+    correct = torch.tensor([[0, 1, 1, 0, 1], [1, 0, 1, 1, 1]], dtype=torch.bool)
+    table = accuracy_by_presentation(correct, presentations, [1, 2, 3, 4])
+    assert table[:, :3].tolist() == [[0.5, 1.0, 0.0], [1.0, 0.5, 1.0]]
+    assert table[:, 3].isnan().all()

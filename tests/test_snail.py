@@ -155,3 +155,19 @@ def test_snail_rejects_other_ways():
         learner.adapt_task(sx, sy, training=False, ways=5)
     with pytest.raises(ValueError, match="key_sizes"):
         SNAILNet(7, 4, 6, key_sizes=(4, 5))
+
+
+@pytest.mark.parametrize("shots", [1, 5])
+def test_the_configs_build_the_scaled_down_stack(shots):
+    from pathlib import Path
+
+    import metalab
+    from metalab.train.build import build_meta_learner
+    from metalab.train.config import load_config
+
+    path = Path(metalab.__file__).parent / "configs" / f"snail-glyphs-5w{shots}s.yaml"
+    learner = build_meta_learner(load_config(path))
+    assert isinstance(learner, SNAIL) and learner.shots == shots
+    attention = [m for m in learner.net.modules() if isinstance(m, AttentionBlock)]
+    assert [a.key_size for a in attention] == [32, 128, 256]
+    assert learner.net.blocks[0].query.in_features == 64 + 5  # Conv4 embedding + labels

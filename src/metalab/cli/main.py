@@ -129,7 +129,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     runs = [Path(run) for run in args.run_dirs]
     if args.groups and args.support_sizes:
         raise ValueError("--groups and --support-sizes draw different plots; pick one")
-    if args.groups:
+    if args.presentations:
+        from metalab.cli.plot_presentations import plot_presentations
+
+        out = plot_presentations(runs, Path(args.out) if args.out
+                                 else runs[0] / "presentations.png")
+    elif args.groups:
         out = plot_groups(runs, Path(args.out) if args.out else runs[0] / "groups.png")
     elif args.support_sizes:
         out = plot_support_sizes(runs, Path(args.out) if args.out
@@ -210,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--support-sizes", action="store_true",
                       help="average and worst-group metric against the test batch size "
                            "(the runs' eval-test-support<N>.json)")
+    plot.add_argument("--presentations", action="store_true",
+                      help="accuracy per presentation number of each run's presentations.json "
+                           "(benchmarks/mann_presentations.py)")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or "
                                     "FIRST_RUN/groups.png, FIRST_RUN/support_sizes.png)")
     plot.set_defaults(func=cmd_plot)

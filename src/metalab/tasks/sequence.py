@@ -123,3 +123,19 @@ def presentation_numbers(targets: Tensor) -> Tensor:
     same = targets.unsqueeze(0) == targets.unsqueeze(1)  # [t, s]: y_s == y_t
     earlier_or_same = torch.ones_like(same).tril()
     return (same & earlier_or_same).sum(dim=1)
+
+
+def accuracy_by_presentation(correct: Tensor, presentations: Tensor, numbers: list[int]
+                             ) -> Tensor:
+    """``[E, len(numbers)]``: per episode, the accuracy over the steps that show their class
+    for the k-th time, for each k of ``numbers`` (NaN where an episode has no such step).
+
+    ``correct [E, n]`` (booleans or 0/1) and ``presentations [E, n]`` (`presentation_numbers`
+    of each episode).
+    """
+    columns = []
+    for k in numbers:
+        chosen = (presentations == k).to(torch.float64)
+        hits = (correct.to(torch.float64) * chosen).sum(dim=1)
+        columns.append(hits / chosen.sum(dim=1))  # 0 / 0 = NaN: no k-th presentation
+    return torch.stack(columns, dim=1)
