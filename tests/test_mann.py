@@ -174,15 +174,16 @@ def test_bad_options_are_named():
         MANNNet(7, 4, gamma=1.5)
 
 
+@pytest.mark.parametrize("data", ["glyphs", "omniglot"])
 @pytest.mark.parametrize("name,cls", [("mann", MANN), ("mann-lstm", MANNLSTM)])
-def test_the_configs_build(name, cls):
+def test_the_configs_build(name, cls, data):
     from pathlib import Path
 
     import metalab
     from metalab.train.build import build_meta_learner
     from metalab.train.config import load_config
 
-    path = Path(metalab.__file__).parent / "configs" / f"{name}-glyphs-5w.yaml"
+    path = Path(metalab.__file__).parent / "configs" / f"{name}-{data}-5w.yaml"
     learner = build_meta_learner(load_config(path))
     assert type(learner) is cls and learner.net.has_memory == (cls is MANN)
     assert learner.net.controller.hidden_size == 200

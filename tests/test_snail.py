@@ -157,15 +157,16 @@ def test_snail_rejects_other_ways():
         SNAILNet(7, 4, 6, key_sizes=(4, 5))
 
 
-@pytest.mark.parametrize("shots", [1, 5])
-def test_the_configs_build_the_scaled_down_stack(shots):
+@pytest.mark.parametrize("name,shots", [("glyphs-5w1s", 1), ("glyphs-5w5s", 5),
+                                        ("omniglot-5w1s", 1)])
+def test_the_configs_build_the_scaled_down_stack(name, shots):
     from pathlib import Path
 
     import metalab
     from metalab.train.build import build_meta_learner
     from metalab.train.config import load_config
 
-    path = Path(metalab.__file__).parent / "configs" / f"snail-glyphs-5w{shots}s.yaml"
+    path = Path(metalab.__file__).parent / "configs" / f"snail-{name}.yaml"
     learner = build_meta_learner(load_config(path))
     assert isinstance(learner, SNAIL) and learner.shots == shots
     attention = [m for m in learner.net.modules() if isinstance(m, AttentionBlock)]
