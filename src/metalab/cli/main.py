@@ -123,33 +123,39 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``metalab plot --KIND``: (module, function, default PNG name beside the first run).
+PLOT_KINDS = {
+    "groups": ("metalab.cli.plot", "plot_groups", "groups.png"),
+    "support_sizes": ("metalab.cli.plot", "plot_support_sizes", "support_sizes.png"),
+    "predictive": ("metalab.cli.plot_predictive", "plot_predictive", "predictive.png"),
+    "presentations": ("metalab.cli.plot_presentations", "plot_presentations",
+                      "presentations.png"),
+}
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
-    from metalab.cli.plot import plot_curves, plot_groups, plot_support_sizes
+    import importlib
+
+    from metalab.cli.plot import plot_curves
 
     runs = [Path(run) for run in args.run_dirs]
+    out = Path(args.out) if args.out else None
+    kind = next((kind for kind in PLOT_KINDS if getattr(args, kind)), None)
     if args.optimizers:
         from metalab.cli.plot_optimizers import plot_optimizers_file
 
-        print(f"wrote {plot_optimizers_file(runs[0], Path(args.out) if args.out else None)}")
-        return 0
-    if args.groups and args.support_sizes:
-        raise ValueError("--groups and --support-sizes draw different plots; pick one")
-    if args.groups:
-        out = plot_groups(runs, Path(args.out) if args.out else runs[0] / "groups.png")
-    elif args.support_sizes:
-        out = plot_support_sizes(runs, Path(args.out) if args.out
-                                 else runs[0] / "support_sizes.png")
-    elif args.predictive:
-        from metalab.cli.plot_predictive import plot_predictive
-
-        out = plot_predictive(runs, Path(args.out) if args.out else runs[0] / "predictive.png",
-                              overrides=args.data)
+        written = plot_optimizers_file(runs[0], out)
+    elif kind is not None:
+        module, function, default = PLOT_KINDS[kind]
+        plot = getattr(importlib.import_module(module), function)
+        options = {"overrides": args.data} if kind == "predictive" else {}
+        written = plot(runs, out or runs[0] / default, **options)
     elif len(runs) > 1:
-        raise ValueError("several run directories need --groups, --support-sizes or "
-                         "--predictive")
+        raise ValueError("several run directories need --groups, --support-sizes, --predictive "
+                         "or --presentations")
     else:
-        out = plot_curves(runs[0], Path(args.out) if args.out else None)
-    print(f"wrote {out}")
+        written = plot_curves(runs[0], out)
+    print(f"wrote {written}")
     return 0
 
 
@@ -216,18 +222,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     plot = commands.add_parser("plot", help="PNG of training curves, or per-group results")
     plot.add_argument("run_dirs", nargs="+", metavar="run_dir")
-    plot.add_argument("--groups", action="store_true",
-                      help="compare the runs' per-group eval.json results (bars with 95%% CI)")
-    plot.add_argument("--support-sizes", action="store_true",
-                      help="average and worst-group metric against the test batch size "
-                           "(the runs' eval-test-support<N>.json)")
-    plot.add_argument("--predictive", action="store_true",
-                      help="predictions with uncertainty bands on test tasks (neural processes)")
+    kinds = plot.add_mutually_exclusive_group()
+    kinds.add_argument("--groups", action="store_true",
+                     help="compare the runs' per-group eval.json results (bars with 95%% CI)")
+    kinds.add_argument("--support-sizes", action="store_true",
+                     help="average and worst-group metric against the test batch size "
+                          "(the runs' eval-test-support<N>.json)")
+    kinds.add_argument("--predictive", action="store_true",
+                     help="predictions with uncertainty bands on test tasks (neural processes)")
     plot.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE",
                       help="with --predictive: change the test data (data.amplitude=[5,10])")
-    plot.add_argument("--optimizers", action="store_true",
-                      help="the learned-optimizer comparison from the CURVES.json that "
-                           "benchmarks/learned_optimizer.py writes (given instead of a run)")
+    kinds.add_argument("--optimizers", action="store_true",
+                     help="the learned-optimizer comparison from the CURVES.json that "
+                          "benchmarks/learned_optimizer.py writes (given instead of a run)")
+    kinds.add_argument("--presentations", action="store_true",
+                     help="accuracy per presentation number of each run's presentations.json "
+                          "(benchmarks/mann_presentations.py)")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or "
                                     "FIRST_RUN/groups.png, FIRST_RUN/support_sizes.png)")
     plot.set_defaults(func=cmd_plot)
