@@ -224,20 +224,20 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("run_dirs", nargs="+", metavar="run_dir")
     kinds = plot.add_mutually_exclusive_group()
     kinds.add_argument("--groups", action="store_true",
-                     help="compare the runs' per-group eval.json results (bars with 95%% CI)")
+                       help="compare the runs' per-group eval.json results (bars with 95%% CI)")
     kinds.add_argument("--support-sizes", action="store_true",
-                     help="average and worst-group metric against the test batch size "
-                          "(the runs' eval-test-support<N>.json)")
+                       help="average and worst-group metric against the test batch size "
+                            "(the runs' eval-test-support<N>.json)")
     kinds.add_argument("--predictive", action="store_true",
-                     help="predictions with uncertainty bands on test tasks (neural processes)")
+                       help="predictions with uncertainty bands on test tasks (neural processes)")
     plot.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE",
                       help="with --predictive: change the test data (data.amplitude=[5,10])")
     kinds.add_argument("--optimizers", action="store_true",
-                     help="the learned-optimizer comparison from the CURVES.json that "
-                          "benchmarks/learned_optimizer.py writes (given instead of a run)")
+                       help="the learned-optimizer comparison from the CURVES.json that "
+                            "benchmarks/learned_optimizer.py writes (given instead of a run)")
     kinds.add_argument("--presentations", action="store_true",
-                     help="accuracy per presentation number of each run's presentations.json "
-                          "(benchmarks/mann_presentations.py)")
+                       help="accuracy per presentation number of each run's presentations.json "
+                            "(benchmarks/mann_presentations.py)")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or "
                                     "FIRST_RUN/groups.png, FIRST_RUN/support_sizes.png)")
     plot.set_defaults(func=cmd_plot)
