@@ -207,8 +207,10 @@ def test_an_unlabelled_support_set_is_a_clear_error():
 
 def test_the_config_builds_both_networks_from_the_model_section():
     assert ALGORITHMS["metanet"] is MetaNet
-    learner = build_meta_learner(load_config(CONFIGS / "metanet-glyphs-5w1s.yaml"))
-    assert learner.base.head.out_features == 5
+    shipped = build_meta_learner(load_config(CONFIGS / "metanet-glyphs-5w1s.yaml"))
+    assert shipped.base.head.out_features == 5 and shipped.base.blocks == []
+    learner = build_meta_learner(load_config(CONFIGS / "metanet-glyphs-5w1s.yaml",
+                                             ["algorithm.fast_layers=all"]))
     assert len(learner.base.blocks) == len(learner.representation.blocks) == 4
     base, rep = learner.base.body[0][0].weight, learner.representation.body[0][0].weight
     assert base.shape == rep.shape and not torch.equal(base, rep)  # a fresh copy
