@@ -1,5 +1,6 @@
 """Group shift: ERM, UW, group DRO, ARM-BN, ARM-CML and ARM-LL on rotated digits,
-corrupted glyphs and rotated MNIST (Zhang, Marklund et al., "Adaptive Risk Minimization", NeurIPS 2021).
+corrupted glyphs and rotated MNIST (Zhang, Marklund et al., "Adaptive Risk Minimization",
+NeurIPS 2021).
 
 Checks the paper's claim that the ARM methods improve worst-group accuracy over ERM and
 DRO. For every dataset, method and seed it meta-trains the shipped config
