@@ -227,15 +227,19 @@ def data_info(config: dict) -> dict:
 RUN_RECORD = "group-shift-run.json"
 
 
-def reused(run_dir: Path, settings: Settings) -> dict | None:
+def reused(run_dir: Path, settings: Settings, config: dict) -> dict | None:
     """The record of an earlier run in ``run_dir`` made with the same settings (but for
-    the list of seeds), or None."""
+    the list of seeds) and the same config (so an edited shipped config is retrained; a
+    record without its config is trusted on the settings alone), or None."""
     path = run_dir / RUN_RECORD
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
     made, wanted = record.pop("settings"), json.loads(json.dumps(asdict(settings)))
     made.pop("seeds"), wanted.pop("seeds")  # a run is one seed; more seeds may come later
+    made_config = record.pop("config", None)
+    if made_config is not None and made_config != json.loads(json.dumps(config)):
+        return None
     return record if made == wanted else None
 
 
@@ -262,12 +266,14 @@ def run(settings: Settings, datasets: list[str], methods: list[str], out: Path,
             runs, run_dirs = [], []
             for seed in settings.seeds:
                 run_dir = seed_run_dir(runs_dir / dataset / method, seed)
-                one = reused(run_dir, settings) if reuse else None
+                seeded = with_seed(config, seed)
+                one = reused(run_dir, settings, seeded) if reuse else None
                 if one is None:
-                    one = {**train(with_seed(config, seed), run_dir), "seed": seed}
+                    one = {**train(seeded, run_dir), "seed": seed}
                     one["eval"] = {str(b): evaluate(run_dir, b, test_groups, settings)
                                    for b in settings.batch_sizes}
-                    write_json(run_dir / RUN_RECORD, {"settings": asdict(settings), **one})
+                    write_json(run_dir / RUN_RECORD,
+                               {"settings": asdict(settings), "config": seeded, **one})
                 runs.append(one)
                 run_dirs.append(run_dir)
                 main = one["eval"][str(settings.support_size)]
