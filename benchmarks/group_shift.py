@@ -1,5 +1,6 @@
-"""Group shift: ERM, UW, group DRO, ARM-BN, ARM-CML and ARM-LL on rotated digits and
-corrupted glyphs (Zhang, Marklund et al., "Adaptive Risk Minimization", NeurIPS 2021).
+"""Group shift: ERM, UW, group DRO, ARM-BN, ARM-CML and ARM-LL on rotated digits,
+corrupted glyphs and rotated MNIST (Zhang, Marklund et al., "Adaptive Risk Minimization",
+NeurIPS 2021).
 
 Checks the paper's claim that the ARM methods improve worst-group accuracy over ERM and
 DRO. For every dataset, method and seed it meta-trains the shipped config
@@ -16,6 +17,8 @@ per-group accuracies and the test-batch-size ablation, as markdown tables and in
 
     OMP_NUM_THREADS=1 python benchmarks/group_shift.py                  # the full run
     OMP_NUM_THREADS=1 python benchmarks/group_shift.py --quick --json /tmp/gs.json
+    OMP_NUM_THREADS=1 python benchmarks/group_shift.py --datasets rotated-mnist \
+        --data-root ../shared/data/mnist     # ARM's protocol on the 10,000 MNIST test images
 
 Methods (all on the same small ConvNet of the ARM MNIST experiments, scaled down):
 ERM (groups drawn in proportion to their training frequency), UW (ERM with groups drawn
@@ -46,7 +49,8 @@ from metalab.train.seeds import seed_run_dir, with_seed
 RESULTS = Path(__file__).resolve().parent / "results" / "group_shift.json"
 METHODS = ("ERM", "UW", "DRO", "ARM-BN", "ARM-CML", "ARM-LL")
 ARM_METHODS = ("ARM-BN", "ARM-CML", "ARM-LL")
-DATASETS = ("rotated-digits", "corrupted-glyphs")
+DATASETS = ("rotated-digits", "corrupted-glyphs", "rotated-mnist")
+DEFAULT_DATASETS = ("rotated-digits", "corrupted-glyphs")  # embedded: no files needed
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class Settings:
     dro_step_size: float = 0.01
     eval_per_group: int = 200
     batch_sizes: tuple[int, ...] = (1, 5, 10, 50, 100)
+    data_root: str | None = None  # rotated-mnist: the folder with the t10k IDX files
+    overrides: tuple[str, ...] = ()  # extra KEY=VALUE overrides, applied last
 
 
 def config_name(method: str, dataset: str) -> str:
@@ -91,6 +97,12 @@ def method_config(method: str, dataset: str, settings: Settings) -> dict:
                  f"model.kernel_size={s.kernel_size}"]
     if dataset == "rotated-digits":
         overrides.append(f"data.digit_size={round(s.image_size * 20 / 28)}")
+    if dataset == "rotated-mnist":
+        overrides.append(f"model.image_size={s.image_size}")
+        if s.image_size < 28:
+            overrides.append("model.padding=same")
+        if s.data_root is not None:
+            overrides.append(f"data.root={s.data_root}")
     if method == "ARM-CML":
         overrides += [f"algorithm.context_channels={s.context_channels}",
                       f"algorithm.context_hidden={s.context_hidden}"]
@@ -99,6 +111,7 @@ def method_config(method: str, dataset: str, settings: Settings) -> dict:
                       f"algorithm.inner_steps={s.ll_inner_steps}"]
     if method == "DRO":
         overrides.append(f"train.combiner.step_size={s.dro_step_size}")
+    overrides += list(s.overrides)
     return load_config(resolve_config_path(config_name(method, dataset)), overrides)
 
 
@@ -211,10 +224,32 @@ def data_info(config: dict) -> dict:
                      "groups_with_examples": int((test_set.group_counts() > 0).sum())}}
 
 
+RUN_RECORD = "group-shift-run.json"
+
+
+def reused(run_dir: Path, settings: Settings, config: dict) -> dict | None:
+    """The record of an earlier run in ``run_dir`` made with the same settings (but for
+    the list of seeds) and the same config (so an edited shipped config is retrained; a
+    record without its config is trusted on the settings alone), or None."""
+    path = run_dir / RUN_RECORD
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    made, wanted = record.pop("settings"), json.loads(json.dumps(asdict(settings)))
+    made.pop("seeds"), wanted.pop("seeds")  # a run is one seed; more seeds may come later
+    made_config = record.pop("config", None)
+    if made_config is not None and made_config != json.loads(json.dumps(config)):
+        return None
+    return record if made == wanted else None
+
+
 def run(settings: Settings, datasets: list[str], methods: list[str], out: Path,
-        runs_dir: Path) -> dict:
+        runs_dir: Path, reuse: bool = False) -> dict:
     """Every (dataset, method, seed) as a run directory ``runs_dir/<dataset>/<method>/seed<N>``
-    trained from its config and evaluated at every test batch size."""
+    trained from its config and evaluated at every test batch size. With ``reuse``, a run
+    directory that holds the record of a run with the same settings is read, not retrained
+    (so several processes can train disjoint methods into one ``--runs`` folder and a last
+    one with every method writes the tables)."""
     if settings.support_size not in settings.batch_sizes:
         raise ValueError(f"--support-size {settings.support_size} must be one of the test "
                          f"--batch-sizes {list(settings.batch_sizes)} (the main table)")
@@ -231,9 +266,14 @@ def run(settings: Settings, datasets: list[str], methods: list[str], out: Path,
             runs, run_dirs = [], []
             for seed in settings.seeds:
                 run_dir = seed_run_dir(runs_dir / dataset / method, seed)
-                one = {**train(with_seed(config, seed), run_dir), "seed": seed}
-                one["eval"] = {str(b): evaluate(run_dir, b, test_groups, settings)
-                               for b in settings.batch_sizes}
+                seeded = with_seed(config, seed)
+                one = reused(run_dir, settings, seeded) if reuse else None
+                if one is None:
+                    one = {**train(seeded, run_dir), "seed": seed}
+                    one["eval"] = {str(b): evaluate(run_dir, b, test_groups, settings)
+                                   for b in settings.batch_sizes}
+                    write_json(run_dir / RUN_RECORD,
+                               {"settings": asdict(settings), "config": seeded, **one})
                 runs.append(one)
                 run_dirs.append(run_dir)
                 main = one["eval"][str(settings.support_size)]
@@ -257,7 +297,8 @@ def main() -> None:
     defaults = Settings()
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--datasets", nargs="+", default=list(DEFAULT_DATASETS),
+                        choices=DATASETS)
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--steps", type=int, default=defaults.steps)
     parser.add_argument("--seeds", type=int, nargs="+", default=list(defaults.seeds))
@@ -266,6 +307,16 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--eval-per-group", type=int, default=defaults.eval_per_group)
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(defaults.batch_sizes))
+    parser.add_argument("--image-size", type=int, default=defaults.image_size)
+    parser.add_argument("--hidden", type=int, default=defaults.hidden)
+    parser.add_argument("--context-hidden", type=int, default=defaults.context_hidden)
+    parser.add_argument("--data-root", default=None,
+                        help="rotated-mnist: the folder with the MNIST t10k IDX files")
+    parser.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every run, applied after the benchmark's "
+                             "(e.g. algorithm.context_norm=batch with --methods ARM-CML)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="with --runs: read runs already made with the same settings")
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 5 steps, 1 seed, 10 examples per group")
     parser.add_argument("--json", type=Path, default=RESULTS)
@@ -276,12 +327,15 @@ def main() -> None:
     settings = Settings(steps=args.steps, seeds=tuple(args.seeds),
                         groups_per_batch=args.groups_per_batch, support_size=args.support_size,
                         lr=args.lr, eval_per_group=args.eval_per_group,
-                        batch_sizes=tuple(args.batch_sizes))
+                        batch_sizes=tuple(args.batch_sizes), image_size=args.image_size,
+                        hidden=args.hidden, context_hidden=args.context_hidden,
+                        data_root=args.data_root, overrides=tuple(args.overrides))
     if args.quick:
         settings = Settings(steps=5, seeds=(0,), groups_per_batch=2, support_size=5,
-                            eval_per_group=10, batch_sizes=(1, 5, 10))
+                            eval_per_group=10, batch_sizes=(1, 5, 10),
+                            data_root=args.data_root, overrides=tuple(args.overrides))
     if args.runs is not None:
-        run(settings, args.datasets, args.methods, args.json, args.runs)
+        run(settings, args.datasets, args.methods, args.json, args.runs, reuse=args.reuse)
         return
     with tempfile.TemporaryDirectory(prefix="group-shift-") as runs_dir:
         run(settings, args.datasets, args.methods, args.json, Path(runs_dir))

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from metalab.validation import check_choice
+from metalab.validation import check_choice, check_positive_int
 
 from .base import ImageDataset, check_no_root, check_split
 from .digits import Digits
@@ -181,24 +181,83 @@ def _framed_digits(split: str, digit_size: int, image_size: int) -> ImageDataset
     return ImageDataset(canvas, digits.labels, digits.class_names, split)
 
 
+IMAGE_SOURCES = ("official", "test-set")
+TEST_SET_SEED_OFFSET = 0x5EED  # the test-set division has its own stream, apart from the draws
+
+
+def divide_test_set(size: int, seed: int, test_fraction: float) -> tuple[Tensor, Tensor]:
+    """The seeded division of ``size`` images into (training + validation, test) indices.
+
+    A permutation from a generator seeded with ``seed + TEST_SET_SEED_OFFSET``; its first
+    ``round(test_fraction * size)`` entries are the test images, the rest the base that
+    `RotatedDataset` divides 90/10 into the training and validation pools. The two parts
+    never overlap and are the same for every split built with the same ``seed``.
+    """
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction}")
+    generator = torch.Generator().manual_seed(int(seed) + TEST_SET_SEED_OFFSET)
+    order = torch.randperm(size, generator=generator)
+    cut = round(test_fraction * size)
+    if cut == 0 or cut == size:
+        raise ValueError(f"test_fraction={test_fraction} of {size} images leaves an empty part")
+    return order[cut:], order[:cut]
+
+
+def _subset(base: ImageDataset, indices: Tensor, split: str, image_size: int) -> ImageDataset:
+    """``base``'s images at ``indices``, resized to ``image_size`` (area averaging)."""
+    images = base.images[indices]
+    if image_size != images.shape[-1]:
+        images = F.interpolate(images.float(), size=(image_size, image_size), mode="area")
+        images = images.round_().clamp_(0, 255).to(torch.uint8)
+    return ImageDataset(images, base.labels[indices], base.class_names, split)
+
+
 class RotatedMNIST(RotatedDataset):
     """Rotated MNIST as in ARM, from the MNIST IDX files under ``root``.
 
-    Training pool 54,000 images (training groups of 7,560 images at 0-20 degrees, 2,160,
-    648, 324 and 108 at 120-130 degrees: 32,292 in all); validation 6,000 x 14 angles;
-    test 10,000 x 14 angles.
+    ``images="official"`` (the paper): training and validation pools from the 60,000
+    training images (54,000 / 6,000: training groups of 7,560 images at 0-20 degrees,
+    2,160, 648, 324 and 108 at 120-130 degrees, 32,292 in all), the test split from the
+    10,000 test images, 14 angles each.
+
+    ``images="test-set"``: only the 10,000 official test images (``t10k-*`` files) are
+    read. A seeded permutation (`divide_test_set`) puts ``test_fraction`` of them (3,000 by
+    default) in the test split; the other 7,000 are divided 90/10 into a training pool of
+    6,300 and a validation pool of 700 as the paper divides its training set, and the
+    training groups are drawn from the pool by ARM's skewed rule (882 images at 0-20
+    degrees, 252, 75, 37 and 12 at 120-130; 3,762 in all). Train, val and test images never
+    overlap for one ``seed``. ``file_index`` gives every item's index in the file it came
+    from. ``image_size`` (test-set images only) resizes the 28x28 digits by area averaging
+    before they are rotated (14: a quarter of the compute, for CPU benchmarks).
     """
 
     needs_files = True
     description = ("group shift: MNIST in 14 rotation groups (0-130 degrees), ARM's skewed "
                    "training mix")
+    file_index: Tensor
 
     def __init__(self, split: str = "train", root: str | os.PathLike[str] | None = None,
-                 seed: int = 0, interpolation: str = "nearest") -> None:
+                 seed: int = 0, interpolation: str = "nearest", images: str = "official",
+                 test_fraction: float = 0.3, image_size: int = 28) -> None:
         check_split(split, SPLITS, "rotated")
-        train_base = None if split == "test" else MNIST("train", root=root)
-        test_base = MNIST("test", root=root) if split == "test" else None
-        super().__init__(train_base, test_base, split, seed, interpolation)
+        check_choice("images", images, IMAGE_SOURCES)
+        check_positive_int("image_size", image_size)
+        if images == "official":
+            if image_size != 28:
+                raise ValueError(f"image_size={image_size} needs images='test-set'; the "
+                                 f"official images are 28x28")
+            train_base = None if split == "test" else MNIST("train", root=root)
+            test_base = MNIST("test", root=root) if split == "test" else None
+            super().__init__(train_base, test_base, split, seed, interpolation)
+            self.file_index = self.source_index
+            return
+        everything = MNIST("test", root=root)
+        rest, test = divide_test_set(len(everything), seed, test_fraction)
+        part = test if split == "test" else rest
+        base = _subset(everything, part, split, image_size)
+        super().__init__(None if split == "test" else base, base if split == "test" else None,
+                         split, seed, interpolation)
+        self.file_index = part[self.source_index]
 
 
 # The old builders' names: the same (split, root=None, **options) shape.
