@@ -29,6 +29,7 @@ from metalab.nn.multitask import (
 )
 from metalab.nn.norm import TaskBatchNorm
 from metalab.nn.relation import RelationEmbedding, RelationModule
+from metalab.nn.resnet12 import DropBlock, ResNet12
 from metalab.validation import check_choice
 
 
@@ -45,6 +46,7 @@ def body_head(body: dict[str, Any], head: dict[str, Any]) -> BodyHead:
 
 MODELS = {
     "conv4": Conv4,
+    "resnet12": ResNet12,
     "mlp": MLP,
     "body-head": body_head,
     "arm-convnet": ARMConvNet,
@@ -72,6 +74,7 @@ __all__ = [
     "BodyHead",
     "ContextNet",
     "Conv4",
+    "DropBlock",
     "FiLM",
     "FiLMNet",
     "KroneckerMSRConv2d",
@@ -82,6 +85,7 @@ __all__ = [
     "MultiHead",
     "RelationEmbedding",
     "RelationModule",
+    "ResNet12",
     "TaskBatchNorm",
     "body_head",
     "build_model",

@@ -4,6 +4,8 @@ from metalab.tasks.augmented import AugmentedEpisodes
 from metalab.tasks.batch import Task, TaskBatch
 from metalab.tasks.episodes import EpisodeSampler, gather_inputs, indices_by_class
 from metalab.tasks.groups import GroupBatchSampler, GroupEvalSampler
+from metalab.tasks.image_augmentation import AugmentedTasks, ImageAugmentation
+from metalab.tasks.labelled_batches import LabelledBatches
 from metalab.tasks.memorization import GlyphPose, NonMutuallyExclusiveSinusoid
 from metalab.tasks.multitask import (
     MultiLabelSource,
@@ -17,10 +19,13 @@ from metalab.tasks.symmetry import RotationEquivariantTasks, TranslationEquivari
 
 __all__ = [
     "AugmentedEpisodes",
+    "AugmentedTasks",
     "EpisodeSampler",
     "GlyphPose",
     "GroupBatchSampler",
     "GroupEvalSampler",
+    "ImageAugmentation",
+    "LabelledBatches",
     "MultiLabelSource",
     "NonMutuallyExclusiveSinusoid",
     "PartitionedTaskSource",
