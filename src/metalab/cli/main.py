@@ -106,7 +106,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.run_dir, episodes=args.episodes, split=args.split,
                           inner_steps=args.inner_steps, seed=args.seed,
-                          support_size=args.support_size, within=args.within, head=args.head)
+                          support_size=args.support_size, within=args.within, head=args.head,
+                          ways=args.ways)
     print(format_result(result))
     return 0
 
@@ -189,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--head", help="fit this head on the support embeddings: linear, "
                                          "cosine, logistic, prototypes, finetune (any "
                                          "embedding method; writes eval-...-head-<name>.json)")
+    evaluate.add_argument("--ways", type=int, help="classes per test episode (default: config; "
+                                                   "writes eval-...-ways<N>.json)")
     evaluate.set_defaults(func=cmd_eval)
 
     report = commands.add_parser(

@@ -126,7 +126,7 @@ def load_run(run_dir: str | Path) -> MetaLearner:
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = "test",
                  inner_steps: int | None = None, seed: int | None = None,
                  support_size: int | None = None, within: str | None = None,
-                 head: str | None = None) -> dict[str, Any]:
+                 head: str | None = None, ways: int | None = None) -> dict[str, Any]:
     """Meta-test ``run_dir`` on ``split`` and write ``eval.json`` (``eval-<split>.json``).
 
     ``support_size`` (group data) sets the number of unlabelled examples in each test
@@ -134,8 +134,9 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = 
     ``eval-<split>-support<N>.json``. ``within`` (default ``eval.within``) draws every test
     episode's classes from one group of that ``class_info`` key (``alphabet``); ``head``
     (default ``eval.head``) fits that head on the support set's embeddings instead of the
-    method's own adaptation (`with_support_head`). Each adds ``-within-<key>`` /
-    ``-head-<name>`` to the file name.
+    method's own adaptation (`with_support_head`); ``ways`` sets the test episodes' number
+    of classes (a method whose output size is fixed by its training ways cannot take
+    another). Each adds ``-within-<key>`` / ``-head-<name>`` / ``-ways<N>`` to the name.
     """
     run_dir = Path(run_dir)
     config, learner, step = _restore(run_dir)
@@ -147,6 +148,11 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = 
     if inner_steps is not None and "inner_steps" not in learner.adapt_options:
         raise ValueError(f"{type(learner).__name__} has no inner loop; drop inner_steps")
     episodes = evaluation.episodes if episodes is None else episodes
+    if ways is not None:
+        if "ways" not in config["data"]:
+            raise ValueError(f"ways is for episodes (a config with data.ways); "
+                             f"{config['data']['name']!r} has none")
+        config = {**config, "data": {**config["data"], "ways": int(ways)}}
     within = evaluation.within if within is None else within
     head = evaluation.head if head is None else head
     if head is not None:
@@ -169,5 +175,8 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = 
         if value is not None:
             result[key] = value
             name = f"{name}-{key}-{value}"
+    if ways is not None:
+        result["ways"] = int(ways)
+        name = f"{name}-ways{int(ways)}"
     atomic_write_text(run_dir / f"{name}.json", json.dumps(result, indent=2) + "\n")
     return result
