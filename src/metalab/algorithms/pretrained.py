@@ -66,6 +66,8 @@ class PretrainedEmbedding(MetaLearner, name="pretrained"):
 
     model_role = "embedding"
     adapt_options = ("ways", "head")
+    #: Options the builder completes from the training data (its number of classes).
+    options_sized_by_data = ("num_classes",)
 
     def __init__(self, model: nn.Module, num_classes: int | None = None,
                  train_head: str = "linear", scale: float = 10.0, test_head: str | None = None,

@@ -30,8 +30,6 @@ __all__ = ["REGRESSION_FAMILIES", "build_combiner_for", "build_meta_learner",
 
 SIZE_KEYS = ("in_channels", "image_size", "in_features", "out_features", "num_classes",
              "ways", "out_channels")
-# Sizes a method's own constructor may take (a classifier over every training class).
-ALGORITHM_SIZE_KEYS = ("num_classes",)
 
 
 def _accepted(model_name: str) -> set[str]:
@@ -77,8 +75,9 @@ def _data_sizes(config: dict[str, Any]) -> dict[str, Any]:
 def complete_model_config(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with the model's size arguments it leaves out filled from the data.
 
-    Sizes the config gives are kept; a method whose constructor takes ``num_classes`` gets
-    it too (the training data's classes). A method whose model is an embedding
+    Sizes the config gives are kept; the method's own options named by its class fact
+    ``options_sized_by_data`` (e.g. ``num_classes``: the training data's classes) are
+    completed the same way. A method whose model is an embedding
     (``model_role = "embedding"``) gets ``out_features: null``; a method that
     appends input channels (a context) gets the model's input channels widened by
     them and its own options completed from the data (`MetaLearner.options_from_data`).
@@ -90,9 +89,8 @@ def complete_model_config(config: dict[str, Any]) -> dict[str, Any]:
     if method.model_role == "embedding" and "out_features" in accepted:
         model.setdefault("out_features", None)
     missing = [key for key in SIZE_KEYS if key in accepted and key not in model]
-    method_accepts = accepted_keywords(method) or set()
-    missing_in_method = [key for key in ALGORITHM_SIZE_KEYS
-                         if key in method_accepts and key not in algorithm]
+    missing_in_method = [key for key in getattr(method, "options_sized_by_data", ())
+                         if key not in algorithm]
     if not missing and not missing_in_method:
         return config
     sizes = _named_outputs(_config_sizes(config))
