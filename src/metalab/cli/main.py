@@ -106,7 +106,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.run_dir, episodes=args.episodes, split=args.split,
                           inner_steps=args.inner_steps, seed=args.seed,
-                          support_size=args.support_size)
+                          support_size=args.support_size, within=args.within, head=args.head,
+                          ways=args.ways)
     print(format_result(result))
     return 0
 
@@ -200,6 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--support-size", type=int,
                           help="group data: unlabelled examples per test batch (writes "
                                "eval-<split>-support<N>.json)")
+    evaluate.add_argument("--within", help="draw each test episode's classes from one group "
+                                           "of this class key, e.g. alphabet (writes "
+                                           "eval-...-within-<key>.json)")
+    evaluate.add_argument("--head", help="fit this head on the support embeddings: linear, "
+                                         "cosine, logistic, prototypes, finetune (any "
+                                         "embedding method; writes eval-...-head-<name>.json)")
+    evaluate.add_argument("--ways", type=int, help="classes per test episode (default: config; "
+                                                   "writes eval-...-ways<N>.json)")
     evaluate.set_defaults(func=cmd_eval)
 
     report = commands.add_parser(

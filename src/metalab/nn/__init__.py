@@ -31,6 +31,7 @@ from metalab.nn.neural_process import MultiHeadCrossAttention, NeuralProcessNet
 from metalab.nn.norm import TaskBatchNorm
 from metalab.nn.optimizees import OptimizeeMLP
 from metalab.nn.relation import RelationEmbedding, RelationModule
+from metalab.nn.resnet12 import DropBlock, ResNet12
 from metalab.validation import check_choice
 
 
@@ -47,6 +48,7 @@ def body_head(body: dict[str, Any], head: dict[str, Any]) -> BodyHead:
 
 MODELS = {
     "conv4": Conv4,
+    "resnet12": ResNet12,
     "mlp": MLP,
     "body-head": body_head,
     "arm-convnet": ARMConvNet,
@@ -76,6 +78,7 @@ __all__ = [
     "BodyHead",
     "ContextNet",
     "Conv4",
+    "DropBlock",
     "FiLM",
     "FiLMNet",
     "KroneckerMSRConv2d",
@@ -89,6 +92,7 @@ __all__ = [
     "MultiHead",
     "RelationEmbedding",
     "RelationModule",
+    "ResNet12",
     "TaskBatchNorm",
     "body_head",
     "build_model",

@@ -6,6 +6,8 @@ from metalab.tasks.completion import GlyphsCompletion, ImageCompletion
 from metalab.tasks.episodes import EpisodeSampler, gather_inputs, indices_by_class
 from metalab.tasks.gaussian_process import GaussianProcess
 from metalab.tasks.groups import GroupBatchSampler, GroupEvalSampler
+from metalab.tasks.image_augmentation import AugmentedTasks, ImageAugmentation
+from metalab.tasks.labelled_batches import LabelledBatches
 from metalab.tasks.memorization import GlyphPose, NonMutuallyExclusiveSinusoid
 from metalab.tasks.multitask import (
     MultiLabelSource,
@@ -21,6 +23,7 @@ from metalab.tasks.symmetry import RotationEquivariantTasks, TranslationEquivari
 __all__ = [
     "AugmentedEpisodes",
     "ClassifierTrainingProblems",
+    "AugmentedTasks",
     "EpisodeSampler",
     "GaussianProcess",
     "GlyphsCompletion",
@@ -28,6 +31,8 @@ __all__ = [
     "GroupBatchSampler",
     "GroupEvalSampler",
     "ImageCompletion",
+    "ImageAugmentation",
+    "LabelledBatches",
     "MultiLabelSource",
     "NonMutuallyExclusiveSinusoid",
     "PartitionedTaskSource",

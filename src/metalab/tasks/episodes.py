@@ -12,6 +12,14 @@ Label assignment:
   Yin et al. 2020). The classes are split once, deterministically, into ``ways`` groups;
   a task draws one class from each group and the group index is its label, so every class
   carries the same label in every task it appears in.
+
+Within-group episodes (``within="alphabet"``; Lake et al. 2015's within-alphabet one-shot
+protocol): a task first draws one group uniformly among the groups of the dataset's
+``class_info[within]`` (an alphabet) that have at least ``ways`` classes, then its
+``ways`` classes from that group only, so similar characters compete. A group with fewer
+than ``ways`` classes is an error naming it, unless ``skip_small_groups=True`` leaves it
+out (it is then never drawn); no eligible group at all is always an error. The batch's
+``task_id`` is the drawn group's index in ``task_names``.
 """
 
 from __future__ import annotations
@@ -28,7 +36,8 @@ class EpisodeSampler(TaskSource):
     """Samples batches of ``tasks_per_batch`` N-way K-shot tasks from ``dataset``."""
 
     def __init__(self, dataset, ways: int, shots: int, queries: int, tasks_per_batch: int = 1,
-                 shuffle_labels: bool = True, seed: int | None = None) -> None:
+                 shuffle_labels: bool = True, seed: int | None = None,
+                 within: str | None = None, skip_small_groups: bool = False) -> None:
         super().__init__(tasks_per_batch, seed)
         self.dataset = dataset
         self.ways = check_positive_int("ways", ways)
@@ -38,6 +47,15 @@ class EpisodeSampler(TaskSource):
         self.class_ids, self.class_indices = indices_by_class(dataset)
         self._check_request()
         self.label_groups = None if self.shuffle_labels else self._fixed_label_groups()
+        self.within = within
+        self.task_names: list[str] | None = None
+        self.class_groups: list[Tensor] | None = None
+        if within is not None:
+            if not self.shuffle_labels:
+                raise ValueError(f"within={within!r} draws the classes of each task from one "
+                                 f"group, which needs shuffle_labels=True")
+            self.task_names, self.class_groups = self._groups_within(within,
+                                                                     bool(skip_small_groups))
 
     def _describe_dataset(self) -> str:
         split = getattr(self.dataset, "split", None)
@@ -63,21 +81,57 @@ class EpisodeSampler(TaskSource):
                 f"{int(sizes[smallest])} examples"
             )
 
+    def _groups_within(self, key: str, skip_small: bool) -> tuple[list[str], list[Tensor]]:
+        """Names of the groups with at least ``ways`` classes and their class positions."""
+        info = getattr(self.dataset, "class_info", None)
+        if not info:
+            raise ValueError(f"within={key!r} needs per-class metadata (class_info) naming "
+                             f"each class's {key}; {type(self.dataset).__name__} has none")
+        missing = [label for label in self.class_ids if key not in info[label]]
+        if missing:
+            raise ValueError(f"within={key!r}: class_info of class {missing[0]} has no "
+                             f"{key!r}; its keys are {sorted(info[missing[0]])}")
+        members: dict[str, list[int]] = {}
+        for position, label in enumerate(self.class_ids):
+            members.setdefault(str(info[label][key]), []).append(position)
+        small = {name: len(p) for name, p in members.items() if len(p) < self.ways}
+        if small and not skip_small:
+            name, size = next(iter(small.items()))
+            raise ValueError(
+                f"within={key!r}: {key} {name!r} of {self._describe_dataset()} has {size} "
+                f"classes but ways={self.ways} (too small: {small}); lower ways or set "
+                f"skip_small_groups=True to leave such {key}s out")
+        names = [name for name in members if name not in small]
+        if not names:
+            raise ValueError(f"within={key!r}: no {key} of {self._describe_dataset()} has "
+                             f"ways={self.ways} classes; the largest has "
+                             f"{max(map(len, members.values()))}")
+        return names, [torch.tensor(members[name]) for name in names]
+
     def _fixed_label_groups(self) -> list[Tensor]:
         order = torch.randperm(len(self.class_indices), generator=torch.Generator().manual_seed(0))
         return [order[label::self.ways] for label in range(self.ways)]
 
-    def _draw_classes(self) -> Tensor:
+    def _draw_classes(self, group: int | None = None) -> Tensor:
         """Class positions of one task, ordered by the label they receive."""
+        if group is not None:
+            members = self.class_groups[group]
+            return members[torch.randperm(len(members), generator=self.generator)[: self.ways]]
         if self.label_groups is None:
             return torch.randperm(len(self.class_indices), generator=self.generator)[: self.ways]
         picks = [group[torch.randint(len(group), (1,), generator=self.generator)]
                  for group in self.label_groups]
         return torch.cat(picks)
 
-    def _draw_task(self) -> Tensor:
+    def _draw_group(self) -> int | None:
+        """The group of one task (``within``), uniformly among the eligible ones."""
+        if self.class_groups is None:
+            return None
+        return int(torch.randint(len(self.class_groups), (1,), generator=self.generator))
+
+    def _draw_task(self, group: int | None = None) -> Tensor:
         """Dataset indices ``[ways, shots + queries]`` of one task, row i labelled i."""
-        classes = self._draw_classes()
+        classes = self._draw_classes(group)
         per_class = self.shots + self.queries
         rows = []
         for position in classes.tolist():
@@ -87,7 +141,8 @@ class EpisodeSampler(TaskSource):
         return torch.stack(rows)
 
     def sample(self) -> TaskBatch:
-        indices = torch.stack([self._draw_task() for _ in range(self.tasks_per_batch)])
+        groups = [self._draw_group() for _ in range(self.tasks_per_batch)]
+        indices = torch.stack([self._draw_task(group) for group in groups])
         # indices: [T, ways, shots + queries]
         x = gather_inputs(self.dataset, indices.reshape(-1))
         x = x.reshape(*indices.shape, *x.shape[1:])
@@ -98,8 +153,9 @@ class EpisodeSampler(TaskSource):
         def flat(t: Tensor) -> Tensor:
             return t.reshape(t.shape[0], -1, *t.shape[3:])
 
+        task_id = None if self.class_groups is None else torch.tensor(groups)
         return TaskBatch(flat(support_x), flat(support_y).contiguous(), flat(query_x),
-                         flat(query_y).contiguous(), num_classes=self.ways)
+                         flat(query_y).contiguous(), num_classes=self.ways, task_id=task_id)
 
 
 def indices_by_class(dataset) -> tuple[list[int], list[Tensor]]:

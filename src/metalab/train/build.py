@@ -41,6 +41,7 @@ def _config_sizes(config: dict[str, Any]) -> dict[str, Any]:
     """Sizes the config itself gives (episodes: ``ways`` outputs); no data is read."""
     data = config["data"]
     episodic = not is_regression(config) and not {"support_size", "batch_size"} & set(data)
+    episodic = episodic and data.get("train_batch_size") is None  # else: all classes
     return {"outputs": data["ways"]} if episodic and "ways" in data else {}
 
 
@@ -74,7 +75,9 @@ def _data_sizes(config: dict[str, Any]) -> dict[str, Any]:
 def complete_model_config(config: dict[str, Any]) -> dict[str, Any]:
     """``config`` with the model's size arguments it leaves out filled from the data.
 
-    Sizes the config gives are kept. A method whose model is an embedding
+    Sizes the config gives are kept; the method's own options named by its class fact
+    ``options_sized_by_data`` (e.g. ``num_classes``: the training data's classes) are
+    completed the same way. A method whose model is an embedding
     (``model_role = "embedding"``) gets ``out_features: null``; a method that
     appends input channels (a context) gets the model's input channels widened by
     them and its own options completed from the data (`MetaLearner.options_from_data`).
@@ -86,11 +89,15 @@ def complete_model_config(config: dict[str, Any]) -> dict[str, Any]:
     if method.model_role == "embedding" and "out_features" in accepted:
         model.setdefault("out_features", None)
     missing = [key for key in SIZE_KEYS if key in accepted and key not in model]
-    if not missing:
+    missing_in_method = [key for key in getattr(method, "options_sized_by_data", ())
+                         if key not in algorithm]
+    if not missing and not missing_in_method:
         return config
     sizes = _named_outputs(_config_sizes(config))
-    if any(key not in sizes for key in missing):
+    if any(key not in sizes for key in [*missing, *missing_in_method]):
         sizes = _named_outputs(_data_sizes(config))
+    for key in missing_in_method:
+        algorithm[key] = sizes[key]
     extra_channels = method.extra_input_channels(algorithm)
     if extra_channels and "in_channels" in sizes:
         config["algorithm"] = algorithm = method.options_from_data(algorithm, sizes)

@@ -151,7 +151,10 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     """``eval``: meta-test episodes (required), their seed, tasks per batch, and optional
-    ``queries`` (per class at test) and ``inner_steps`` (adaptation steps at test)."""
+    ``queries`` (per class at test), ``inner_steps`` (adaptation steps at test),
+    ``within`` (draw each test episode's classes from one group, e.g. ``alphabet``) and
+    ``head`` (fit this head on the support set's embeddings at test: ``linear``,
+    ``cosine``, ``logistic``, ``prototypes``, ``finetune``; any embedding method)."""
 
     section: typing.ClassVar[str] = "eval"
 
@@ -160,6 +163,8 @@ class EvalConfig(Section):
     batch_size: PositiveInt = 20
     queries: PositiveInt | None = None
     inner_steps: NonNegativeInt | None = None
+    within: str | None = None
+    head: str | None = None
 
 
 TYPED_SECTIONS: dict[str, type[Section]] = {"train": TrainConfig, "eval": EvalConfig}

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from metalab.algorithms import MetaLearner
+from metalab.algorithms.pretrained import with_support_head
 from metalab.train import distributed
 from metalab.train.build import (
     build_combiner_for,
@@ -124,12 +125,18 @@ def load_run(run_dir: str | Path) -> MetaLearner:
 
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = "test",
                  inner_steps: int | None = None, seed: int | None = None,
-                 support_size: int | None = None) -> dict[str, Any]:
+                 support_size: int | None = None, within: str | None = None,
+                 head: str | None = None, ways: int | None = None) -> dict[str, Any]:
     """Meta-test ``run_dir`` on ``split`` and write ``eval.json`` (``eval-<split>.json``).
 
     ``support_size`` (group data) sets the number of unlabelled examples in each test
     batch, for the test-batch-size ablation; the result goes to
-    ``eval-<split>-support<N>.json``.
+    ``eval-<split>-support<N>.json``. ``within`` (default ``eval.within``) draws every test
+    episode's classes from one group of that ``class_info`` key (``alphabet``); ``head``
+    (default ``eval.head``) fits that head on the support set's embeddings instead of the
+    method's own adaptation (`with_support_head`); ``ways`` sets the test episodes' number
+    of classes (a method whose output size is fixed by its training ways cannot take
+    another). Each adds ``-within-<key>`` / ``-head-<name>`` / ``-ways<N>`` to the name.
     """
     run_dir = Path(run_dir)
     config, learner, step = _restore(run_dir)
@@ -141,10 +148,21 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = 
     if inner_steps is not None and "inner_steps" not in learner.adapt_options:
         raise ValueError(f"{type(learner).__name__} has no inner loop; drop inner_steps")
     episodes = evaluation.episodes if episodes is None else episodes
+    if ways is not None:
+        if "ways" not in config["data"]:
+            raise ValueError(f"ways is for episodes (a config with data.ways); "
+                             f"{config['data']['name']!r} has none")
+        config = {**config, "data": {**config["data"], "ways": int(ways)}}
+    within = evaluation.within if within is None else within
+    head = evaluation.head if head is None else head
+    if head is not None:
+        learner = with_support_head(learner, head)
     source = build_task_source(config, split, evaluation.batch_size,
                                seed=evaluation.seed if seed is None else seed,
-                               queries=evaluation.queries, support_size=support_size)
-    evaluator = Evaluator(episodes, inner_steps=inner_steps)
+                               queries=evaluation.queries, support_size=support_size,
+                               within=within)
+    options = {"head": head} if head is not None and "head" in learner.adapt_options else {}
+    evaluator = Evaluator(episodes, inner_steps=inner_steps, **options)
     result = evaluator.evaluate(learner, source, train.device, train.torch_dtype)
     result.update({"split": split, "step": step})
     if inner_steps is not None:
@@ -153,5 +171,12 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = 
     if support_size is not None:
         result["support_size"] = int(support_size)
         name = f"eval-{split}-support{int(support_size)}"
+    for key, value in (("within", within), ("head", head)):
+        if value is not None:
+            result[key] = value
+            name = f"{name}-{key}-{value}"
+    if ways is not None:
+        result["ways"] = int(ways)
+        name = f"{name}-ways{int(ways)}"
     atomic_write_text(run_dir / f"{name}.json", json.dumps(result, indent=2) + "\n")
     return result

@@ -15,7 +15,15 @@ The keys of ``data`` say which kind of source it is:
   classifier on ``examples`` examples of a pool of ``data.dataset_split`` (divided into
   train/val/test pools by ``split_seed``), scored on ``queries`` others
   (`ClassifierTrainingProblems`);
-- otherwise ``ways``, ``shots``, ``queries``: N-way K-shot episodes.
+- otherwise ``ways``, ``shots``, ``queries``: N-way K-shot episodes; ``within: alphabet``
+  draws every episode's classes from one alphabet (``skip_small_groups: true`` leaves out
+  alphabets with fewer than ``ways`` characters); with ``train_batch_size`` the training
+  split gives plain labelled batches over all its classes instead (pretraining an
+  embedding) while validation and test stay episodic.
+
+``augment`` (a preset ``characters``/``images`` or a mapping; see
+`metalab.tasks.image_augmentation`) transforms the support and query images of the
+training tasks only.
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ from metalab.tasks import (
     partition_by_info,
     split_per_class,
 )
+from metalab.tasks.image_augmentation import AugmentedTasks, parse_augmentation
+from metalab.tasks.labelled_batches import LabelledBatches
 from metalab.tasks.objective import CLASSIFICATION, REGRESSION, Objective
 
 REGRESSION_FAMILIES = {
@@ -60,7 +70,8 @@ REGRESSION_FAMILIES = {
 SAMPLER_KEYS = {"name", "root", "ways", "shots", "queries", "shuffle_labels", "train_split",
                 "val_split", "test_split", "support_size", "sampling", "distinct_groups",
                 "batch_size", "partition_by", "tasks", "held_out", "examples",
-                "dataset_split", "split_seed"}
+                "dataset_split", "split_seed", "within", "skip_small_groups", "augment",
+                "train_batch_size"}
 
 
 def data_objective(config: dict[str, Any]) -> Objective:
@@ -143,7 +154,10 @@ def _held_out_split(dataset, held_out: int):
 
 
 def _episode_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
-                    queries: int | None) -> TaskSource:
+                    queries: int | None, within: str | None = None) -> TaskSource:
+    if split == "train" and data.get("train_batch_size") is not None:
+        return LabelledBatches(_dataset(data, data["train_split"]), data["train_batch_size"],
+                               seed=seed)
     for key in ("ways", "shots", "queries"):
         if key not in data:
             raise ValueError(f"config needs data.{key} for an episodic dataset (or "
@@ -152,7 +166,22 @@ def _episode_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed
     dataset = _dataset(data, data[f"{split}_split"])
     return EpisodeSampler(dataset, ways=data["ways"], shots=data["shots"], queries=queries,
                           tasks_per_batch=tasks_per_batch,
-                          shuffle_labels=data["shuffle_labels"], seed=seed)
+                          shuffle_labels=data["shuffle_labels"], seed=seed,
+                          within=within or data.get("within"),
+                          skip_small_groups=data.get("skip_small_groups", False))
+
+
+def _augmented(source: TaskSource, data: dict[str, Any]) -> TaskSource:
+    """``source`` with ``data.augment`` applied (training sources only)."""
+    augmentation = parse_augmentation(data.get("augment"))
+    if augmentation is None:
+        return source
+    info = getattr(getattr(source, "dataset", None), "class_info", None) or [{}]
+    if augmentation.flip and "alphabet" in info[0]:
+        raise ValueError(f"data.augment flips images, but {data['name']!r} holds characters "
+                         f"(a mirrored character is another class or none); use the "
+                         f"'characters' preset or flip: false")
+    return AugmentedTasks(source, augmentation)
 
 
 def _problem_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
@@ -168,13 +197,15 @@ def _problem_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed
 
 
 def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
-                      queries: int | None = None, support_size: int | None = None
-                      ) -> TaskSource:
+                      queries: int | None = None, support_size: int | None = None,
+                      within: str | None = None) -> TaskSource:
     """A seeded task source for ``split`` ("train", "val" or "test") of ``config['data']``.
 
     ``queries`` (episodes, task families) and ``support_size`` (group batches) override
-    the config's for evaluation. Multi-task sources hold every task in each batch, so
-    ``tasks_per_batch`` does not apply to them.
+    the config's for evaluation, ``within`` (episodes) sets ``data.within`` (e.g. a
+    within-alphabet meta-test of a run trained on random classes). Multi-task sources hold
+    every task in each batch, so ``tasks_per_batch`` does not apply to them. ``data.augment``
+    applies to the "train" split only.
     """
     data = config["data"]
     queries = data.get("queries") if queries is None else queries
@@ -186,4 +217,5 @@ def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, 
         return _multitask_source(data, split, seed)
     if "examples" in data:
         return _problem_source(data, split, tasks_per_batch, seed, queries)
-    return _episode_source(data, split, tasks_per_batch, seed, queries)
+    source = _episode_source(data, split, tasks_per_batch, seed, queries, within)
+    return _augmented(source, data) if split == "train" else source
