@@ -18,10 +18,12 @@ from metalab.tasks.multitask import (
 from metalab.tasks.optimization_problems import ClassifierTrainingProblems, RandomQuadratics
 from metalab.tasks.regression import Sinusoid
 from metalab.tasks.source import TaskSource
+from metalab.tasks.stream import BufferSource, StreamTask, TaskStream
 from metalab.tasks.symmetry import RotationEquivariantTasks, TranslationEquivariantTasks
 
 __all__ = [
     "AugmentedEpisodes",
+    "BufferSource",
     "ClassifierTrainingProblems",
     "AugmentedTasks",
     "EpisodeSampler",
@@ -39,9 +41,11 @@ __all__ = [
     "RandomQuadratics",
     "RotationEquivariantTasks",
     "Sinusoid",
+    "StreamTask",
     "Task",
     "TaskBatch",
     "TaskSource",
+    "TaskStream",
     "TranslationEquivariantTasks",
     "gather_inputs",
     "indices_by_class",
