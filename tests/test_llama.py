@@ -73,7 +73,7 @@ def test_variance_shrinks_as_the_prior_precision_grows():
     variances = [LLAMA(linear(), noise_std=0.1, prior_precision=lam, inner_steps=1,
                        inner_lr=0.05).adapt(x, y).variance(query) - 0.01
                  for lam in (1e-2, 1.0, 1e2, 1e4)]
-    for wider, narrower in zip(variances, variances[1:]):
+    for wider, narrower in zip(variances, variances[1:], strict=False):
         assert (narrower < wider).all()
 
 
