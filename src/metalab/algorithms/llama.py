@@ -48,6 +48,10 @@ class LLAMA(PredictiveScores, MAML, name="llama"):
         prior_precision: ``lambda``, the prior precision added to the curvature.
     """
 
+    #: The builder does not choose a subset for LLAMA (as for T-Net and WarpGrad): the
+    #: Laplace curvature covers every adapted parameter; ``adapt`` restricts both explicitly.
+    chooses_adapted_parameters = False
+
     def __init__(self, model: nn.Module, noise_std: float = 0.1, prior_precision: float = 1.0,
                  loss: str = "mse", **kwargs) -> None:
         if loss != "mse":
