@@ -57,6 +57,7 @@ def measure(run: Path, episodes: int, maml_noise_std: float) -> dict[str, dict[s
     learner = load_run(run)
     learner.eval()
     source = build_task_source(config, "test", 50, seed=1234, queries=100)
+    options = {"inner_steps": INNER_STEPS} if "inner_steps" in learner.adapt_options else {}
     scores: dict[str, list[torch.Tensor]] = {}
     seen = 0
     while seen < episodes:
@@ -64,7 +65,7 @@ def measure(run: Path, episodes: int, maml_noise_std: float) -> dict[str, dict[s
         seen += len(batch)
         for t in range(len(batch)):
             sx, sy = batch.support_x[t, :SHOTS], batch.support_y[t, :SHOTS]
-            adapted = learner.adapt(sx, sy, inner_steps=INNER_STEPS)
+            adapted = learner.adapt(sx, sy, **options)
             if not isinstance(adapted, GaussianPredictive):
                 adapted = point_predictive(adapted, maml_noise_std)
             for name, value in predictive_scores(adapted, batch.query_x[t],
@@ -80,12 +81,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--maml-noise-std", type=float, default=0.1)
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.time()
     results = {}
-    for name in CONFIGS:
+    for name in args.configs:
         results[name] = measure(ensure_run(args.runs, name, args.steps), args.episodes,
                                 args.maml_noise_std)
         print(name, {k: format_plain(v) for k, v in results[name].items()}, flush=True)
