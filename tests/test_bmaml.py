@@ -115,6 +115,28 @@ def test_chaser_loss_for_one_linear_particle_by_hand():
     assert math.isclose(learner.particles["weight"].grad.item(), expected.item(), rel_tol=1e-9)
 
 
+def test_the_chaser_distance_sums_over_every_entry_of_every_particle():
+    """Two particles of a two-input linear model: eq. 6 is the sum of squared differences
+    over all entries (a mean would be 4x smaller here)."""
+    torch.manual_seed(3)
+    learner = BMAML(nn.Linear(2, 1, bias=False).double(), particles=2, inner_lr=0.1,
+                    inner_steps=1, leader_steps=1, loss="mse")
+    g = torch.Generator().manual_seed(4)
+    sx, qx = (torch.randn(1, n, 2, generator=g, dtype=torch.float64) for n in (5, 4))
+    sy, qy = (torch.randn(1, n, 1, generator=g, dtype=torch.float64) for n in (5, 4))
+    data = TaskBatch(sx, sy, qx, qy)
+    start = learner.particles["weight"].detach().clone()          # [2, 1, 2]
+
+    def svgd(w, x, y):
+        grads = torch.stack([2 * ((x @ p.T - y) * x).mean(dim=0, keepdim=True) for p in w])
+        return svgd_step({"w": w}, {"w": grads}, 0.1)["w"]
+
+    chaser = svgd(start, sx[0], sy[0])
+    leader = svgd(chaser, torch.cat([sx[0], qx[0]]), torch.cat([sy[0], qy[0]]))
+    loss, _ = learner.meta_loss(data)
+    assert math.isclose(loss.item(), ((chaser - leader) ** 2).sum().item(), rel_tol=1e-9)
+
+
 def test_ensemble_members_adapt_independently():
     model = mlp()
     learner = MAMLEnsemble(model, particles=3, inner_lr=0.05, inner_steps=1, loss="mse")
@@ -176,3 +198,13 @@ def test_vmap_matches_loop_for_the_chaser_loss():
     loss_loop = loop.meta_loss(data)[0]
     loss_vmap = vmap.meta_loss(data)[0]
     assert torch.allclose(loss_loop, loss_vmap)
+
+
+def test_particles_of_a_bare_layer_start_apart_and_coincident_ones_stay_finite():
+    learner = BMAML(nn.Linear(2, 1, bias=False).double(), particles=3, loss="mse")
+    w = learner.particles["weight"].detach()
+    assert not torch.equal(w[0], w[1]) and not torch.equal(w[1], w[2])
+    same = {"w": torch.zeros(3, 2, dtype=torch.float64)}
+    stepped = svgd_step(same, {"w": torch.ones(3, 2, dtype=torch.float64)}, 0.1)["w"]
+    assert torch.isfinite(stepped).all()
+    assert torch.allclose(stepped, torch.full((3, 2), -0.1, dtype=torch.float64))

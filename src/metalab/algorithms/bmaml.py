@@ -55,7 +55,7 @@ def fresh_copies(model: nn.Module, count: int) -> list[nn.Module]:
     for _ in range(count - 1):
         other = copy.deepcopy(model)
         for module in other.modules():
-            if module is not other and hasattr(module, "reset_parameters"):
+            if hasattr(module, "reset_parameters"):
                 module.reset_parameters()
         copies.append(other)
     return copies

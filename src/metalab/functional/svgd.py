@@ -52,7 +52,9 @@ def median_bandwidth(distances2: Tensor) -> Tensor:
         return torch.ones((), dtype=distances2.dtype, device=distances2.device)
     rows, cols = torch.triu_indices(m, m, offset=1, device=distances2.device)
     median2 = distances2.detach()[rows, cols].median()
-    return median2 / math.log(m)
+    # Coincident particles (median 0) would give h = 0 and 0/0 in the kernel; a floor keeps
+    # the kernel 1 between them and 0 between distinct ones.
+    return median2.clamp_min(torch.finfo(distances2.dtype).eps) / math.log(m)
 
 
 def svgd_direction(particles: Params, loss_grads: Params) -> Params:
