@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from metalab.rl import GaussianMLPPolicy, PointNavigation, collect_episodes, policy_log_probs
+from metalab.rl import (
+    GaussianMLPPolicy,
+    PointNavigation,
+    adapt_per_task,
+    collect_episodes,
+    discounted_returns,
+    linear_baseline_values,
+    policy_log_probs,
+)
 
 
 def test_step_clips_the_action_and_rewards_minus_the_distance_after_the_step():
@@ -94,3 +102,24 @@ def test_per_task_parameters_give_the_same_rollout_when_they_are_equal():
     _, _, _, per_task = small_rollout(7, per_task=True)
     assert torch.allclose(shared.actions, per_task.actions)
     assert torch.allclose(shared.log_probs, per_task.log_probs)
+
+
+def test_adapted_per_task_parameters_are_one_policy_gradient_step_and_differentiable():
+    env, policy, goals, batch = small_rollout(7)
+    params = dict(policy.named_parameters())
+    adapted = adapt_per_task(policy, params, batch, step_size=0.1, gamma=0.99)
+    assert adapted["log_std"].shape == (3, 2)
+    # task 1 by hand: the DiCE gradient equals the naive surrogate's first gradient, and with
+    # the linear baseline it is sum_t grad log pi_t gamma^t (G_t - b_t) averaged over episodes
+    returns = discounted_returns(batch.rewards[1:2], batch.masks[1:2], 0.99)
+    values = linear_baseline_values(batch.observations[1:2], returns, batch.masks[1:2])
+    log_probs = policy_log_probs(policy, params, batch.observations[1], batch.actions[1])
+    discount = 0.99 ** torch.arange(20, dtype=torch.float64)
+    surrogate = (log_probs * discount * batch.masks[1] * (returns[0] - values[0])).sum(-1).mean()
+    (gradient,) = torch.autograd.grad(surrogate, params["log_std"])
+    assert torch.allclose(adapted["log_std"][1], params["log_std"] + 0.1 * gradient)
+    # the post-update rollout's log-probabilities depend on the pre-update parameters
+    post = collect_episodes(env, policy, adapted, goals, 2, per_task=True,
+                            generator=torch.Generator().manual_seed(0))
+    meta = torch.autograd.grad(post.log_probs.sum(), params["mean.0.weight"])[0]
+    assert meta.abs().sum() > 0

@@ -2,6 +2,7 @@
 batched rollout collection, episode batches, returns and GAE, the linear feature baseline,
 Gaussian MLP policies and the MAML-RL inner policy-gradient step (DiCE or naive)."""
 
+from metalab.rl.adaptation import adapt_per_task
 from metalab.rl.baselines import fit_linear_baseline, linear_baseline_values, linear_features
 from metalab.rl.episodes import EpisodeBatch, discounted_returns, gae
 from metalab.rl.navigation import PointNavigation
@@ -21,6 +22,7 @@ __all__ = [
     "EpisodeBatch",
     "GaussianMLPPolicy",
     "PointNavigation",
+    "adapt_per_task",
     "collect_episodes",
     "dice_objective",
     "discounted_returns",
