@@ -3,7 +3,9 @@
 Features of a step at time ``t`` with observation ``o`` (clipped to [-10, 10]):
 ``[o, o^2, t/100, (t/100)^2, (t/100)^3, 1]``. The coefficients solve the regularised least
 squares ``(X^T X + reg I) c = X^T G`` over the (unmasked) steps of one task's episodes, with
-``G`` the discounted returns-to-go; the baseline is ``b = X c``. Fitted per task, no gradient.
+``G`` the discounted returns-to-go; the baseline is ``b = X c``. Fitted per task, no gradient,
+in float64; where the system is singular the fit retries with ten times ``reg`` (up to five
+times), as garage does.
 """
 
 from __future__ import annotations
@@ -37,12 +39,17 @@ def fit_linear_baseline(features: Tensor, returns: Tensor, masks: Tensor,
     if masks.shape != returns.shape:
         raise ValueError(f"masks must have the shape of returns {tuple(returns.shape)}, "
                          f"got {tuple(masks.shape)}")
-    x = (features * masks.unsqueeze(-1)).flatten(1, 2).detach()
-    y = (returns * masks).flatten(1, 2).detach()
+    x = (features * masks.unsqueeze(-1)).flatten(1, 2).detach().double()
+    y = (returns * masks).flatten(1, 2).detach().double()
     gram = x.transpose(1, 2) @ x
     eye = torch.eye(gram.shape[-1], dtype=gram.dtype, device=gram.device)
-    rhs = (x.transpose(1, 2) @ y.unsqueeze(-1))
-    return torch.linalg.solve(gram + reg * eye, rhs).squeeze(-1)
+    rhs = x.transpose(1, 2) @ y.unsqueeze(-1)
+    for _ in range(5):  # as garage: a singular system retries with ten times the reg
+        coefficients, info = torch.linalg.solve_ex(gram + reg * eye, rhs)
+        if bool((info == 0).all()) and bool(torch.isfinite(coefficients).all()):
+            break
+        reg *= 10.0
+    return coefficients.squeeze(-1).to(features.dtype)
 
 
 def linear_baseline_values(observations: Tensor, returns: Tensor, masks: Tensor,
