@@ -4,7 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from metalab.rl import discounted_returns, fit_linear_baseline, gae, linear_features
+from metalab.rl import (
+    EpisodeBatch,
+    discounted_returns,
+    fit_linear_baseline,
+    gae,
+    linear_features,
+)
 
 REWARDS = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
 VALUES = torch.tensor([[0.5, 1.0, 2.0]], dtype=torch.float64)
@@ -89,3 +95,18 @@ def test_linear_baseline_names_a_bad_argument():
     features = torch.zeros(1, 2, 3, 8, dtype=torch.float64)
     with pytest.raises(ValueError, match="features must have shape"):
         fit_linear_baseline(features, torch.zeros(1, 2, 4), torch.ones(1, 2, 4))
+
+
+def test_episode_batch_names_a_mismatched_field():
+    steps = (2, 3, 4)
+    fields = dict(observations=torch.zeros(*steps, 2), actions=torch.zeros(*steps, 2),
+                  rewards=torch.zeros(steps), log_probs=torch.zeros(steps),
+                  masks=torch.ones(steps), task_ids=torch.arange(2))
+    batch = EpisodeBatch(**fields)
+    assert batch.total_returns().shape == (2, 3)
+    with pytest.raises(ValueError, match="masks must have the shape of rewards"):
+        EpisodeBatch(**{**fields, "masks": torch.ones(2, 3, 5)})
+    with pytest.raises(ValueError, match="actions must have shape"):
+        EpisodeBatch(**{**fields, "actions": torch.zeros(2, 4, 4, 2)})
+    with pytest.raises(ValueError, match="task_ids must have shape"):
+        EpisodeBatch(**{**fields, "task_ids": torch.arange(3)})
