@@ -1,0 +1,59 @@
+"""A Gaussian MLP policy (Finn et al. 2017: two tanh hidden layers of 100 units, a
+state-independent learned log standard deviation).
+
+``forward(observations) -> (mean, log_std)``; it holds no other state, so
+``torch.func.functional_call(policy, params, (observations,))`` evaluates it at adapted
+parameters. ``gaussian_log_prob`` gives ``log N(a; mean, diag(exp(log_std))^2)`` summed
+over the action dimensions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metalab.validation import check_positive_int
+
+
+class GaussianMLPPolicy(nn.Module):
+    def __init__(self, observation_dim: int, action_dim: int,
+                 hidden: Sequence[int] = (100, 100), init_log_std: float = 0.0):
+        super().__init__()
+        self.observation_dim = check_positive_int("observation_dim", observation_dim)
+        self.action_dim = check_positive_int("action_dim", action_dim)
+        layers: list[nn.Module] = []
+        width = observation_dim
+        for index, size in enumerate(hidden):
+            layers += [nn.Linear(width, check_positive_int(f"hidden[{index}]", size)), nn.Tanh()]
+            width = size
+        layers.append(nn.Linear(width, action_dim))
+        self.mean = nn.Sequential(*layers)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+
+    def forward(self, observations: Tensor) -> tuple[Tensor, Tensor]:
+        if observations.dim() == 0 or observations.shape[-1] != self.observation_dim:
+            raise ValueError(f"observations must have last dimension {self.observation_dim}, "
+                             f"got shape {tuple(observations.shape)}")
+        mean = self.mean(observations)
+        return mean, self.log_std.expand_as(mean)
+
+
+def gaussian_log_prob(actions: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
+    """``sum_i log N(a_i; mean_i, exp(log_std_i)^2)`` over the last dimension."""
+    if actions.shape != mean.shape:
+        raise ValueError(f"actions must have the shape of the policy's mean "
+                         f"{tuple(mean.shape)}, got {tuple(actions.shape)}")
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi)).sum(dim=-1)
+
+
+def policy_log_probs(policy: nn.Module, params: Mapping[str, Tensor], observations: Tensor,
+                     actions: Tensor) -> Tensor:
+    """Log-probabilities of ``actions`` in ``observations`` at ``params`` (differentiable in
+    ``params``); shapes ``[..., obs_dim]``, ``[..., act_dim] -> [...]``."""
+    mean, log_std = functional_call(policy, dict(params), (observations,))
+    return gaussian_log_prob(actions, mean, log_std)
