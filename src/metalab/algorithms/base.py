@@ -80,6 +80,16 @@ def detached(state: State) -> State:
     return pytree.tree_map(lambda v: v.detach() if isinstance(v, Tensor) else v, state)
 
 
+def embedding_dimension(model: nn.Module, embedding_dim: int | None, needed_by: str) -> int:
+    """D, the size of ``model``'s embedding: ``embedding_dim`` when given, else the
+    ``feature_dim`` the model declares; ``needed_by`` names what needs it in the error."""
+    dim = embedding_dim if embedding_dim is not None else getattr(model, "feature_dim", None)
+    if not isinstance(dim, int):
+        raise ValueError(f"{needed_by} needs embedding_dim (the model {type(model).__name__} "
+                         f"declares no feature_dim)")
+    return dim
+
+
 def parameters_for(module: nn.Module, training: bool) -> dict[str, Tensor]:
     """``module``'s parameters as the start of an inner loop: the parameters themselves in
     meta-training (the graph reaches them); detached leaves at meta-test."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, support_ways
+from metalab.algorithms.base import MetaLearner, embedding_dimension, support_ways
 from metalab.nn.mann import MANNNet, MemoryState
 from metalab.tasks import TaskBatch
 from metalab.tasks.sequence import (
@@ -68,10 +68,7 @@ class MANN(MetaLearner, name="mann"):
         super().__init__("cross_entropy", strategy)
         self.ways = check_positive_int("ways", ways)
         self.sequence_loss = check_choice("sequence_loss", sequence_loss, SEQUENCE_LOSSES)
-        dim = embedding_dim if embedding_dim is not None else getattr(model, "feature_dim", None)
-        if dim is None:
-            raise ValueError(f"{type(self).__name__} needs embedding_dim (the model "
-                             f"{type(model).__name__} declares no feature_dim)")
+        dim = embedding_dimension(model, embedding_dim, type(self).__name__)
         self.model = model
         self.shuffle = bool(shuffle)
         self.net = MANNNet(dim + self.ways, self.ways, controller_size, slots, size, gamma,

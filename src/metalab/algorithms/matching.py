@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, support_ways
+from metalab.algorithms.base import MetaLearner, embedding_dimension, support_ways
 
 
 def lstm_step(cell: nn.LSTMCell, x: Tensor, h: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -120,11 +120,7 @@ class MatchingNet(MetaLearner, name="matching"):
         self.support_context: SupportContext | None = None
         self.query_attention: QueryAttention | None = None
         if fce:
-            dim = embedding_dim if embedding_dim is not None else getattr(model, "feature_dim",
-                                                                          None)
-            if dim is None:
-                raise ValueError(f"fce=True needs embedding_dim (the model "
-                                 f"{type(model).__name__} declares no feature_dim)")
+            dim = embedding_dimension(model, embedding_dim, "fce=True")
             self.support_context = SupportContext(dim)
             self.query_attention = QueryAttention(dim)
 

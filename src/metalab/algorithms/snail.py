@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner, support_ways
+from metalab.algorithms.base import MetaLearner, embedding_dimension, support_ways
 from metalab.nn.snail import SNAILNet
 from metalab.tasks.sequence import (
     one_hot_labels,
@@ -58,10 +58,7 @@ class SNAIL(MetaLearner, name="snail"):
         super().__init__("cross_entropy", strategy)
         self.ways = check_positive_int("ways", ways)
         self.shots = check_positive_int("shots", shots)
-        dim = embedding_dim if embedding_dim is not None else getattr(model, "feature_dim", None)
-        if dim is None:
-            raise ValueError(f"SNAIL needs embedding_dim (the model {type(model).__name__} "
-                             f"declares no feature_dim)")
+        dim = embedding_dimension(model, embedding_dim, "SNAIL")
         self.model = model
         self.shuffle_support = bool(shuffle_support)
         self.net = SNAILNet(dim + self.ways, self.ways, self.ways * self.shots + 1, filters,
