@@ -38,12 +38,6 @@ def conjugate_gradient(matvec: MatVec, b: Tensor, steps: int, tolerance: float =
 
     Stops early when ``||r|| <= tolerance`` (an exact solve leaves ``r = 0``; then nothing
     is divided by zero). In exact arithmetic it is exact after ``len(b)`` iterations.
-
-    On a system that is not positive definite (iMAML's ``I + H/lam`` when the support loss
-    is not convex at ``phi*``, measured on a trained Conv4) a direction with ``p.Ap <= 0``
-    can appear; CG's step along it is meaningless, so it stops there and returns the
-    iterate so far, or ``b`` itself if that happens at the first iteration (``A = I``: the
-    first-order answer), as truncated-Newton solvers do (Steihaug 1983).
     """
     steps = check_positive_int("cg_steps", steps)
     x = torch.zeros_like(b)
@@ -54,10 +48,7 @@ def conjugate_gradient(matvec: MatVec, b: Tensor, steps: int, tolerance: float =
         if squared_norm.sqrt() <= tolerance or squared_norm == 0:
             break
         image = matvec(direction)
-        curvature = direction.dot(image)
-        if curvature <= 0:
-            return b.clone() if not x.any() else x
-        alpha = squared_norm / curvature
+        alpha = squared_norm / direction.dot(image)
         x = x + alpha * direction
         residual = residual - alpha * image
         new_squared_norm = residual.dot(residual)
