@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from metalab.tasks import TaskBatch
 
@@ -70,3 +71,16 @@ def interrupted_then_resumed(config: dict, root, interrupt_at: int = 7):
         trainer.fit()
     torch.manual_seed(999)  # a resumed process starts with other RNG state
     return straight, train_run(config, root / "broken", resume=True)
+
+
+class FlatEmbedding(nn.Module):
+    """A batch-norm-free embedding (one linear map of the flattened input): each example's
+    features depend on it alone, so sequence learners can be tested for causality."""
+
+    def __init__(self, in_features: int, dim: int) -> None:
+        super().__init__()
+        self.feature_dim = dim
+        self.linear = nn.Linear(in_features, dim)
+
+    def forward(self, x):
+        return self.linear(x.flatten(1))

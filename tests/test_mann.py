@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from tests.helpers import FlatEmbedding
 from torch import nn
 
 from metalab.algorithms.mann import MANN, MANNLSTM
@@ -79,21 +80,10 @@ def test_lstm_baseline_controller_is_torchs_lstm_cell():
         torch.testing.assert_close(logits[t], net.output(h)[0])
 
 
-class _Flat(nn.Module):
-    feature_dim = D
-
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(4, D)
-
-    def forward(self, x):
-        return self.linear(x.flatten(1))
-
-
 def _learner(cls=MANN):
     torch.manual_seed(1)
     options = dict(slots=3, size=4, gamma=0.9) if cls is MANN else {}
-    return cls(_Flat(), ways=WAYS, controller_size=5, shuffle=False, **options).double()
+    return cls(FlatEmbedding(4, D), ways=WAYS, controller_size=5, shuffle=False, **options).double()
 
 
 @pytest.mark.parametrize("cls", [MANN, MANNLSTM])
@@ -169,7 +159,7 @@ def test_training_loss_is_the_mean_over_every_step():
 
 def test_bad_options_are_named():
     with pytest.raises(ValueError, match="sequence_loss"):
-        MANN(_Flat(), ways=WAYS, sequence_loss="last")
+        MANN(FlatEmbedding(4, D), ways=WAYS, sequence_loss="last")
     with pytest.raises(ValueError, match="gamma"):
         MANNNet(7, 4, gamma=1.5)
 

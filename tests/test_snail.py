@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from tests.helpers import FlatEmbedding
 from torch import nn
 
 from metalab.algorithms.snail import SNAIL
@@ -81,22 +82,9 @@ def test_snail_net_is_causal(t):
     assert (net(earlier)[:, t] - net(x)[:, t]).abs().max() > 1e-6  # the test is not trivial
 
 
-class _Flat(nn.Module):
-    """A batch-norm-free embedding: each example's features depend on it alone."""
-
-    feature_dim = D
-
-    def __init__(self):
-        super().__init__()
-        self.linear = nn.Linear(4, D)
-
-    def forward(self, x):
-        return self.linear(x.flatten(1))
-
-
 def _learner():
     torch.manual_seed(3)
-    return SNAIL(_Flat(), ways=WAYS, shots=1, filters=4, key_sizes=(4, 5, 6),
+    return SNAIL(FlatEmbedding(4, D), ways=WAYS, shots=1, filters=4, key_sizes=(4, 5, 6),
                  value_sizes=(3, 4, 5)).double()
 
 
