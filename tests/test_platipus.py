@@ -84,7 +84,7 @@ def test_meta_objective_and_its_gradient_by_hand():
     model = learner(kl_weight=0.3, prior_std=0.2, inference_std=0.05, gamma_p=0.07,
                     gamma_q=0.11)
     with torch.no_grad():  # distinct per-entry stds, so a swapped KL or std shows
-        for k, p in model.log_prior_std.items():
+        for p in model.log_prior_std.values():
             p.add_(0.1 * torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape))
     g = torch.Generator().manual_seed(2)
     params = dict(model.model.named_parameters())
