@@ -1,5 +1,6 @@
-"""MAML, an ensemble of MAMLs, BMAML, LLAMA, PLATIPUS and ABML on 5-shot sinusoid: MSE of the predictive
-mean, log-likelihood per query point and coverage of the 90% predictive interval.
+"""MAML, an ensemble of MAMLs, BMAML, LLAMA, PLATIPUS and ABML on 5-shot sinusoid: MSE of
+the predictive mean, log-likelihood per query point and coverage of the 90% predictive
+interval.
 
 Reads trained runs of the shipped configs from ``--runs`` (``RUNS/<config>``; a missing one
 is trained there with ``--steps`` meta-iterations). The test tasks are those of
