@@ -1,0 +1,156 @@
+"""The PLATIPUS experiment on the ambiguous sine/line family (Finn, Xu & Levine 2018,
+section 5.1): do the models drawn for an ambiguous support cover both hypotheses?
+
+Reads trained runs from ``--runs`` (``RUNS/<name>``, e.g. ``maml-ambiguous``,
+``maml-ensemble-ambiguous``, ``platipus-ambiguous``, ``abml-ambiguous``; see
+docs/bayesian-methods.md for the training commands). Every run is scored on the same test
+tasks, drawn from the first run's data config (``sine-line``, 5 support points in a window
+of width ``support_width``, 100 query points over [-5, 5], seed 1234), with ``10`` inner
+steps at test:
+
+- MSE of the predictive mean, log-likelihood per query point, 90% interval coverage (MAML,
+  a point estimate, is scored as ``N(f(x), maml_noise_std^2)``);
+- hypotheses: the functions a method gives for a task, on 200 points of [-5, 5] (MAML: its
+  one function; the ensemble: its members; PLATIPUS and ABML: ``--samples`` draws), are each
+  labelled line-like or sine-like by which least-squares fit leaves the smaller residual,
+  the line ``a x + b`` or the family's sinusoid ``c1 sin x + c2 cos x`` (= ``A sin(x - phi)``).
+  Reported per method, as fractions of tasks: ``both`` (the functions include a line-like
+  and a sine-like one), ``truth_covered`` (one of them has the task's true kind) and
+  ``mean_kind`` (the predictive mean has the true kind).
+
+    python benchmarks/platipus_ambiguous.py --runs /tmp/plat-runs/amb --episodes 200 \
+        --out benchmarks/results/platipus_ambiguous
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from metalab.algorithms.base import detached
+from metalab.algorithms.predictive import GaussianPredictive
+from metalab.algorithms.predictive_scores import predictive_scores
+from metalab.tasks.regression import LINE
+from metalab.train import load_run, mean_ci95
+from metalab.train.build import build_task_source
+from metalab.train.report import format_plain, write_json
+from metalab.train.run import read_run_config
+
+RUNS = ("maml-ambiguous", "maml-ensemble-ambiguous", "platipus-ambiguous", "abml-ambiguous")
+INNER_STEPS, GRID = 10, torch.linspace(-5, 5, 200)[:, None]
+
+
+def point_predictive(predictor, noise_std: float) -> GaussianPredictive:
+    """A point estimate's predictive ``N(f(x), noise_std^2)``."""
+    def decode(x, z):
+        mean = predictor(x)
+        return mean, torch.full_like(mean, noise_std ** 2)
+    return GaussianPredictive(decode)
+
+
+def functions_of(learner, predictive, sx, sy, samples: int) -> torch.Tensor:
+    """``[K, 200]``: the functions the method gives for a task on the grid."""
+    if getattr(predictive, "is_latent", False):
+        return predictive.sample(GRID, samples, seed=0)[..., 0]
+    if hasattr(learner, "particle_outputs"):  # ensembles, BMAML: every member
+        state = detached(learner.adapt_task(sx, sy, training=False, inner_steps=INNER_STEPS))
+        with torch.no_grad():
+            return learner.particle_outputs(state, GRID)[..., 0]
+    return predictive(GRID)[None, :, 0]
+
+
+def is_line_like(functions: torch.Tensor) -> torch.Tensor:
+    """``[K]`` bools: the line fit leaves a smaller residual than the sinusoid fit."""
+    x = GRID.double()
+    designs = (torch.cat([x, torch.ones_like(x)], 1), torch.cat([x.sin(), x.cos()], 1))
+    y = functions.double().T  # [200, K]
+    residuals = [(d @ torch.linalg.lstsq(d, y).solution - y).pow(2).sum(0) for d in designs]
+    return residuals[0] < residuals[1]
+
+
+def measure(run: Path, tasks, episodes: int, samples: int, maml_noise_std: float) -> dict:
+    learner = load_run(run)
+    learner.eval()
+    options = {"inner_steps": INNER_STEPS} if "inner_steps" in learner.adapt_options else {}
+    scores: dict[str, list[torch.Tensor]] = {}
+    for batch in tasks:
+        for t in range(len(batch)):
+            sx, sy = batch.support_x[t], batch.support_y[t]
+            adapted = learner.adapt(sx, sy, **options)
+            predictive = adapted if hasattr(adapted, "variance") else point_predictive(
+                adapted, maml_noise_std)
+            values = predictive_scores(predictive, batch.query_x[t], batch.query_y[t])
+            line_like = is_line_like(functions_of(learner, adapted, sx, sy, samples))
+            mean_line = is_line_like(predictive.mean(GRID).T)[0]
+            truth_line = bool(batch.task_id[t] == LINE)
+            values.update({
+                "both": torch.tensor(float(line_like.any() and not line_like.all())),
+                "truth_covered": torch.tensor(float((line_like == truth_line).any())),
+                "mean_kind": torch.tensor(float(mean_line == truth_line)),
+            })
+            for name, value in values.items():
+                scores.setdefault(name, []).append(value)
+    return {name: dict(zip(("mean", "ci95"), mean_ci95(torch.stack(values)), strict=True))
+            for name, values in scores.items()}
+
+
+def test_tasks(run: Path, episodes: int):
+    """The test tasks of ``run``'s data config (seed 1234, 100 query points)."""
+    source = build_task_source(read_run_config(run), "test", 50, seed=1234, queries=100)
+    batches, seen = [], 0
+    while seen < episodes:
+        batch = source.sample()[: min(50, episodes - seen)]
+        batches.append(batch)
+        seen += len(batch)
+    return batches
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=Path, required=True)
+    parser.add_argument("--names", nargs="+", default=list(RUNS))
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--samples", type=int, default=5,
+                        help="functions drawn per task by PLATIPUS/ABML (5: as the ensemble)")
+    parser.add_argument("--maml-noise-std", type=float, default=0.3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    start = time.time()
+    runs = [args.runs / name for name in args.names if (args.runs / name).is_dir()]
+    tasks = test_tasks(runs[0], args.episodes)
+    results = {}
+    for run in runs:
+        results[run.name] = measure(run, tasks, args.episodes, args.samples,
+                                    args.maml_noise_std)
+        print(run.name, {k: format_plain(v) for k, v in results[run.name].items()}, flush=True)
+    seconds = time.time() - start
+    lines = [f"# Ambiguous sine/line: {args.episodes} test tasks (seed 1234), 5 support points "
+             f"in a window of width {read_run_config(runs[0])['data'].get('support_width')}, "
+             f"100 query points, {INNER_STEPS} inner steps at test, mean ± 95% CI over tasks; "
+             f"measured in {seconds:.0f} s", "",
+             "| run | MSE | log-lik per point | 90% coverage | both kinds drawn | "
+             "true kind drawn | mean has true kind |", "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(format_plain(r[k]) for k in (
+            "mse", "log_likelihood", "coverage_90", "both", "truth_covered", "mean_kind"))
+            + " |")
+    lines += ["", f"Functions per task: MAML 1, the ensemble its members, PLATIPUS/ABML "
+              f"{args.samples} draws; a function is line-like when a least-squares line fits it "
+              f"on 200 points of [-5, 5] better than c1 sin x + c2 cos x. MAML (point "
+              f"estimate): predictive N(f(x), {args.maml_noise_std}^2)."]
+    text = "\n".join(lines)
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        Path(f"{args.out}.md").write_text(text + "\n")
+        write_json(f"{args.out}.json", {"episodes": args.episodes, "samples": args.samples,
+                                        "maml_noise_std": args.maml_noise_std,
+                                        "seconds": seconds, "results": results})
+
+
+if __name__ == "__main__":
+    main()
