@@ -115,3 +115,31 @@ def test_usable_from_a_config():
     assert batch.support_x.shape == (4, 5, 1) and batch.query_x.shape == (4, 7, 1)
     evaluation = build_task_source(config, "test", tasks_per_batch=2, seed=1, queries=100)
     assert evaluation.sample().query_x.shape == (2, 100, 1)
+
+
+@pytest.mark.parametrize("method", [
+    pytest.param({"name": "platipus", "inner_lr": 0.01, "noise_std": 0.3, "kl_weight": 0.1,
+                  "strategy": "vmap", "samples": 2},
+                 marks=pytest.mark.slow),  # ~18 s on the loaded machine
+    {"name": "abml", "inner_lr": 0.002, "noise_std": 0.3, "strategy": "vmap", "samples": 2},
+])
+def test_sampling_methods_resume_bit_identically(method, tmp_path):
+    """PLATIPUS and ABML draw their training noise from the global generator: an interrupted
+    run resumed in a process with other RNG state still matches the uninterrupted one."""
+    from helpers import interrupted_then_resumed
+
+    config = {"algorithm": {"inner_steps": 1, **method},
+              "model": {"name": "mlp", "in_features": 1, "hidden": [8]},
+              "data": {"name": "sine-line", "shots": 5, "queries": 5, "support_width": 2.0},
+              "train": {"steps": 8, "meta_batch": 3, "val_every": 0, "checkpoint_every": 4,
+                        "log_every": 2, "progress": False},
+              "eval": {"episodes": 4, "batch_size": 2}}
+    import yaml
+
+    from metalab.train.config import load_config
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    straight, resumed = interrupted_then_resumed(load_config(path), tmp_path, interrupt_at=6)
+    for name, value in straight.learner.state_dict().items():
+        assert torch.equal(resumed.learner.state_dict()[name], value), name
