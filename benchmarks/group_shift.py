@@ -309,6 +309,7 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(defaults.batch_sizes))
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--hidden", type=int, default=defaults.hidden)
+    parser.add_argument("--fc-hidden", type=int, default=defaults.fc_hidden)
     parser.add_argument("--context-hidden", type=int, default=defaults.context_hidden)
     parser.add_argument("--data-root", default=None,
                         help="rotated-mnist: the folder with the MNIST t10k IDX files")
@@ -328,7 +329,8 @@ def main() -> None:
                         groups_per_batch=args.groups_per_batch, support_size=args.support_size,
                         lr=args.lr, eval_per_group=args.eval_per_group,
                         batch_sizes=tuple(args.batch_sizes), image_size=args.image_size,
-                        hidden=args.hidden, context_hidden=args.context_hidden,
+                        hidden=args.hidden, fc_hidden=args.fc_hidden,
+                        context_hidden=args.context_hidden,
                         data_root=args.data_root, overrides=tuple(args.overrides))
     if args.quick:
         settings = Settings(steps=5, seeds=(0,), groups_per_batch=2, support_size=5,

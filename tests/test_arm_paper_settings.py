@@ -40,3 +40,23 @@ def test_arm_cml_normalizes_per_group() -> None:
     """Measured (README, rotated MNIST): with pooled training statistics and running test
     statistics ARM-CML lost to ERM on some seeds; per-group statistics fixed it."""
     assert config("arm-cml")["model"]["norm"] == "task"
+
+
+# The official MNIST data: 54,000 training-pool images; group g holds int(p_g * 54000 / 5)
+# images with p_g = 0.70 (0-20 degrees), 0.20, 0.06, 0.03 (90-110) and 0.01 (120-130).
+PAPER_TRAIN_IMAGES = sum(int(p * 54000 / 5) for p in [0.70] * 3 + [0.20] * 3 + [0.06] * 3
+                         + [0.03] * 3 + [0.01] * 2)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_schedule_and_evaluation_are_the_papers(method: str) -> None:
+    """--num_epochs 200 of (training images // 300) batches, validation every 10 epochs on
+    300 images per group (--n_samples_per_group 300), and the test on every test image of
+    every group (3,000 per group with images: test-set) in batches of 50."""
+    c = config(method)
+    assert PAPER_TRAIN_IMAGES == 32292
+    steps_per_epoch = PAPER_TRAIN_IMAGES // (6 * 50)
+    assert c["train"]["steps"] == 200 * steps_per_epoch == 21400
+    assert c["train"]["val_every"] == 10 * steps_per_epoch
+    assert c["train"]["val_episodes"] * c["eval"]["batch_size"] == 14 * 300
+    assert c["eval"]["episodes"] * c["eval"]["batch_size"] == 14 * 3000
