@@ -131,6 +131,7 @@ PLOT_KINDS = {
     "predictive": ("metalab.cli.plot_predictive", "plot_predictive", "predictive.png"),
     "presentations": ("metalab.cli.plot_presentations", "plot_presentations",
                       "presentations.png"),
+    "stream": ("metalab.cli.plot_stream", "plot_stream", "stream.png"),
 }
 
 
@@ -152,8 +153,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         options = {"overrides": args.data} if kind == "predictive" else {}
         written = plot(runs, out or runs[0] / default, **options)
     elif len(runs) > 1:
-        raise ValueError("several run directories need --groups, --support-sizes, --predictive "
-                         "or --presentations")
+        raise ValueError("several run directories need --groups, --support-sizes, --predictive, "
+                         "--presentations or --stream")
     else:
         written = plot_curves(runs[0], out)
     print(f"wrote {written}")
@@ -247,6 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     kinds.add_argument("--presentations", action="store_true",
                        help="accuracy per presentation number of each run's presentations.json "
                             "(benchmarks/mann_presentations.py)")
+    kinds.add_argument("--stream", action="store_true",
+                       help="online runs: examples to threshold, accuracy after a small budget "
+                            "and cumulative loss against the task index, seed bands (each "
+                            "run's stream.json)")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or "
                                     "FIRST_RUN/groups.png, FIRST_RUN/support_sizes.png)")
     plot.set_defaults(func=cmd_plot)
