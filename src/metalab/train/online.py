@@ -43,7 +43,7 @@ from metalab.tasks.stream import BufferSource
 from metalab.train import distributed
 from metalab.train.checkpoint import atomic_write_text
 from metalab.train.config import ConfigError, OnlineConfig, TrainConfig, accepted_keywords
-from metalab.train.sources import STREAM_FAMILIES, build_task_stream
+from metalab.train.sources import STREAM_FAMILIES
 
 STREAM_FILE = "stream.json"
 STREAM_SPLIT = "stream"
@@ -70,10 +70,9 @@ PROTOCOLS = {
 
 # -- the config -----------------------------------------------------------------------------
 def complete_online_config(config: dict[str, Any]) -> dict[str, Any]:
-    """``config`` with its ``online`` protocol's facts written in (module doc) and checked:
-    the data are a task stream, ``train.val_every`` is 0 and ``train.steps`` is the stream's
-    arrivals times ``online.updates_per_batch``. A config without ``online`` is returned
-    as is."""
+    """``config`` with its ``online`` protocol's facts written in (module doc) and checked
+    (the data are a task stream, ``train.val_every`` is 0); reads no data. A config without
+    ``online`` is returned as is."""
     if config.get("online") is None:
         return config
     config = copy.deepcopy(config)
@@ -87,15 +86,19 @@ def complete_online_config(config: dict[str, Any]) -> dict[str, Any]:
                   accepted_keywords(algorithm_class(algorithm["name"])))
     if not protocol.adapts_when_scored:
         _set_fact(online, "eval_inner_steps", 0, "online", online["protocol"], None)
-    train = TrainConfig.of(config)
-    if train.val_every != 0:
+    if TrainConfig.of(config).val_every != 0:
         raise ConfigError("train.val_every must be 0 for an online run (each task is scored "
                           "on its held-out examples as it arrives)")
-    steps = build_task_stream(data, train.seed).arrivals() * online["updates_per_batch"]
-    if train.steps != steps:
-        raise ConfigError(f"train.steps must be {steps} for this stream (its arrivals times "
-                          f"online.updates_per_batch), got {train.steps}")
     return config
+
+
+def check_stream_steps(source: BufferSource, online: OnlineConfig, steps: int) -> None:
+    """``train.steps`` must be the stream's arrivals times ``online.updates_per_batch``
+    (checked when the run's trainer is made: it needs the stream's data)."""
+    needed = source.stream.arrivals() * online.updates_per_batch
+    if steps != needed:
+        raise ConfigError(f"train.steps must be {needed} for this stream (its arrivals times "
+                          f"online.updates_per_batch), got {steps}")
 
 
 def _set_fact(section: dict[str, Any], key: str, value: Any, name: str, protocol: str,

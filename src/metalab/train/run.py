@@ -32,7 +32,7 @@ from metalab.train.config import (
     save_config,
 )
 from metalab.train.evaluator import Evaluator
-from metalab.train.online import StreamEvaluation
+from metalab.train.online import StreamEvaluation, check_stream_steps
 from metalab.train.trainer import Trainer
 
 CONFIG_FILE = "config.yaml"
@@ -61,7 +61,10 @@ def make_trainer(config: dict[str, Any], run_dir: str | Path) -> Trainer:
     val_source = partial(build_task_source, config, "val", EvalConfig.of(config).batch_size,
                          seed=train.seed + 1)
     online = OnlineConfig.of(config)
-    hooks = [] if online is None else [StreamEvaluation(source, online)]
+    hooks = []
+    if online is not None:
+        check_stream_steps(source, online, train.steps)
+        hooks.append(StreamEvaluation(source, online))
     return Trainer(learner, source, run_dir, train, val_source=val_source,
                    combiner=build_combiner_for(config, source), hooks=hooks)
 
