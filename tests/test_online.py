@@ -289,3 +289,15 @@ def test_an_interrupted_online_run_resumes_bit_identically(tmp_path, monkeypatch
     assert main(["plot", "--stream", str(whole), str(part), "--out",
                  str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_train_seeds_runs_an_online_config_per_seed(tmp_path, capsys):
+    out = tmp_path / "seeds"
+    assert main(["train", "toe-rainbow-digits", "--seeds", "0,1", "--out", str(out),
+                 *SMALL]) == 0
+    assert "metalab plot --stream" in capsys.readouterr().out
+    first, second = (json.loads((out / f"seed{s}" / "stream.json").read_text())
+                     for s in (0, 1))
+    assert len(first["tasks"]) == len(second["tasks"]) == 3
+    assert first != second  # another seed: another stream and initialisation

@@ -92,6 +92,10 @@ def _train_seeds(config: dict, out: Path, seeds: str, resume: bool) -> int:
     from metalab.train.seeds import parse_seeds, train_seeds
 
     run_dirs = train_seeds(config, out, parse_seeds(seeds), resume=resume)
+    if is_main_process() and config.get("online") is not None:  # scored along the stream
+        print(f"per-task metrics in each run's stream.json; draw them with: metalab plot "
+              f"--stream {' '.join(str(run) for run in run_dirs)}")
+        return 0
     if is_main_process():
         for run_dir in run_dirs:
             print(f"{run_dir}: {format_result(read_run(run_dir).result)}")
