@@ -128,11 +128,12 @@ def main() -> None:
     report["seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    named = {kind: out.parent / f"{out.name}.{kind}" for kind in ("json", "md", "png")}
+    named["json"].write_text(json.dumps(report, indent=1))
     markdown = summary_markdown(report)
-    out.with_suffix(".md").write_text(markdown)
+    named["md"].write_text(markdown)
     run_dirs = [Path(r["run_dir"]) for per in report["results"].values() for r in per.values()]
-    plot_stream(run_dirs, out.with_suffix(".png"))
+    plot_stream(run_dirs, named["png"])
     print(markdown)
     print(f"total {report['seconds']:.0f}s")
 
