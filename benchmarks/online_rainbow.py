@@ -47,6 +47,8 @@ def parse() -> argparse.Namespace:
                         help="overrides for FTML only (algorithm.inner_steps=5)")
     parser.add_argument("--thresholds", default="0.5,0.7,0.9")
     parser.add_argument("--out", default="benchmarks/results/online_rainbow_digits")
+    parser.add_argument("--from-json", dest="from_json", default=None,
+                        help="only rewrite OUT.md from this benchmark JSON (no training)")
     parser.add_argument("--runs", default="/tmp/online_rainbow_runs",
                         help="where the run directories go (checkpoints: not results)")
     return parser.parse_args()
@@ -88,6 +90,7 @@ def summary_markdown(report: dict) -> str:
     tasks = len(next(iter(first["summaries"].values()))["tasks"])
     examples = next(iter(first["summaries"].values()))["tasks"][0]["examples"]
     budget = next(iter(first["summaries"].values()))["budget"]
+    half = tasks // 2
     lines = [f"Rainbow {args['stream']}: {tasks} tasks x {examples} examples, seeds "
              f"{args['seeds']}, overrides {args['set']} (FTML also {args['ftml_set']}); "
              f"mean ± Student-t 95% CI over seeds; area = sum over task indices of the "
@@ -95,6 +98,10 @@ def summary_markdown(report: dict) -> str:
              "| protocol | " + " | ".join(f"area to {t}" for t in args["thresholds"].split(","))
              + f" | acc. after {budget} ex. | final acc. | cumulative loss | s/seed |",
              "|---" * (len(args["thresholds"].split(",")) + 5) + "|"]
+    key = args["thresholds"].split(",")[0]
+    trend = ["", f"Examples to {key}: mean per task over the first {half} and the last "
+             f"{tasks - half} task indices (a learner that learns to learn comes down):", "",
+             "| protocol | first half | second half |", "|---|---|---|"]
     for name, per_seed in results.items():
         runs = list(per_seed.values())
         areas = [format_plain(over_seeds([sum(censored(t) for t in r["summaries"][k]["tasks"])
@@ -109,6 +116,11 @@ def summary_markdown(report: dict) -> str:
         secs = sum(r["seconds"] for r in runs) / len(runs)
         lines.append(f"| {name} | " + " | ".join(areas) + f" | {format_plain(acc, 3)} | "
                      f"{format_plain(final, 3)} | {format_plain(loss, 2)} | {secs:.0f} |")
+        per_run = [[censored(t) for t in r["summaries"][key]["tasks"]] for r in runs]
+        first = over_seeds([sum(v[:half]) / half for v in per_run])
+        second = over_seeds([sum(v[half:]) / (tasks - half) for v in per_run])
+        trend.append(f"| {name} | {format_plain(first, 1)} | {format_plain(second, 1)} |")
+    lines += trend
     for key in args["thresholds"].split(","):
         lines += ["", f"Examples to {key} per task index (mean over seeds; "
                   f"{examples + 1} = never):", "",
@@ -123,6 +135,11 @@ def summary_markdown(report: dict) -> str:
 def main() -> None:
     torch.set_num_threads(1)
     args = parse()
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        Path(args.from_json).with_name(Path(args.from_json).name[:-len(".json")] + ".md"
+                                       ).write_text(summary_markdown(report))
+        return
     started = time.perf_counter()
     report = run(args)
     report["seconds"] = time.perf_counter() - started
