@@ -101,7 +101,8 @@ def summary_markdown(report: dict) -> str:
     key = args["thresholds"].split(",")[0]
     trend = ["", f"Examples to {key}: mean per task over the first {half} and the last "
              f"{tasks - half} task indices (a learner that learns to learn comes down):", "",
-             "| protocol | first half | second half |", "|---|---|---|"]
+             "| protocol | first half | second half | final acc., first half | final acc., "
+             "second half |", "|---|---|---|---|---|"]
     for name, per_seed in results.items():
         runs = list(per_seed.values())
         areas = [format_plain(over_seeds([sum(censored(t) for t in r["summaries"][k]["tasks"])
@@ -119,7 +120,11 @@ def summary_markdown(report: dict) -> str:
         per_run = [[censored(t) for t in r["summaries"][key]["tasks"]] for r in runs]
         first = over_seeds([sum(v[:half]) / half for v in per_run])
         second = over_seeds([sum(v[half:]) / (tasks - half) for v in per_run])
-        trend.append(f"| {name} | {format_plain(first, 1)} | {format_plain(second, 1)} |")
+        finals = [[t["final_accuracy"] for t in r["summaries"][key]["tasks"]] for r in runs]
+        final_first = over_seeds([sum(v[:half]) / half for v in finals])
+        final_second = over_seeds([sum(v[half:]) / (tasks - half) for v in finals])
+        trend.append(f"| {name} | {format_plain(first, 1)} | {format_plain(second, 1)} | "
+                     f"{format_plain(final_first, 3)} | {format_plain(final_second, 3)} |")
     lines += trend
     for key in args["thresholds"].split(","):
         lines += ["", f"Examples to {key} per task index (mean over seeds; "
