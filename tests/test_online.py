@@ -218,6 +218,31 @@ def test_a_trainer_interrupted_mid_stream_resumes_bit_identically(tmp_path, monk
     assert stream_records(tmp_path / "part") == stream_records(tmp_path / "whole")
 
 
+def test_resuming_before_the_first_checkpoint_restarts_without_duplicate_records(tmp_path,
+                                                                                  monkeypatch):
+    tasks = one_task(size=8)
+    whole, _, _ = online_trainer(tmp_path / "whole", tasks, "ftml", 1, batch_size=3,
+                                 updates=2, support=2, query=2)
+    whole.fit()
+    part, _, _ = online_trainer(tmp_path / "part", tasks, "ftml", 1, batch_size=3,
+                                updates=2, support=2, query=2)
+    original = Trainer.train_step
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        part.fit()  # interrupted at its first update, after the step-0..2 records
+    assert len(stream_records(tmp_path / "part")) == 2
+    monkeypatch.setattr(Trainer, "train_step", original)
+    resumed, _, _ = online_trainer(tmp_path / "part", tasks, "ftml", 1, batch_size=3,
+                                   updates=2, support=2, query=2)
+    resumed.fit(resume=True)
+    assert stream_records(tmp_path / "part") == stream_records(tmp_path / "whole")
+    assert torch.equal(resumed.learner.model.weight, whole.learner.model.weight)
+
+
 # -- the config -----------------------------------------------------------------------------
 SMALL = ["data.tasks=3", "data.train_per_task=20", "data.test_per_task=10",
          "online.updates_per_batch=2", "train.steps=12", "train.checkpoint_every=3",

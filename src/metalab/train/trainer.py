@@ -262,15 +262,17 @@ class Trainer:
         metrics so far are dropped), which is what an uninterrupted run does.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and (self.run_dir / CHECKPOINT).is_file():
+        restored = resume and (self.run_dir / CHECKPOINT).is_file()
+        if restored:
             self.load_state_dict(load_checkpoint(self.run_dir))
         else:
             torch.manual_seed(self.config.seed)
-            self._after_step()  # step 0: what the hooks do before the first update
         if resume:
             distributed.barrier()  # every rank has read the checkpoint before rank 0 writes
-            if distributed.is_main_process():
-                self.log.truncate_after(self.step)
+            if distributed.is_main_process():  # a fresh start keeps no record (step 0's too)
+                self.log.truncate_after(self.step if restored else -1)
+        if not restored:
+            self._after_step()  # step 0: what the hooks do before the first update
         window: list[dict[str, float]] = []
         started = time.perf_counter()
         main = distributed.is_main_process()
