@@ -1,171 +1,161 @@
-"""Online meta-learning on Rainbow digits: FTML against train-on-everything (TOE),
-follow-the-leader (FTL) and from-scratch, on the same stream (Finn et al. 2019, Fig. 3).
+"""Online meta-learning: FTML against follow-the-leader (FTL), train-on-everything (TOE) and
+from-scratch on the same stream (Finn et al. 2019, Fig. 3), through the shipped configs.
 
-For each protocol and seed the same stream of Rainbow tasks (embedded scikit-learn digits,
-or MNIST's test set with ``--root``) is run through `metalab.train.online.run_online`; per
-task index the examples needed to reach each of ``--thresholds`` held-out accuracy are recorded
-(censored at the task's examples + 1 when never reached), with the area under that curve
-(its sum over task indices) and the accuracy after ``--budget`` examples.
+For each protocol and seed, ``<protocol>-<stream>`` (``ftml-rainbow-digits``, ...) runs
+through `metalab.train.run.train_run` (the CLI's path) with ``--set`` overrides into
+``RUNS/<out name>/<protocol>/seed<N>``; its ``metrics.jsonl`` stream records are summarised per
+task index at each of ``--thresholds`` (examples to threshold, censored at the task's
+examples + 1 when never reached; its area = the sum over task indices), with the accuracy
+after ``online.budget`` examples and the cumulative held-out loss. Mean ± Student-t 95% CI
+over seeds.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/online_rainbow.py \
-        --tasks 12 --train-per-task 100 --seeds 0,1,2 --thresholds 0.5,0.9 \
-        --out benchmarks/results/online_rainbow
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/online_rainbow.py --stream digits \
+        --seeds 0,1,2 --thresholds 0.5,0.7,0.9 --out benchmarks/results/online_rainbow_digits
 
-writes ``OUT.json``, ``OUT.md`` (tables) and ``OUT.png`` (examples-to-threshold against the
-task index, mean over seeds with a min-max band).
+writes ``OUT.json``, ``OUT.md`` and ``OUT.png`` (`metalab plot --stream` of the runs).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
 import torch
-from torch import nn
 
-from metalab.algorithms.maml import MAML
-from metalab.nn.backbones import MLP
-from metalab.tasks.rainbow import rainbow_tasks
-from metalab.tasks.stream import TaskStream
-from metalab.train.online import protocols, run_online
+from metalab.cli.plot_stream import plot_stream
+from metalab.train.config import load_config
+from metalab.train.online import read_stream_records, summarise_stream
 from metalab.train.report import format_plain, over_seeds
+from metalab.train.run import train_run
+from metalab.train.seeds import with_seed
 
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "metalab" / "configs"
 ORDER = ("ftml", "ftl", "toe", "scratch")
 
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=None, help="MNIST folder (default: embedded digits)")
-    parser.add_argument("--tasks", type=int, default=12)
-    parser.add_argument("--train-per-task", type=int, default=100)
-    parser.add_argument("--test-per-task", type=int, default=100)
-    parser.add_argument("--batch-size", type=int, default=10)
-    parser.add_argument("--updates", type=int, default=10, help="updates per arriving batch")
-    parser.add_argument("--tasks-per-update", type=int, default=4)
-    parser.add_argument("--support", type=int, default=10)
-    parser.add_argument("--query", type=int, default=10)
-    parser.add_argument("--inner-lr", type=float, default=0.1)
-    parser.add_argument("--inner-steps", type=int, default=1)
-    parser.add_argument("--eval-inner-steps", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--hidden", type=int, default=64)
-    parser.add_argument("--thresholds", default="0.5,0.9",
-                        help="comma-separated; one table each, the plot uses the first")
-    parser.add_argument("--budget", type=int, default=20)
+    parser.add_argument("--stream", choices=("digits", "glyphs"), default="digits")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--protocols", default=",".join(ORDER))
-    parser.add_argument("--out", default="benchmarks/results/online_rainbow")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for every protocol (data.tasks=6 train.steps=...)")
+    parser.add_argument("--ftml-set", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="overrides for FTML only (algorithm.inner_steps=5)")
+    parser.add_argument("--thresholds", default="0.5,0.7,0.9")
+    parser.add_argument("--out", default="benchmarks/results/online_rainbow_digits")
+    parser.add_argument("--from-json", dest="from_json", default=None,
+                        help="only rewrite OUT.md from this benchmark JSON (no training)")
+    parser.add_argument("--runs", default="/tmp/online_rainbow_runs",
+                        help="where the run directories go (checkpoints: not results)")
     return parser.parse_args()
-
-
-def learner_factory(args: argparse.Namespace, features: int):
-    def make(**options) -> MAML:
-        model = nn.Sequential(nn.Flatten(), MLP(features, (args.hidden,), 10))
-        return MAML(model, inner_lr=args.inner_lr, eval_inner_steps=args.eval_inner_steps,
-                    **options)
-    return make
 
 
 def run(args: argparse.Namespace) -> dict:
     seeds = [int(s) for s in args.seeds.split(",")]
-    names = args.protocols.split(",")
-    table = {name: {} for name in names}
-    for seed in seeds:
-        tasks = rainbow_tasks(args.root, tasks=args.tasks, train_per_task=args.train_per_task,
-                              test_per_task=args.test_per_task, seed=seed, shuffle_order=True)
-        features = tasks[0].train_x[0].numel()
-        for name in names:
-            stream = TaskStream(tasks, args.batch_size, seed=seed, num_classes=10)
+    runs_root = Path(args.runs) / Path(args.out).name
+    results: dict = {}
+    for name in args.protocols.split(","):
+        overrides = list(args.set) + (list(args.ftml_set) if name == "ftml" else [])
+        config = load_config(CONFIGS / f"{name}-rainbow-{args.stream}.yaml",
+                             overrides + ["train.progress=false"])
+        results[name] = {}
+        for seed in seeds:
+            run_dir = runs_root / name / f"seed{seed}"
+            shutil.rmtree(run_dir, ignore_errors=True)
             started = time.perf_counter()
-            protocol = protocols(args.inner_steps, args.eval_inner_steps)[name]
-            result = run_online(learner_factory(args, features), stream, protocol,
-                                updates_per_batch=args.updates,
-                                tasks_per_update=args.tasks_per_update, support=args.support,
-                                query=args.query, lr=args.lr, seed=seed)
+            train_run(with_seed(config, seed), run_dir)
             seconds = time.perf_counter() - started
-            thresholds = [float(v) for v in args.thresholds.split(",")]
-            table[name][seed] = {"to_threshold": {str(v): result.to_threshold(v)
-                                                  for v in thresholds},
-                                 "accuracy_at_budget": result.accuracy_at(args.budget),
-                                 "curves": result.curves, "seconds": seconds}
-            print(f"seed {seed} {name}: {seconds:.1f}s, to-threshold "
-                  f"{table[name][seed]['to_threshold']}", flush=True)
-    return {"args": vars(args), "results": table}
+            records = read_stream_records(run_dir)
+            online = config["online"]
+            results[name][seed] = {
+                "seconds": seconds, "run_dir": str(run_dir),
+                "summaries": {t: summarise_stream(records, float(t), online["budget"])
+                              for t in args.thresholds.split(",")}}
+            print(f"{args.stream} seed {seed} {name}: {seconds:.1f}s", flush=True)
+    return {"args": vars(args), "results": results}
+
+
+def censored(task: dict) -> float:
+    reached = task["examples_to_threshold"]
+    return float(task["examples"] + 1 if reached is None else reached)
 
 
 def summary_markdown(report: dict) -> str:
-    return "\n".join(threshold_markdown(report, key)
-                     for key in report["args"]["thresholds"].split(","))
-
-
-def threshold_markdown(report: dict, key: str) -> str:
-    args = report["args"]
-    results = {name: {seed: {**r, "to_threshold": r["to_threshold"][str(float(key))]}
-                      for seed, r in per.items()} for name, per in report["results"].items()}
-    half = args["tasks"] // 2
-    lines = [f"threshold {key}, {args['tasks']} tasks x {args['train_per_task']} "
-             f"examples (batches of {args['batch_size']}), seeds {args['seeds']}; "
-             f"mean ± Student-t 95% CI over seeds; never reached counts as "
-             f"{args['train_per_task'] + 1}", "",
-             "| protocol | area (sum over tasks) | mean, first half | mean, second half "
-             f"| acc. after {args['budget']} ex. | s/seed |",
-             "|---|---|---|---|---|---|"]
+    args, results = report["args"], report["results"]
+    first = next(iter(next(iter(results.values())).values()))
+    tasks = len(next(iter(first["summaries"].values()))["tasks"])
+    examples = next(iter(first["summaries"].values()))["tasks"][0]["examples"]
+    budget = next(iter(first["summaries"].values()))["budget"]
+    half = tasks // 2
+    lines = [f"Rainbow {args['stream']}: {tasks} tasks x {examples} examples, seeds "
+             f"{args['seeds']}, overrides {args['set']} (FTML also {args['ftml_set']}); "
+             f"mean ± Student-t 95% CI over seeds; area = sum over task indices of the "
+             f"examples to threshold, never reached counted as {examples + 1}.", "",
+             "| protocol | " + " | ".join(f"area to {t}" for t in args["thresholds"].split(","))
+             + f" | acc. after {budget} ex. | final acc. | cumulative loss | s/seed |",
+             "|---" * (len(args["thresholds"].split(",")) + 5) + "|"]
+    key = args["thresholds"].split(",")[0]
+    trend = ["", f"Examples to {key}: mean per task over the first {half} and the last "
+             f"{tasks - half} task indices (a learner that learns to learn comes down):", "",
+             "| protocol | first half | second half | final acc., first half | final acc., "
+             "second half |", "|---|---|---|---|---|"]
     for name, per_seed in results.items():
         runs = list(per_seed.values())
-        area = over_seeds([sum(r["to_threshold"]) for r in runs])
-        first = over_seeds([sum(r["to_threshold"][:half]) / half for r in runs])
-        second = over_seeds([sum(r["to_threshold"][half:]) / (args["tasks"] - half)
-                             for r in runs])
-        acc = over_seeds([sum(a for a in r["accuracy_at_budget"] if a is not None)
-                          / len(r["accuracy_at_budget"]) for r in runs])
+        areas = [format_plain(over_seeds([sum(censored(t) for t in r["summaries"][k]["tasks"])
+                                          for r in runs]), 0)
+                 for k in args["thresholds"].split(",")]
+        any_summary = [next(iter(r["summaries"].values())) for r in runs]
+        acc = over_seeds([sum(t["accuracy_at_budget"] for t in s["tasks"]) / len(s["tasks"])
+                          for s in any_summary])
+        final = over_seeds([sum(t["final_accuracy"] for t in s["tasks"]) / len(s["tasks"])
+                            for s in any_summary])
+        loss = over_seeds([s["cumulative_loss"][-1] for s in any_summary])
         secs = sum(r["seconds"] for r in runs) / len(runs)
-        lines.append(f"| {name} | {format_plain(area, 0)} | {format_plain(first, 1)} | "
-                     f"{format_plain(second, 1)} | {format_plain(acc, 3)} | {secs:.0f} |")
-    lines += ["", "Examples to threshold per task index (mean over seeds):", "",
-              "| task | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]
-    for t in range(args["tasks"]):
-        cells = [sum(r["to_threshold"][t] for r in per.values()) / len(per)
-                 for per in results.values()]
-        lines.append(f"| {t} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(areas) + f" | {format_plain(acc, 3)} | "
+                     f"{format_plain(final, 3)} | {format_plain(loss, 2)} | {secs:.0f} |")
+        per_run = [[censored(t) for t in r["summaries"][key]["tasks"]] for r in runs]
+        first = over_seeds([sum(v[:half]) / half for v in per_run])
+        second = over_seeds([sum(v[half:]) / (tasks - half) for v in per_run])
+        finals = [[t["final_accuracy"] for t in r["summaries"][key]["tasks"]] for r in runs]
+        final_first = over_seeds([sum(v[:half]) / half for v in finals])
+        final_second = over_seeds([sum(v[half:]) / (tasks - half) for v in finals])
+        trend.append(f"| {name} | {format_plain(first, 1)} | {format_plain(second, 1)} | "
+                     f"{format_plain(final_first, 3)} | {format_plain(final_second, 3)} |")
+    lines += trend
+    for key in args["thresholds"].split(","):
+        lines += ["", f"Examples to {key} per task index (mean over seeds; "
+                  f"{examples + 1} = never):", "",
+                  "| task | " + " | ".join(results) + " |", "|---" * (len(results) + 1) + "|"]
+        for t in range(tasks):
+            cells = [sum(censored(r["summaries"][key]["tasks"][t]) for r in per.values())
+                     / len(per) for per in results.values()]
+            lines.append(f"| {t} | " + " | ".join(f"{c:.0f}" for c in cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    key = str(float(report["args"]["thresholds"].split(",")[0]))
-    for name, per_seed in report["results"].items():
-        values = torch.tensor([r["to_threshold"][key] for r in per_seed.values()])
-        index = torch.arange(values.shape[1])
-        axis.plot(index, values.mean(0), label=name)
-        axis.fill_between(index, values.min(0).values, values.max(0).values, alpha=0.2)
-    args = report["args"]
-    axis.set_xlabel("task index")
-    axis.set_ylabel(f"examples to {float(key):.0%} held-out accuracy")
-    axis.set_title(f"Rainbow digits, seeds {args['seeds']} (band: min-max)")
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
 
 
 def main() -> None:
     torch.set_num_threads(1)
     args = parse()
+    if args.from_json:
+        report = json.loads(Path(args.from_json).read_text())
+        Path(args.from_json).with_name(Path(args.from_json).name[:-len(".json")] + ".md"
+                                       ).write_text(summary_markdown(report))
+        return
     started = time.perf_counter()
     report = run(args)
     report["seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    named = {kind: out.parent / f"{out.name}.{kind}" for kind in ("json", "md", "png")}
+    named["json"].write_text(json.dumps(report, indent=1))
     markdown = summary_markdown(report)
-    out.with_suffix(".md").write_text(markdown)
-    plot(report, out.with_suffix(".png"))
+    named["md"].write_text(markdown)
+    run_dirs = [Path(r["run_dir"]) for per in report["results"].values() for r in per.values()]
+    plot_stream(run_dirs, named["png"])
     print(markdown)
     print(f"total {report['seconds']:.0f}s")
 

@@ -163,3 +163,82 @@ def test_rainbow_has_56_distinct_transforms_and_reproducible_tasks():
         assert torch.equal(a.train_x, b.train_x) and torch.equal(a.test_y, b.test_y)
     # task 0 is red at full scale: channel 0 (red) is 1 wherever the digit is not
     assert torch.all(first[0].train_x[:, 0] >= 1 - 1e-6)
+
+
+def test_advance_walks_the_whole_stream_and_counts_its_arrivals():
+    stream = TaskStream(numbered_tasks(count=2, size=5), batch_size=2, seed=4)
+    assert stream.arrivals() == 6  # ceil(5 / 2) = 3 per task
+    seen = []
+    while stream.has_next():
+        x, _ = stream.advance()
+        seen.append((stream.task_index, len(x)))
+    assert seen == [(0, 2), (0, 2), (0, 1), (1, 2), (1, 2), (1, 1)]
+    with pytest.raises(StopIteration):
+        stream.advance()
+
+
+def test_example_batch_gives_the_sizes_without_drawing():
+    stream = TaskStream(numbered_tasks(), batch_size=3, seed=1, num_classes=2)
+    before = stream.generator.get_state()
+    batch = BufferSource(stream, 4, 2, 3).example_batch()
+    assert batch.support_x.shape == (1, 2, 1) and batch.query_x.shape == (1, 3, 1)
+    assert batch.num_classes == 2
+    assert torch.equal(stream.generator.get_state(), before) and stream.task_index == -1
+
+
+# -- rainbow glyphs -------------------------------------------------------------------------
+class FakeGlyphs:
+    """What `rainbow_glyph_tasks` reads of a Glyphs dataset: 4 alphabets x 6 characters x 5
+    drawings; drawing id ``30 alphabet + 5 character + drawing + 1`` is the intensity of a
+    2x2 block (kept exactly by the half scale's 2x2 pooling)."""
+
+    def __init__(self) -> None:
+        self.class_info, images, labels = [], [], []
+        for a in range(4):
+            for c in range(6):
+                self.class_info.append({"alphabet": f"A{a}", "char": str(c)})
+                for d in range(5):
+                    image = torch.zeros(1, 4, 4, dtype=torch.uint8)
+                    image[0, :2, :2] = 30 * a + 5 * c + d + 1
+                    images.append(image)
+                    labels.append(6 * a + c)
+        self.images, self.labels = torch.stack(images), torch.tensor(labels)
+
+
+def test_rainbow_glyph_tasks_one_alphabet_each_disjoint_drawings_and_reproducible():
+    from metalab.tasks.rainbow_glyphs import rainbow_glyph_tasks
+
+    fake = FakeGlyphs()
+    tasks = rainbow_glyph_tasks(tasks=3, ways=4, train_per_class=3, test_per_class=2,
+                                image_size=4, seed=5, dataset=fake)
+    again = rainbow_glyph_tasks(tasks=3, ways=4, train_per_class=3, test_per_class=2,
+                                image_size=4, seed=5, dataset=fake)
+    assert len(tasks) == 3
+    for task, twin in zip(tasks, again, strict=True):
+        assert task.train_x.shape == (12, 3, 4, 4) and task.test_x.shape == (8, 3, 4, 4)
+        assert sorted(task.train_y.tolist()) == sorted([0, 1, 2, 3] * 3)
+        assert torch.equal(task.train_x, twin.train_x)
+    raw = {int(v) for v in fake.images.view(len(fake.images), -1).max(1).values}
+    alphabets = []
+    for task in tasks:
+        # read each example's drawing id off by undoing the colour (out = c (1 - d) + d) on
+        # a channel whose background c is below 1; c is that channel's smallest value
+        colour = task.train_x.amin(dim=(0, 2, 3))
+        channel = int(torch.argmin(colour))
+        c = float(colour[channel])
+        values = []
+        for x in (task.train_x, task.test_x):
+            d = (x[:, channel] - c) / (1 - c)  # out = c (1 - d) + d
+            values.append({round(float(v) * 255) for v in d.flatten(1).max(1).values})
+        train_ids, test_ids = values
+        assert train_ids <= raw and test_ids <= raw
+        assert not train_ids & test_ids  # training and held-out drawings apart
+        alphabets.append({(v - 1) // 30 for v in train_ids | test_ids})
+    assert all(len(a) == 1 for a in alphabets)  # one alphabet per task
+    assert len(set.union(*alphabets)) == 3  # a different alphabet for every task
+    other = rainbow_glyph_tasks(tasks=3, ways=4, train_per_class=3, test_per_class=2,
+                                image_size=4, seed=6, dataset=fake)
+    assert any(not torch.equal(a.train_x, b.train_x) for a, b in zip(tasks, other, strict=True))
+    with pytest.raises(ValueError, match="tasks must be at most 4"):
+        rainbow_glyph_tasks(tasks=5, ways=4, train_per_class=3, test_per_class=2,
+                            image_size=4, dataset=fake)

@@ -92,6 +92,10 @@ def _train_seeds(config: dict, out: Path, seeds: str, resume: bool) -> int:
     from metalab.train.seeds import parse_seeds, train_seeds
 
     run_dirs = train_seeds(config, out, parse_seeds(seeds), resume=resume)
+    if is_main_process() and config.get("online") is not None:  # scored along the stream
+        print(f"per-task metrics in each run's stream.json; draw them with: metalab plot "
+              f"--stream {' '.join(str(run) for run in run_dirs)}")
+        return 0
     if is_main_process():
         for run_dir in run_dirs:
             print(f"{run_dir}: {format_result(read_run(run_dir).result)}")
@@ -131,6 +135,7 @@ PLOT_KINDS = {
     "predictive": ("metalab.cli.plot_predictive", "plot_predictive", "predictive.png"),
     "presentations": ("metalab.cli.plot_presentations", "plot_presentations",
                       "presentations.png"),
+    "stream": ("metalab.cli.plot_stream", "plot_stream", "stream.png"),
 }
 
 
@@ -153,8 +158,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
                    "tasks": args.tasks, "samples": args.samples} if kind == "predictive" else {}
         written = plot(runs, out or runs[0] / default, **options)
     elif len(runs) > 1:
-        raise ValueError("several run directories need --groups, --support-sizes, --predictive "
-                         "or --presentations")
+        raise ValueError("several run directories need --groups, --support-sizes, --predictive, "
+                         "--presentations or --stream")
     else:
         written = plot_curves(runs[0], out)
     print(f"wrote {written}")
@@ -255,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     kinds.add_argument("--presentations", action="store_true",
                        help="accuracy per presentation number of each run's presentations.json "
                             "(benchmarks/mann_presentations.py)")
+    kinds.add_argument("--stream", action="store_true",
+                       help="online runs: examples to threshold, accuracy after a small budget "
+                            "and cumulative loss against the task index, seed bands (each "
+                            "run's stream.json)")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or "
                                     "FIRST_RUN/groups.png, FIRST_RUN/support_sizes.png)")
     plot.set_defaults(func=cmd_plot)

@@ -73,11 +73,13 @@ class Conv4(nn.Module):
 
 
 class MLP(nn.Module):
-    """A ReLU multilayer perceptron, e.g. 1-40-40-1 for the MAML sinusoid."""
+    """A ReLU multilayer perceptron, e.g. 1-40-40-1 for the MAML sinusoid; with ``flatten``
+    it takes images ``[N, C, H, W]`` as vectors of ``in_features = C H W``."""
 
     def __init__(self, in_features: int = 1, hidden: Sequence[int] = (40, 40),
-                 out_features: int | None = 1) -> None:
+                 out_features: int | None = 1, flatten: bool = False) -> None:
         super().__init__()
+        self.flatten = flatten
         layers: list[nn.Module] = []
         width = in_features
         for size in hidden:
@@ -88,6 +90,8 @@ class MLP(nn.Module):
         self.head = nn.Identity() if out_features is None else nn.Linear(width, out_features)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.flatten:
+            x = x.flatten(-3)  # [..., C, H, W] -> [..., C H W], batched or not
         return self.head(self.body(x))
 
 

@@ -102,6 +102,23 @@ class TaskStream:
         self.arrived += len(order)
         return self.current.train_x[order], self.current.train_y[order]
 
+    def arrivals(self) -> int:
+        """Batches the whole stream delivers: per task, its examples / ``batch_size``,
+        rounded up."""
+        return sum(-(-t.train_x.shape[0] // self.batch_size) for t in self.tasks)
+
+    def has_next(self) -> bool:
+        """Whether a batch is still to arrive (of this task or a later one)."""
+        return self.task_index + 1 < len(self.tasks) or (
+            self.task_index >= 0 and self.has_batch())
+
+    def advance(self) -> tuple[Tensor, Tensor]:
+        """The next batch of the stream, beginning the next task when the current one has
+        no examples left."""
+        if self.task_index < 0 or not self.has_batch():
+            self.begin_task()
+        return self.next_batch()
+
     def received(self, task: int | None = None) -> tuple[Tensor, Tensor]:
         """Every training example of ``task`` (default: the current one) arrived so far."""
         task = self.task_index if task is None else task
@@ -192,6 +209,15 @@ class BufferSource:
             raise RuntimeError(f"the buffer has no task with support+query="
                                f"{self.support + self.query} examples yet; check ready()")
         return batch
+
+    def example_batch(self) -> TaskBatch:
+        """One task of the first task's first ``support`` + ``query`` training examples,
+        whether or not they have arrived (the data's sizes; draws nothing)."""
+        task = self.stream.tasks[0]
+        cut, end = self.support, self.support + self.query
+        return TaskBatch(task.train_x[None, :cut], task.train_y[None, :cut],
+                         task.train_x[None, cut:end], task.train_y[None, cut:end],
+                         num_classes=self.stream.num_classes)
 
     def state_dict(self) -> dict:
         return self.stream.state_dict()

@@ -17,6 +17,7 @@ from metalab.algorithms import MetaLearner, algorithm_class
 from metalab.nn import MODELS, build_model, inner_parameter_names
 from metalab.tasks import TaskSource
 from metalab.train.config import accepted_keywords
+from metalab.train.online import complete_online_config
 from metalab.train.sources import (
     REGRESSION_FAMILIES,
     build_task_source,
@@ -55,7 +56,7 @@ def _named_outputs(sizes: dict[str, Any]) -> dict[str, Any]:
 def _data_sizes(config: dict[str, Any]) -> dict[str, Any]:
     """Input and output sizes of the training data, read from one batch."""
     source = build_task_source(config, "train", 1, seed=0)
-    batch = source.sample()
+    batch = getattr(source, "example_batch", source.sample)()  # a stream: before arrivals
     x_shape, y_shape = tuple(batch.query_x.shape[2:]), tuple(batch.query_y.shape[2:])
     sizes: dict[str, Any] = {}
     if len(x_shape) == 3:
@@ -81,8 +82,9 @@ def complete_model_config(config: dict[str, Any]) -> dict[str, Any]:
     (``model_role = "embedding"``) gets ``out_features: null``; a method that
     appends input channels (a context) gets the model's input channels widened by
     them and its own options completed from the data (`MetaLearner.options_from_data`).
+    An online run gets its protocol's facts first (`complete_online_config`).
     """
-    config = copy.deepcopy(config)
+    config = copy.deepcopy(complete_online_config(config))
     model, algorithm = config["model"], config["algorithm"]
     accepted = _accepted(model["name"])
     method = algorithm_class(algorithm["name"])

@@ -48,9 +48,15 @@ from pydantic import (
 from metalab import datasets
 from metalab.algorithms import ALGORITHMS
 from metalab.nn import MODELS
-from metalab.train.sources import REGRESSION_FAMILIES, SAMPLER_KEYS
+from metalab.train.sources import (
+    REGRESSION_FAMILIES,
+    SAMPLER_KEYS,
+    STREAM_FAMILIES,
+    STREAM_FIXED,
+)
 
 SECTIONS = ("algorithm", "model", "data", "train", "eval")
+OPTIONAL_SECTIONS = ("online",)  # present only in configs that use them
 DATA_DEFAULTS: dict[str, Any] = {"shuffle_labels": True, "train_split": "train",
                                  "val_split": "val", "test_split": "test"}
 
@@ -167,6 +173,34 @@ class EvalConfig(Section):
     head: str | None = None
 
 
+class OnlineConfig(Section):
+    """``online`` (optional): an online meta-learning protocol on a task stream (Finn et al.
+    2019; `metalab.train.online`). ``protocol``: ``ftml`` (follow the meta-leader),
+    ``ftl`` (follow the leader: joint training, fine-tuned per task), ``toe`` (train on
+    everything: joint training, not fine-tuned) or ``scratch`` (no learning across tasks);
+    ``updates_per_batch``: updates after each arriving batch; ``support``/``query``:
+    examples per buffer task in an update; ``eval_inner_steps``: adaptation steps when a
+    task is scored (``null``: the learner's own; ``toe``: 0); ``threshold``: the proficiency
+    accuracy of examples-to-threshold (0.9 in the paper); ``budget``: the examples after
+    which accuracy is also reported."""
+
+    section: typing.ClassVar[str] = "online"
+
+    protocol: Literal["ftml", "ftl", "toe", "scratch"]
+    updates_per_batch: PositiveInt = 10
+    support: PositiveInt = 10
+    query: PositiveInt = 10
+    eval_inner_steps: NonNegativeInt | None = None
+    threshold: Annotated[float, Field(gt=0, le=1, strict=False)] = 0.9
+    budget: PositiveInt = 20
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> OnlineConfig | None:
+        """The typed section, or ``None`` for a config without one."""
+        values = config.get(cls.section)
+        return None if values is None else cls.model_validate(values)
+
+
 TYPED_SECTIONS: dict[str, type[Section]] = {"train": TrainConfig, "eval": EvalConfig}
 
 
@@ -223,9 +257,10 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
     """Check every section's keys and values and fill the defaults; raises `ConfigError`."""
     if not isinstance(config, dict):
         raise ConfigError(f"a config is a mapping of sections, got {type(config).__name__}")
-    unknown = sorted(set(config) - set(SECTIONS))
+    unknown = sorted(set(config) - set(SECTIONS) - set(OPTIONAL_SECTIONS))
     if unknown:
-        raise ConfigError(f"unknown config sections {unknown}; expected {list(SECTIONS)}")
+        raise ConfigError(f"unknown config sections {unknown}; expected "
+                          f"{list(SECTIONS + OPTIONAL_SECTIONS)}")
     sections = {}
     for section in SECTIONS:
         values = config.get(section) or {}
@@ -235,6 +270,11 @@ def resolve(config: dict[str, Any]) -> dict[str, Any]:
         sections[section] = copy.deepcopy(values)
     for section, schema in TYPED_SECTIONS.items():
         sections[section] = _typed(schema, sections[section])
+    if config.get("online") is not None:
+        if not isinstance(config["online"], dict):
+            raise ConfigError(f"config section 'online' must be a mapping, got "
+                              f"{type(config['online']).__name__}")
+        sections["online"] = _typed(OnlineConfig, copy.deepcopy(config["online"]))
     sections["data"] = {**DATA_DEFAULTS, **sections["data"]}
     _check_named(sections, "algorithm", ALGORITHMS)
     _check_named(sections, "model", MODELS)
@@ -375,6 +415,8 @@ def _check_compatible(section: str, values: dict[str, Any], factory: Any) -> Non
 def _data_factory(name: str) -> Callable[..., Any] | None:
     if name in REGRESSION_FAMILIES:
         return REGRESSION_FAMILIES[name]
+    if name in STREAM_FAMILIES:
+        return STREAM_FAMILIES[name]
     return datasets.registry.REGISTRY.get(name)
 
 
@@ -383,11 +425,14 @@ def _check_data(data: dict[str, Any]) -> None:
     sources or accepted by the family or dataset factory (when that can be told)."""
     if "name" not in data:
         raise ConfigError("config needs data.name")
-    _check_name("data", data["name"], [*REGRESSION_FAMILIES, *datasets.available()])
+    _check_name("data", data["name"], [*REGRESSION_FAMILIES, *STREAM_FAMILIES,
+                                       *datasets.available()])
     accepted = accepted_keywords(_data_factory(data["name"]))
     if accepted is None:
         return
     known = SAMPLER_KEYS | accepted - {"split", "tasks_per_batch", "seed"}
+    if data["name"] in STREAM_FAMILIES:
+        known -= STREAM_FIXED
     for key in data:
         if key not in known:
             raise ConfigError(unknown_key_message("data", key, known, repr(data["name"])))

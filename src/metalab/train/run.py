@@ -24,8 +24,15 @@ from metalab.train.build import (
     complete_model_config,
 )
 from metalab.train.checkpoint import atomic_write_text, load_checkpoint
-from metalab.train.config import EvalConfig, TrainConfig, load_config, save_config
+from metalab.train.config import (
+    EvalConfig,
+    OnlineConfig,
+    TrainConfig,
+    load_config,
+    save_config,
+)
 from metalab.train.evaluator import Evaluator
+from metalab.train.online import StreamEvaluation, check_stream_steps
 from metalab.train.trainer import Trainer
 
 CONFIG_FILE = "config.yaml"
@@ -53,8 +60,13 @@ def make_trainer(config: dict[str, Any], run_dir: str | Path) -> Trainer:
     source = build_task_source(config, "train", train.meta_batch, seed=train.seed)
     val_source = partial(build_task_source, config, "val", EvalConfig.of(config).batch_size,
                          seed=train.seed + 1)
+    online = OnlineConfig.of(config)
+    hooks = []
+    if online is not None:
+        check_stream_steps(source, online, train.steps)
+        hooks.append(StreamEvaluation(source, online))
     return Trainer(learner, source, run_dir, train, val_source=val_source,
-                   combiner=build_combiner_for(config, source))
+                   combiner=build_combiner_for(config, source), hooks=hooks)
 
 
 # Keys a resumed run may change: how long it runs and whether it shows progress.
@@ -140,6 +152,9 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = 
     """
     run_dir = Path(run_dir)
     config, learner, step = _restore(run_dir)
+    if config.get("online") is not None:
+        raise ValueError(f"{str(run_dir)!r} is an online run: each task was scored along the "
+                         f"stream (its stream.json; metalab plot --stream {run_dir})")
     if support_size is not None and "support_size" not in config["data"]:
         raise ValueError("support_size is for group data (a config with data.support_size); "
                          f"{config['data']['name']!r} has none")

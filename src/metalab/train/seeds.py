@@ -57,7 +57,8 @@ def train_seeds(config: dict[str, Any], out: str | Path, seeds: Sequence[int],
         run_dir = seed_run_dir(out, seed)
         train_run(with_seed(config, seed), run_dir,
                   resume=resume and (run_dir / CONFIG_FILE).is_file())
-        if evaluate and distributed.is_main_process():
+        online = config.get("online") is not None  # scored along its stream instead
+        if evaluate and not online and distributed.is_main_process():
             evaluate_run(run_dir, **(eval_options or {}))
         run_dirs.append(run_dir)
     return run_dirs

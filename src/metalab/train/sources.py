@@ -15,6 +15,10 @@ The keys of ``data`` say which kind of source it is:
   classifier on ``examples`` examples of a pool of ``data.dataset_split`` (divided into
   train/val/test pools by ``split_seed``), scored on ``queries`` others
   (`ClassifierTrainingProblems`);
+- a task stream by name (``rainbow-digits``, ``rainbow-glyphs``; `STREAM_FAMILIES`):
+  online meta-learning, the training source is the stream's replay buffer
+  (`BufferSource`), its data arriving ``arrival_batch`` examples at a time; the
+  ``online`` section says the buffer tasks' ``support`` and ``query`` sizes;
 - otherwise ``ways``, ``shots``, ``queries``: N-way K-shot episodes; ``within: alphabet``
   draws every episode's classes from one alphabet (``skip_small_groups: true`` leaves out
   alphabets with fewer than ``ways`` characters); with ``train_batch_size`` the training
@@ -36,6 +40,7 @@ from typing import Any
 from metalab import datasets
 from metalab.datasets import GroupDataset
 from metalab.tasks import (
+    BufferSource,
     ClassifierTrainingProblems,
     EpisodeSampler,
     GaussianProcess,
@@ -50,6 +55,7 @@ from metalab.tasks import (
     SineOrLine,
     Sinusoid,
     TaskSource,
+    TaskStream,
     TranslationEquivariantTasks,
     partition_by_info,
     split_per_class,
@@ -57,6 +63,8 @@ from metalab.tasks import (
 from metalab.tasks.image_augmentation import AugmentedTasks, parse_augmentation
 from metalab.tasks.labelled_batches import LabelledBatches
 from metalab.tasks.objective import CLASSIFICATION, REGRESSION, Objective
+from metalab.tasks.rainbow import rainbow_tasks
+from metalab.tasks.rainbow_glyphs import rainbow_glyph_tasks
 
 REGRESSION_FAMILIES = {
     "sinusoid": Sinusoid,
@@ -68,12 +76,19 @@ REGRESSION_FAMILIES = {
     "glyphs-completion": GlyphsCompletion,
     "quadratic": RandomQuadratics,
 }
+# Task streams (online meta-learning): name -> the function building the stream's tasks.
+STREAM_FAMILIES = {
+    "rainbow-digits": rainbow_tasks,
+    "rainbow-glyphs": rainbow_glyph_tasks,
+}
+# The stream options no config sets: the seed is train.seed, the dataset the default one.
+STREAM_FIXED = {"seed", "dataset"}
 # Keys of ``data`` read by the task sources; the rest are options of the dataset or family.
 SAMPLER_KEYS = {"name", "root", "ways", "shots", "queries", "shuffle_labels", "train_split",
                 "val_split", "test_split", "support_size", "sampling", "distinct_groups",
                 "batch_size", "partition_by", "tasks", "held_out", "examples",
                 "dataset_split", "split_seed", "within", "skip_small_groups", "augment",
-                "train_batch_size"}
+                "train_batch_size", "arrival_batch"}
 
 
 def data_objective(config: dict[str, Any]) -> Objective:
@@ -198,6 +213,40 @@ def _problem_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed
                                       split_seed=data.get("split_seed", 0))
 
 
+def stream_options(data: dict[str, Any]) -> dict[str, Any]:
+    """The options of ``data`` that its stream family takes."""
+    accepted = set(inspect.signature(STREAM_FAMILIES[data["name"]]).parameters) - STREAM_FIXED
+    return {k: v for k, v in data.items() if k in accepted}
+
+
+@lru_cache(maxsize=4)
+def _cached_stream_tasks(name: str, options_json: str, seed: int):
+    return STREAM_FAMILIES[name](**json.loads(options_json), seed=seed)
+
+
+def build_task_stream(data: dict[str, Any], seed: int) -> TaskStream:
+    """The `TaskStream` of ``data`` (a stream family), its tasks and arrivals drawn from
+    ``seed``; ``data.arrival_batch`` examples arrive at a time (default 10)."""
+    tasks = _cached_stream_tasks(data["name"], json.dumps(stream_options(data), sort_keys=True),
+                                 int(seed))
+    labels = max(int(t.train_y.max()) for t in tasks) + 1
+    return TaskStream(tasks, data.get("arrival_batch", 10), seed=seed, num_classes=labels)
+
+
+def _stream_source(config: dict[str, Any], split: str, tasks_per_batch: int,
+                   seed: int) -> TaskSource:
+    """The replay buffer of the stream as the training source."""
+    data, online = config["data"], config.get("online")
+    if online is None:
+        raise ValueError(f"data {data['name']!r} is a task stream: the config needs an "
+                         f"online section (online.protocol: ftml, ftl, toe or scratch)")
+    if split != "train":
+        raise ValueError(f"a task stream has no {split!r} split: each task is scored on its "
+                         f"held-out examples as it arrives (the run's stream.json)")
+    return BufferSource(build_task_stream(data, seed), tasks_per_batch, online["support"],
+                        online["query"])
+
+
 def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
                       queries: int | None = None, support_size: int | None = None,
                       within: str | None = None) -> TaskSource:
@@ -211,6 +260,8 @@ def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, 
     """
     data = config["data"]
     queries = data.get("queries") if queries is None else queries
+    if data["name"] in STREAM_FAMILIES:
+        return _stream_source(config, split, tasks_per_batch, seed)
     if is_regression(config):
         return _family_source(data, split, tasks_per_batch, seed, queries)
     if "support_size" in data:

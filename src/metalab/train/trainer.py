@@ -6,6 +6,13 @@ meta-optimizer step. Metrics go to ``RUN_DIR/metrics.jsonl``; a checkpoint with
 the learner, optimizer, task-source and RNG states is written atomically every
 ``checkpoint_every`` steps and at the end, so ``fit(resume=True)`` after an interruption
 ends with exactly the parameters of an uninterrupted run.
+
+A run whose task source changes between steps (a task stream: data arrive, and the learner
+is scored on each new task, between updates) gives the trainer *step hooks*: after every
+completed step (and once before the first) each hook's ``after_step(trainer)`` may advance
+its source and log records, and ``trains(trainer)`` says whether the next step takes an
+update (a protocol that never updates, a buffer not ready yet: the step is counted, no
+update is taken). Hooks' states are checkpointed with the rest.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from pydantic import ValidationError
@@ -100,6 +107,22 @@ def build_optimizer(name: str, params, lr: float) -> torch.optim.Optimizer:
     return OPTIMIZERS[name](params, lr=lr)
 
 
+class StepHook(Protocol):
+    """What the trainer calls between steps (module doc); `metalab.train.online`'s
+    `StreamEvaluation` is one."""
+
+    def after_step(self, trainer: Trainer) -> None:
+        """Called once ``trainer.step`` steps are done: 0 (a fresh run, before the first
+        step), 1, ..., ``steps``; runs before that step's checkpoint is written."""
+
+    def trains(self, trainer: Trainer) -> bool:
+        """Whether the step about to run (step ``trainer.step + 1``) takes an update."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 class MetricLog:
     """Appends one JSON object per line to ``RUN_DIR/metrics.jsonl``."""
 
@@ -133,6 +156,8 @@ class Trainer:
         combiner: a `metalab.combiners.Combiner` that merges the tasks' losses or gradients
             into the update (PCGrad, group DRO ...); ``None``: the mean loss. Its state is
             checkpointed and its parameters (if any) trained with the learner's.
+        hooks: `StepHook`s called between steps (module doc), e.g. a task stream's
+            evaluation; their states are checkpointed.
         **options: instead of ``config``, its fields as keywords
             (``Trainer(learner, source, run_dir, steps=100, lr=1e-2)``); ``meta_batch``
             defaults to the source's tasks per batch.
@@ -141,7 +166,8 @@ class Trainer:
     def __init__(self, learner: MetaLearner, source: TaskSource, run_dir: str | Path,
                  config: TrainConfig | None = None, *,
                  val_source: Callable[[], TaskSource] | None = None,
-                 combiner: torch.nn.Module | None = None, **options: Any) -> None:
+                 combiner: torch.nn.Module | None = None, hooks: list[StepHook] | None = None,
+                 **options: Any) -> None:
         self.config = _train_config(config, source, options)
         device, dtype = self.config.device, self.config.torch_dtype
         self.learner = _place(learner, device, dtype)
@@ -157,7 +183,9 @@ class Trainer:
         self._pending_diagnostics: dict[str, float] = {}
         self.device = torch.device(device)
         self.dtype = dtype
+        self.hooks = list(hooks or [])
         self.step = 0
+        self.updates = 0  # optimizer updates taken (fewer than steps when a hook skips some)
         self.log = MetricLog(self.run_dir / METRICS_FILE)
 
     @property
@@ -168,13 +196,18 @@ class Trainer:
     def state_dict(self) -> dict:
         state = {"step": self.step, "learner": self.learner.state_dict(),
                  "optimizer": self.optimizer.state_dict(), "source": self.source.state_dict(),
-                 "torch_rng": torch.get_rng_state()}
+                 "torch_rng": torch.get_rng_state(), "updates": self.updates}
+        if self.hooks:
+            state["hooks"] = [hook.state_dict() for hook in self.hooks]
         if self.combiner is not None:
             state["combiner"] = self.combiner.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
+        self.updates = state.get("updates", self.step)  # checkpoints before hooks: all
+        for hook, hook_state in zip(self.hooks, state.get("hooks", []), strict=False):
+            hook.load_state_dict(hook_state)
         self.learner.load_state_dict(state["learner"])
         if self.combiner is not None:
             self.combiner.load_state_dict(state["combiner"])
@@ -229,14 +262,17 @@ class Trainer:
         metrics so far are dropped), which is what an uninterrupted run does.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume and (self.run_dir / CHECKPOINT).is_file():
+        restored = resume and (self.run_dir / CHECKPOINT).is_file()
+        if restored:
             self.load_state_dict(load_checkpoint(self.run_dir))
         else:
             torch.manual_seed(self.config.seed)
         if resume:
             distributed.barrier()  # every rank has read the checkpoint before rank 0 writes
-            if distributed.is_main_process():
-                self.log.truncate_after(self.step)
+            if distributed.is_main_process():  # a fresh start keeps no record (step 0's too)
+                self.log.truncate_after(self.step if restored else -1)
+        if not restored:
+            self._after_step()  # step 0: what the hooks do before the first update
         window: list[dict[str, float]] = []
         started = time.perf_counter()
         main = distributed.is_main_process()
@@ -244,13 +280,15 @@ class Trainer:
                   disable=not (self.config.progress and main),
                   dynamic_ncols=True, desc="meta-train") as bar:
             while self.step < self.steps:
-                metrics = self.train_step()
+                metrics = self._step()
                 self.step += 1
+                self._after_step()
                 bar.update(1)
-                bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
-                if main:
+                if metrics is not None:
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items()}, refresh=False)
+                if main and metrics is not None:
                     window.append(metrics)
-                if main and self._is_log_step(self.step):
+                if main and window and self._is_log_step(self.step):
                     self._log_window("train", window, started)
                     window = []
                 if main and self._is_validation_step(self.step):
@@ -259,6 +297,18 @@ class Trainer:
                     self.save_checkpoint()
         distributed.barrier()
         return self.learner
+
+    def _step(self) -> dict[str, float] | None:
+        """One step: an update unless a hook says no (then ``None``)."""
+        if not all(hook.trains(self) for hook in self.hooks):
+            return None
+        metrics = self.train_step()
+        self.updates += 1
+        return metrics
+
+    def _after_step(self) -> None:
+        for hook in self.hooks:
+            hook.after_step(self)
 
     def _log_window(self, split: str, window: list[dict[str, float]], started: float) -> None:
         record = {"step": self.step, "split": split}
