@@ -359,6 +359,8 @@ def test_meta_world_sampling_is_seeded_and_distinct():
     assert [t.data for t in first] == [t.data for t in family.sample_tasks(10, generator(0))]
     assert [t.data for t in first] != [t.data for t in family.sample_tasks(10, generator(1))]
     assert len({t.data for t in first}) == 10
+    other_seed = build_benchmark("ML1", "reach-v3", 1).train_tasks  # the benchmark's own seed
+    assert {t.data for t in other_seed}.isdisjoint(t.data for t in family.tasks)
     with pytest.raises(ValueError, match="n must be at most the 50 train tasks of ML1, got 51"):
         family.sample_tasks(51)
     push = build_benchmark("ML1", "push-v3", 0).train_tasks[0]
