@@ -25,6 +25,7 @@ from metalab.rl.mujoco_tasks import (
     HalfCheetahVelocity,
     LocomotionEnv,
 )
+from metalab.rl.process_pool import ProcessEnvPool
 
 MUJOCO_SKIP = 'needs the mujoco extra: pip install -e ".[mujoco]"'
 METAWORLD_SKIP = 'needs the metaworld extra: pip install -e ".[metaworld]"'
@@ -225,6 +226,38 @@ def test_the_pool_reuses_environments_and_per_task_parameters_are_checked():
         collect_gym_episodes(family, policy, params, goals, 0)
 
 
+class BrokenTasks(DriftTasks):
+    def make_env(self, task):
+        raise OSError("no simulator here")
+
+
+def test_worker_processes_give_the_same_batch_as_the_in_process_pool():
+    family = DriftTasks()
+    policy, params = drift_policy(0.3, log_std=np.log(0.4))
+    goals = torch.tensor([0.5, 1.5, 1.0], dtype=torch.float64)
+    expected, expected_info = collect_gym_rollouts(family, policy, params, goals, 3,
+                                                   generator=generator(5),
+                                                   info_keys=("above_one",))
+    assert expected.masks[..., -1].sum() < 9, "the test needs an episode that terminated"
+    for workers in (2, 4):
+        with ProcessEnvPool(family, workers=workers, context="fork") as pool:
+            batch, info = collect_gym_rollouts(family, policy, params, goals, 3, pool=pool,
+                                               generator=generator(5), info_keys=("above_one",))
+        for name in ("observations", "actions", "rewards", "masks", "log_probs"):
+            assert torch.equal(getattr(batch, name), getattr(expected, name)), (workers, name)
+        assert torch.equal(info["above_one"], expected_info["above_one"])
+
+
+def test_a_failing_worker_raises_with_its_traceback_and_bad_options_are_refused():
+    with ProcessEnvPool(BrokenTasks(), workers=2, context="fork") as pool:
+        with pytest.raises(RuntimeError, match="(?s)environment worker 0 failed.*no simulator"):
+            pool.assign([0.0], 2)
+    with pytest.raises(ValueError, match="workers must be an integer >= 1, got 0"):
+        ProcessEnvPool(DriftTasks(), workers=0)
+    with pytest.raises(ValueError, match="context must be one of"):
+        ProcessEnvPool(DriftTasks(), context="threads")
+
+
 # ---------------------------------------------------------------- MuJoCo (the extra)
 
 
@@ -311,6 +344,11 @@ def test_half_cheetah_collector_shapes_horizon_and_seed():
     assert batch.observations.dtype == torch.float32
     assert torch.equal(batch.observations, again.observations)
     assert torch.equal(batch.rewards, again.rewards)
+    with ProcessEnvPool(family, workers=2, context="fork") as pool:
+        parallel = collect_gym_episodes(family, policy, params, tasks, 3, pool=pool,
+                                        generator=generator(1))
+    assert torch.equal(parallel.observations, batch.observations)
+    assert torch.equal(parallel.rewards, batch.rewards)
     assert HalfCheetahVelocity().horizon == 200
     # each step's reward is at most its task's part: -|v - goal| <= 0, minus the control cost
     control = 0.05 * batch.actions.double().clamp(-1, 1).pow(2).sum(-1)

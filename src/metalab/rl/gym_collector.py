@@ -35,11 +35,14 @@ SEED_BOUND = 2**31 - 1
 
 
 class EnvPool:
-    """Environments of one task family, one per slot, reused across collections."""
+    """Environments of one task family, one per slot, stepped in this process (synchronous)
+    and reused across collections. ``rl/process_pool.py`` has the same interface with the
+    slots spread over worker processes (asynchronous)."""
 
     def __init__(self, family: Any):
         self.family = family
         self.slots: list[tuple[Any, Any]] = []  # (env_key, env)
+        self.active: list[Any] = []
 
     def environments(self, tasks: Sequence, episodes_per_task: int) -> list[Any]:
         """``T x E`` environments (task-major), each set to its task."""
@@ -58,10 +61,36 @@ class EnvPool:
             envs.append(env)
         return envs
 
+    def assign(self, tasks: Sequence, episodes_per_task: int) -> tuple[np.ndarray, np.ndarray]:
+        """Set ``T x E`` environments to their tasks; returns the action bounds."""
+        self.active = self.environments(tasks, episodes_per_task)
+        space = self.active[0].action_space
+        return np.asarray(space.low, dtype=np.float64), np.asarray(space.high, dtype=np.float64)
+
+    def reset(self, seeds: Sequence[int]) -> np.ndarray:
+        """Reset every assigned environment with its seed; the first observations ``[N, obs]``."""
+        return np.stack([env.reset(seed=int(seed))[0]
+                         for env, seed in zip(self.active, seeds, strict=True)])
+
+    def step(self, indices: Sequence[int], actions: np.ndarray,
+             info_keys: Sequence[str] = ()) -> tuple:
+        """Step the environments ``indices`` (one action row each): ``(observations, rewards,
+        done, infos)`` for them, ``done`` when terminated or truncated, ``infos[key]`` their
+        ``info[key]``."""
+        observations, rewards, done = [], np.zeros(len(indices)), np.zeros(len(indices), bool)
+        infos = {key: np.zeros(len(indices)) for key in info_keys}
+        for row, index in enumerate(indices):
+            obs, rewards[row], terminated, truncated, info = self.active[index].step(actions[row])
+            observations.append(obs)
+            done[row] = terminated or truncated
+            for key in info_keys:
+                infos[key][row] = float(info[key])
+        return observations, rewards, done, infos
+
     def close(self) -> None:
         for _, env in self.slots:
             env.close()
-        self.slots = []
+        self.slots, self.active = [], []
 
     def __enter__(self) -> EnvPool:
         return self
@@ -98,9 +127,9 @@ def collect_gym_rollouts(family: Any, policy: nn.Module, params: Mapping[str, Te
     owned = pool is None
     pool = EnvPool(family) if pool is None else pool
     try:
-        envs = pool.environments(tasks, episodes)
-        steps = run_episodes(envs, policy, params, (len(tasks), episodes), family.horizon,
-                             dtype, generator, per_task, tuple(info_keys))
+        bounds = pool.assign(tasks, episodes)
+        steps = run_episodes(pool, bounds, policy, params, (len(tasks), episodes),
+                             family.horizon, dtype, generator, per_task, tuple(info_keys))
     finally:
         if owned:
             pool.close()
@@ -120,15 +149,15 @@ def collect_gym_episodes(family: Any, policy: nn.Module, params: Mapping[str, Te
                                 **options)[0]
 
 
-def run_episodes(envs: list, policy: nn.Module, params: Mapping[str, Tensor],
-                 shape: tuple[int, int], horizon: int, dtype: torch.dtype,
-                 generator: torch.Generator | None, per_task: bool,
+def run_episodes(pool: Any, bounds: tuple[np.ndarray, np.ndarray], policy: nn.Module,
+                 params: Mapping[str, Tensor], shape: tuple[int, int], horizon: int,
+                 dtype: torch.dtype, generator: torch.Generator | None, per_task: bool,
                  info_keys: tuple[str, ...]) -> tuple:
-    """Step every environment for ``horizon`` steps; stacked ``[T, E, H, ...]`` tensors."""
+    """Step every assigned environment for ``horizon`` steps; stacked ``[T, E, H, ...]``."""
+    count = shape[0] * shape[1]
     seeds = torch.randint(0, SEED_BOUND, shape, generator=generator).flatten().tolist()
-    current = np.stack([env.reset(seed=seed)[0] for env, seed in zip(envs, seeds, strict=True)])
-    alive = np.ones(len(envs), dtype=bool)
-    low, high = envs[0].action_space.low, envs[0].action_space.high
+    current = pool.reset(seeds)
+    alive = np.ones(count, dtype=bool)
     observations, actions, rewards, masks = [], [], [], []
     infos = {key: [] for key in info_keys}
     with torch.no_grad():
@@ -137,23 +166,23 @@ def run_episodes(envs: list, policy: nn.Module, params: Mapping[str, Tensor],
             mean, log_std = policy_outputs(policy, params, obs, per_task)
             noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
             action = mean + torch.exp(log_std) * noise
-            applied = np.clip(action.reshape(len(envs), -1).double().numpy(), low, high)
-            reward = np.zeros(len(envs))
-            values = {key: np.zeros(len(envs)) for key in info_keys}
-            mask = alive.astype(np.float64)
-            for index in np.flatnonzero(alive):
-                next_obs, reward[index], terminated, truncated, info = envs[index].step(
-                    applied[index])
-                current[index] = next_obs
-                for key in info_keys:
-                    values[key][index] = float(info[key])
-                alive[index] = not (terminated or truncated)
+            applied = np.clip(action.reshape(count, -1).double().numpy(), *bounds)
+            running = np.flatnonzero(alive)
+            stepped, reward_rows, done, info_rows = pool.step(running, applied[running],
+                                                              info_keys)
+            reward = np.zeros(count)
+            reward[running] = reward_rows
+            if len(running):
+                current[running] = np.stack(stepped)
             observations.append(obs)
             actions.append(action)
             rewards.append(torch.as_tensor(reward, dtype=dtype).reshape(shape))
-            masks.append(torch.as_tensor(mask, dtype=dtype).reshape(shape))
+            masks.append(torch.as_tensor(alive, dtype=dtype).reshape(shape))
             for key in info_keys:
-                infos[key].append(torch.as_tensor(values[key]).reshape(shape))
+                values = np.zeros(count)
+                values[running] = info_rows[key]
+                infos[key].append(torch.as_tensor(values).reshape(shape))
+            alive[running] = ~done
             if not alive.any():
                 break
     pad = horizon - len(rewards)  # every episode ended early: the rest is masked out
