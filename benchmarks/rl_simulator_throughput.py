@@ -9,6 +9,8 @@ Needs the mujoco extra (and metaworld for ``--meta-world``). Every setting steps
 number of environment steps per timing (``--steps``, rounded up to whole rollouts of
 ``--horizon``); each is timed ``--repeats`` times after a warm-up, best and median printed.
 The pool of environments is built before the timings (building is not stepping).
+``--workers 1 2 4`` adds the largest collection with the environments spread over that many
+worker processes (``ProcessEnvPool``, asynchronous stepping).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from metalab.rl import GaussianMLPPolicy
 from metalab.rl.gym_collector import EnvPool, collect_gym_episodes
 from metalab.rl.metaworld_tasks import MetaWorldTasks
 from metalab.rl.mujoco_tasks import HalfCheetahVelocity, LocomotionEnv
+from metalab.rl.process_pool import ProcessEnvPool
 
 
 def timed(function, repeats: int) -> list[float]:
@@ -45,8 +48,30 @@ def raw_steps(env, steps: int, horizon: int) -> None:
             env.step(action)
 
 
-def rows_for(name, family, policy, tasks_episodes, steps, horizon, repeats):
+def collect_rows(name, family, policy, tasks_episodes, steps, horizon, repeats, make_pool,
+                 label):
     params = dict(policy.named_parameters())
+    rows = []
+    for tasks, episodes in tasks_episodes:
+        goals = family.sample_tasks(tasks, torch.Generator().manual_seed(0))
+        per_rollout = tasks * episodes * horizon
+        rollouts = max(1, -(-steps // per_rollout))
+        generator = torch.Generator().manual_seed(0)
+        with make_pool() as pool:
+            pool.assign(goals, episodes)
+
+            def collect(goals=goals, episodes=episodes, pool=pool, rollouts=rollouts,
+                        generator=generator):
+                for _ in range(rollouts):
+                    collect_gym_episodes(family, policy, params, goals, episodes, pool=pool,
+                                         generator=generator)
+
+            times = timed(collect, repeats)
+        rows.append((name, f"{label}, {tasks} x {episodes}", rollouts * per_rollout, times))
+    return rows
+
+
+def rows_for(name, family, policy, tasks_episodes, steps, horizon, repeats):
     sample = family.sample_tasks(1, torch.Generator().manual_seed(0))
     env = family.make_env(sample[0])
     family.set_task(env, sample[0])
@@ -60,24 +85,8 @@ def rows_for(name, family, policy, tasks_episodes, steps, horizon, repeats):
         times = timed(lambda t=target: raw_steps(t, rollouts * horizon, horizon), repeats)
         rows.append((name, label, rollouts * horizon, times))
     env.close()
-    for tasks, episodes in tasks_episodes:
-        goals = family.sample_tasks(tasks, torch.Generator().manual_seed(0))
-        per_rollout = tasks * episodes * horizon
-        rollouts = max(1, -(-steps // per_rollout))
-        generator = torch.Generator().manual_seed(0)
-        with EnvPool(family) as pool:
-            pool.environments(goals, episodes)
-
-            def collect(goals=goals, episodes=episodes, pool=pool, rollouts=rollouts,
-                        generator=generator):
-                for _ in range(rollouts):
-                    collect_gym_episodes(family, policy, params, goals, episodes, pool=pool,
-                                         generator=generator)
-
-            times = timed(collect, repeats)
-        rows.append((name, f"collect_gym_episodes, {tasks} x {episodes}", rollouts * per_rollout,
-                     times))
-    return rows
+    return rows + collect_rows(name, family, policy, tasks_episodes, steps, horizon, repeats,
+                               lambda: EnvPool(family), "collect_gym_episodes")
 
 
 def main() -> None:
@@ -86,6 +95,7 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--meta-world", action="store_true")
+    parser.add_argument("--workers", type=int, nargs="*", default=[])
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -93,6 +103,11 @@ def main() -> None:
     family = HalfCheetahVelocity(horizon=args.horizon)
     rows = rows_for("half-cheetah-vel", family, GaussianMLPPolicy(17, 6), shapes, args.steps,
                     args.horizon, args.repeats)
+    for workers in args.workers:
+        rows += collect_rows("half-cheetah-vel", family, GaussianMLPPolicy(17, 6), shapes[-1:],
+                             args.steps, args.horizon, args.repeats,
+                             lambda w=workers: ProcessEnvPool(family, workers=w),
+                             f"ProcessEnvPool, {workers} workers")
     if args.meta_world:
         family = MetaWorldTasks(horizon=args.horizon)
         rows += rows_for("meta-world ML1 reach", family, GaussianMLPPolicy(39, 4), shapes[:2],
