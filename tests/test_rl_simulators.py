@@ -265,6 +265,8 @@ def mujoco_env(family, task, seed=0):
     pytest.importorskip("gymnasium", reason=MUJOCO_SKIP)
     pytest.importorskip("mujoco", reason=MUJOCO_SKIP)
     env = family.make_env()
+    assert env.observation_space.shape == (family.observation_dim,)
+    assert env.action_space.shape == (family.action_dim,)
     family.set_task(env, task)
     env.reset(seed=seed)
     return env
