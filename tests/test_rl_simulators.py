@@ -224,6 +224,9 @@ def test_the_pool_reuses_environments_and_per_task_parameters_are_checked():
         collect_gym_episodes(family, GaussianMLPPolicy(1, 2), params, goals, 2)
     with pytest.raises(ValueError, match="episodes_per_task must be an integer >= 1"):
         collect_gym_episodes(family, policy, params, goals, 0)
+    with pytest.raises(ValueError, match="pool must be an environment pool built for this "
+                                         "family, got one for DriftTasks"):
+        collect_gym_episodes(DriftTasks(), policy, params, goals, 1, pool=EnvPool(family))
 
 
 class BrokenTasks(DriftTasks):

@@ -1,8 +1,9 @@
 """Rollout collection on simulator task families (rl/mujoco_tasks.py, rl/metaworld_tasks.py):
 (policy, parameters, tasks) -> the same :class:`EpisodeBatch` as the navigation collector.
 
-E episodes on each of T tasks run side by side on T x E environments (gymnasium's API; a
-loop over them in this process, synchronous): one batched policy pass per time step gives
+E episodes on each of T tasks run side by side on T x E environments (gymnasium's API; by
+default a loop over them in this process, synchronous; ``pool=ProcessEnvPool(...)`` from
+rl/process_pool.py steps them in worker processes): one batched policy pass per time step gives
 every action, then each running environment steps once. An environment whose episode
 terminated (or was truncated) is no longer stepped; its later steps are masked out.
 Environments are kept in an :class:`EnvPool` between calls (building one costs milliseconds
@@ -124,6 +125,9 @@ def collect_gym_rollouts(family: Any, policy: nn.Module, params: Mapping[str, Te
     if per_task:
         check_per_task(params, len(tasks))
     dtype = first_dtype(params)
+    if pool is not None and pool.family is not family:
+        raise ValueError("pool must be an environment pool built for this family, got one "
+                         f"for {type(pool.family).__name__}")
     owned = pool is None
     pool = EnvPool(family) if pool is None else pool
     try:
