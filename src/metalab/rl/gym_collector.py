@@ -1,0 +1,199 @@
+"""Rollout collection on simulator task families (rl/mujoco_tasks.py, rl/metaworld_tasks.py):
+(policy, parameters, tasks) -> the same :class:`EpisodeBatch` as the navigation collector.
+
+E episodes on each of T tasks run side by side on T x E environments (gymnasium's API; by
+default a loop over them in this process, synchronous; ``pool=ProcessEnvPool(...)`` from
+rl/process_pool.py steps them in worker processes): one batched policy pass per time step gives
+every action, then each running environment steps once. An environment whose episode
+terminated (or was truncated) is no longer stepped; its later steps are masked out.
+Environments are kept in an :class:`EnvPool` between calls (building one costs milliseconds
+for MuJoCo, more for Meta-World), and each slot is rebuilt only when its task needs another
+environment class.
+
+Seeded: with a ``generator``, every episode's reset seed and every action's noise come from
+it, so equal generator states give identical batches. The sampled Gaussian action is stored
+(its log-probability is what the policy gradient needs); the environment gets it clipped to
+its action space. As in ``rl/rollout.py`` the log-probabilities are recomputed in one
+differentiable pass, so they are functions of ``params`` (shared, or per task with
+``per_task=True``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from metalab.rl.episodes import EpisodeBatch
+from metalab.rl.policies import gaussian_log_prob
+from metalab.rl.rollout import check_per_task, policy_outputs
+from metalab.validation import check_positive_int
+
+SEED_BOUND = 2**31 - 1
+
+
+class EnvPool:
+    """Environments of one task family, one per slot, stepped in this process (synchronous)
+    and reused across collections. ``rl/process_pool.py`` has the same interface with the
+    slots spread over worker processes (asynchronous)."""
+
+    def __init__(self, family: Any):
+        self.family = family
+        self.slots: list[tuple[Any, Any]] = []  # (env_key, env)
+        self.active: list[Any] = []
+
+    def environments(self, tasks: Sequence, episodes_per_task: int) -> list[Any]:
+        """``T x E`` environments (task-major), each set to its task."""
+        count = len(tasks) * episodes_per_task
+        envs = []
+        for slot in range(count):
+            task = tasks[slot // episodes_per_task]
+            key = self.family.env_key(task)
+            if slot == len(self.slots):
+                self.slots.append((key, self.family.make_env(task)))
+            elif self.slots[slot][0] != key:
+                self.slots[slot][1].close()
+                self.slots[slot] = (key, self.family.make_env(task))
+            env = self.slots[slot][1]
+            self.family.set_task(env, task)
+            envs.append(env)
+        return envs
+
+    def assign(self, tasks: Sequence, episodes_per_task: int) -> tuple[np.ndarray, np.ndarray]:
+        """Set ``T x E`` environments to their tasks; returns the action bounds."""
+        self.active = self.environments(tasks, episodes_per_task)
+        space = self.active[0].action_space
+        return np.asarray(space.low, dtype=np.float64), np.asarray(space.high, dtype=np.float64)
+
+    def reset(self, seeds: Sequence[int]) -> np.ndarray:
+        """Reset every assigned environment with its seed; the first observations ``[N, obs]``."""
+        return np.stack([env.reset(seed=int(seed))[0]
+                         for env, seed in zip(self.active, seeds, strict=True)])
+
+    def step(self, indices: Sequence[int], actions: np.ndarray,
+             info_keys: Sequence[str] = ()) -> tuple:
+        """Step the environments ``indices`` (one action row each): ``(observations, rewards,
+        done, infos)`` for them, ``done`` when terminated or truncated, ``infos[key]`` their
+        ``info[key]``."""
+        observations, rewards, done = [], np.zeros(len(indices)), np.zeros(len(indices), bool)
+        infos = {key: np.zeros(len(indices)) for key in info_keys}
+        for row, index in enumerate(indices):
+            obs, rewards[row], terminated, truncated, info = self.active[index].step(actions[row])
+            observations.append(obs)
+            done[row] = terminated or truncated
+            for key in info_keys:
+                infos[key][row] = float(info[key])
+        return observations, rewards, done, infos
+
+    def close(self) -> None:
+        for _, env in self.slots:
+            env.close()
+        self.slots, self.active = [], []
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def first_dtype(params: Mapping[str, Tensor]) -> torch.dtype:
+    if not params:
+        raise ValueError("params must hold the policy's parameters, got an empty mapping")
+    return next(iter(params.values())).dtype
+
+
+def collect_gym_rollouts(family: Any, policy: nn.Module, params: Mapping[str, Tensor],
+                         tasks: Sequence, episodes_per_task: int, *,
+                         pool: EnvPool | None = None, generator: torch.Generator | None = None,
+                         per_task: bool = False, task_ids: Tensor | None = None,
+                         info_keys: Sequence[str] = ()) -> tuple[EpisodeBatch, dict[str, Tensor]]:
+    """Run ``episodes_per_task`` episodes of ``family.horizon`` steps on every task.
+
+    Returns the batch and, for each name in ``info_keys`` (e.g. Meta-World's ``"success"``),
+    the environments' ``info[name]`` as a float64 tensor ``[T, E, H]`` (0 on masked steps).
+    """
+    episodes = check_positive_int("episodes_per_task", episodes_per_task)
+    if len(tasks) == 0:
+        raise ValueError("tasks must hold at least one task, got none")
+    if getattr(policy, "action_dim", family.action_dim) != family.action_dim:
+        raise ValueError(f"policy.action_dim must equal the family's action dimension "
+                         f"{family.action_dim}, got {policy.action_dim}")
+    if per_task:
+        check_per_task(params, len(tasks))
+    dtype = first_dtype(params)
+    if pool is not None and pool.family is not family:
+        raise ValueError("pool must be an environment pool built for this family, got one "
+                         f"for {type(pool.family).__name__}")
+    owned = pool is None
+    pool = EnvPool(family) if pool is None else pool
+    try:
+        bounds = pool.assign(tasks, episodes)
+        steps = run_episodes(pool, bounds, policy, params, (len(tasks), episodes),
+                             family.horizon, dtype, generator, per_task, tuple(info_keys))
+    finally:
+        if owned:
+            pool.close()
+    observations, actions, rewards, masks, infos = steps
+    mean, log_std = policy_outputs(policy, params, observations, per_task)
+    log_probs = gaussian_log_prob(actions, mean, log_std)
+    if task_ids is None:
+        task_ids = torch.arange(len(tasks))
+    batch = EpisodeBatch(observations, actions, rewards, log_probs, masks, task_ids)
+    return batch, infos
+
+
+def collect_gym_episodes(family: Any, policy: nn.Module, params: Mapping[str, Tensor],
+                         tasks: Sequence, episodes_per_task: int, **options: Any) -> EpisodeBatch:
+    """:func:`collect_gym_rollouts` without the info tensors: just the :class:`EpisodeBatch`."""
+    return collect_gym_rollouts(family, policy, params, tasks, episodes_per_task,
+                                **options)[0]
+
+
+def run_episodes(pool: Any, bounds: tuple[np.ndarray, np.ndarray], policy: nn.Module,
+                 params: Mapping[str, Tensor], shape: tuple[int, int], horizon: int,
+                 dtype: torch.dtype, generator: torch.Generator | None, per_task: bool,
+                 info_keys: tuple[str, ...]) -> tuple:
+    """Step every assigned environment for ``horizon`` steps; stacked ``[T, E, H, ...]``."""
+    count = shape[0] * shape[1]
+    seeds = torch.randint(0, SEED_BOUND, shape, generator=generator).flatten().tolist()
+    current = pool.reset(seeds)
+    alive = np.ones(count, dtype=bool)
+    observations, actions, rewards, masks = [], [], [], []
+    infos = {key: [] for key in info_keys}
+    with torch.no_grad():
+        for _ in range(horizon):
+            obs = torch.tensor(current, dtype=dtype).reshape(*shape, -1)  # a copy: current changes
+            mean, log_std = policy_outputs(policy, params, obs, per_task)
+            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+            action = mean + torch.exp(log_std) * noise
+            applied = np.clip(action.reshape(count, -1).double().numpy(), *bounds)
+            running = np.flatnonzero(alive)
+            stepped, reward_rows, done, info_rows = pool.step(running, applied[running],
+                                                              info_keys)
+            reward = np.zeros(count)
+            reward[running] = reward_rows
+            if len(running):
+                current[running] = np.stack(stepped)
+            observations.append(obs)
+            actions.append(action)
+            rewards.append(torch.as_tensor(reward, dtype=dtype).reshape(shape))
+            masks.append(torch.as_tensor(alive, dtype=dtype).reshape(shape))
+            for key in info_keys:
+                values = np.zeros(count)
+                values[running] = info_rows[key]
+                infos[key].append(torch.as_tensor(values).reshape(shape))
+            alive[running] = ~done
+            if not alive.any():
+                break
+    pad = horizon - len(rewards)  # every episode ended early: the rest is masked out
+    for _ in range(pad):
+        observations.append(observations[-1])
+        actions.append(torch.zeros_like(actions[-1]))
+        for series in (rewards, masks, *infos.values()):
+            series.append(torch.zeros_like(series[-1]))
+    stacked = [torch.stack(series, dim=2) for series in (observations, actions, rewards, masks)]
+    return (*stacked, {key: torch.stack(series, dim=2) for key, series in infos.items()})
