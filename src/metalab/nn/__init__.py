@@ -32,6 +32,7 @@ from metalab.nn.norm import TaskBatchNorm
 from metalab.nn.optimizees import OptimizeeMLP
 from metalab.nn.relation import RelationEmbedding, RelationModule
 from metalab.nn.resnet12 import DropBlock, ResNet12
+from metalab.rl.policies import GaussianMLPPolicy
 from metalab.validation import check_choice
 
 
@@ -62,6 +63,7 @@ MODELS = {
     "relation-embedding": RelationEmbedding,
     "neural-process": NeuralProcessNet,
     "optimizee-mlp": OptimizeeMLP,
+    "gaussian-mlp-policy": GaussianMLPPolicy,
 }
 
 
