@@ -33,6 +33,7 @@ from metalab.nn.optimizees import OptimizeeMLP
 from metalab.nn.relation import RelationEmbedding, RelationModule
 from metalab.nn.resnet12 import DropBlock, ResNet12
 from metalab.rl.policies import GaussianMLPPolicy
+from metalab.rl.recurrent import GRUGaussianPolicy
 from metalab.validation import check_choice
 
 
@@ -64,6 +65,7 @@ MODELS = {
     "neural-process": NeuralProcessNet,
     "optimizee-mlp": OptimizeeMLP,
     "gaussian-mlp-policy": GaussianMLPPolicy,
+    "gru-gaussian-policy": GRUGaussianPolicy,
 }
 
 

@@ -23,6 +23,7 @@ from metalab.rl.policy_gradient import (
     naive_objective,
     policy_gradient_objective,
 )
+from metalab.rl.recurrent import GRUGaussianPolicy, collect_trials, trial_inputs, trial_log_probs
 from metalab.rl.rollout import collect_episodes
 from metalab.rl.task_source import EnvironmentTasks, EnvironmentTaskSource
 from metalab.rl.trpo import TRPOResult, conjugate_gradient, fisher_vector_product, trpo_step
@@ -33,6 +34,7 @@ __all__ = [
     "EnvironmentTaskSource",
     "EnvironmentTasks",
     "EpisodeBatch",
+    "GRUGaussianPolicy",
     "GaussianMLPPolicy",
     "Navigation2D",
     "PointNavigation",
@@ -41,6 +43,7 @@ __all__ = [
     "adapt_per_task",
     "build_family",
     "collect_episodes",
+    "collect_trials",
     "conjugate_gradient",
     "dice_objective",
     "discounted_returns",
@@ -58,5 +61,7 @@ __all__ = [
     "policy_gradient_objective",
     "policy_log_probs",
     "register_family",
+    "trial_inputs",
+    "trial_log_probs",
     "trpo_step",
 ]

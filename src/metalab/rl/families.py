@@ -13,6 +13,11 @@ A task family is any object with
   returns the episodes with ``log_probs`` recomputed as a differentiable function of
   ``params``.
 
+A family that serves recurrent methods (RL²) also has ``collect_trials(policy, params,
+tasks, trials_per_task, episodes_per_trial, *, generator) -> EpisodeBatch``: trials of
+consecutive episodes per task with the policy's hidden state kept across the episodes of a
+trial (`metalab.rl.recurrent`).
+
 Families are registered by name (`register_family`) so that a config's ``data.name`` finds
 them; `build_family` constructs one from its options. `Navigation2D` is the 2-D point
 navigation of the MAML paper on batched tensors (`PointNavigation` + `collect_episodes`).
@@ -29,6 +34,7 @@ from torch import Tensor, nn
 
 from metalab.rl.episodes import EpisodeBatch
 from metalab.rl.navigation import PointNavigation
+from metalab.rl.recurrent import collect_trials
 from metalab.rl.rollout import collect_episodes
 
 
@@ -74,6 +80,14 @@ class Navigation2D:
                 per_task: bool = False) -> EpisodeBatch:
         return collect_episodes(self.env, policy, params, tasks, episodes_per_task,
                                 generator=generator, per_task=per_task)
+
+
+    def collect_trials(self, policy: nn.Module, params: Mapping[str, Tensor], tasks: Tensor,
+                       trials_per_task: int, episodes_per_trial: int, *,
+                       generator: torch.Generator | None = None) -> EpisodeBatch:
+        """RL²'s trials (`collect_trials`): the recurrent collector of this family."""
+        return collect_trials(self.env, policy, params, tasks, trials_per_task,
+                              episodes_per_trial, generator=generator)
 
 
 FAMILIES: dict[str, Callable[..., TaskFamily]] = {"nav2d": Navigation2D}
