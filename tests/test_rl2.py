@@ -43,8 +43,13 @@ def test_hidden_state_is_kept_across_episodes_of_a_trial_and_reset_between_trial
     batch = collect_trials(env, policy, params, goals, trials_per_task=2, episodes_per_trial=2,
                            generator=torch.Generator().manual_seed(0))
     assert batch.rewards.shape == (1, 2, 6)
-    log_probs, mean, _ = trial_log_probs(policy, params, batch, horizon=3)
+    log_probs, mean, log_std = trial_log_probs(policy, params, batch, horizon=3)
     torch.testing.assert_close(batch.log_probs, log_probs)
+    # the actions were sampled from the recomputed (carried-state) policy: redraw the noise
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.stack([torch.randn(1, 2, 2, generator=generator, dtype=torch.float64)
+                         for _ in range(6)], dim=2)
+    torch.testing.assert_close(batch.actions, mean + log_std.exp() * noise)
     # the second episode's actions depend on the first episode (carried hidden state) ...
     changed = batch.actions.clone()
     changed[0, 0, 0] += 0.5
