@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from metalab.algorithms.maml_rl import MAMLRL
-from metalab.cli.main import main
+from metalab.cli.main import main, resolve_config_path
 from metalab.rl import (
     EnvironmentTaskSource,
     GaussianMLPPolicy,
@@ -21,7 +21,6 @@ from metalab.rl import (
     inner_policy_gradient_step,
 )
 from metalab.rl.trpo import flat, unflat
-from metalab.cli.main import resolve_config_path
 from metalab.train import load_config, train_run
 from metalab.train.config import ConfigError
 

@@ -2,8 +2,10 @@
 reset between trials, the collected log-probabilities equal to the recomputed ones, and one
 trainer step through the CLI with the per-episode returns reported."""
 
+import dataclasses
 import json
 
+import pytest
 import torch
 
 from metalab.algorithms.rl2 import RL2
@@ -107,8 +109,5 @@ def test_rl2_names_a_family_without_trials():
             raise AssertionError
 
     learner = RL2(GRUGaussianPolicy(2, 2, hidden=3))
-    import dataclasses
-
-    import pytest
     with pytest.raises(TypeError, match="collect_trials"):
         learner.meta_backward(dataclasses.replace(batch, family=Feedforward()))
