@@ -24,9 +24,10 @@ The base class derives everything else from them, once:
 Facts a builder needs are class attributes, not names checked elsewhere: ``model_role``,
 ``chooses_adapted_parameters``, ``adapts_to_support``, ``adapt_options``,
 ``outer_update_is_loss_gradient``, ``writes_whole_update``, and the class methods
-`extra_input_channels` and `options_from_data`. A method whose outer step is not a loss gradient overrides
-`meta_backward` to write its update direction into ``.grad`` (the trainer's optimizer step
-then applies it) and sets ``outer_update_is_loss_gradient = False``.
+`extra_input_channels` and `options_from_data`. A method whose outer step is not a loss
+gradient overrides `meta_backward` to write its update direction into ``.grad`` (the
+trainer's optimizer step then applies it) and sets ``outer_update_is_loss_gradient =
+False``.
 """
 
 from __future__ import annotations
