@@ -23,10 +23,11 @@ The base class derives everything else from them, once:
 
 Facts a builder needs are class attributes, not names checked elsewhere: ``model_role``,
 ``chooses_adapted_parameters``, ``adapts_to_support``, ``adapt_options``,
-``outer_update_is_loss_gradient``, and the class methods `extra_input_channels` and
-`options_from_data`. A method whose outer step is not a loss gradient overrides
-`meta_backward` to write its update direction into ``.grad`` (the trainer's optimizer step
-then applies it) and sets ``outer_update_is_loss_gradient = False``.
+``outer_update_is_loss_gradient``, ``writes_whole_update``, and the class methods
+`extra_input_channels` and `options_from_data`. A method whose outer step is not a loss
+gradient overrides `meta_backward` to write its update direction into ``.grad`` (the
+trainer's optimizer step then applies it) and sets ``outer_update_is_loss_gradient =
+False``.
 """
 
 from __future__ import annotations
@@ -132,6 +133,11 @@ class MetaLearner(nn.Module):
     #: `meta_backward` writes its own update direction into ``.grad`` (Reptile's
     #: ``phi - phi_i``), so per-task loss gradients (combiners, diagnostics) do not apply.
     outer_update_is_loss_gradient: ClassVar[bool] = True
+    #: Whether the direction `meta_backward` writes into ``.grad`` is already the whole
+    #: update (``theta <- theta - grad``; a trust-region step that ended in a line search),
+    #: so the trainer must apply it unchanged: plain SGD at learning rate 1, no schedule, no
+    #: clipping. A method may set it per instance when an option decides it.
+    writes_whole_update: bool = False
 
     def __init__(self, loss: str = "cross_entropy", strategy: str = "loop") -> None:
         super().__init__()

@@ -32,6 +32,8 @@ from metalab.nn.norm import TaskBatchNorm
 from metalab.nn.optimizees import OptimizeeMLP
 from metalab.nn.relation import RelationEmbedding, RelationModule
 from metalab.nn.resnet12 import DropBlock, ResNet12
+from metalab.rl.policies import GaussianMLPPolicy
+from metalab.rl.recurrent import GRUGaussianPolicy
 from metalab.validation import check_choice
 
 
@@ -62,6 +64,8 @@ MODELS = {
     "relation-embedding": RelationEmbedding,
     "neural-process": NeuralProcessNet,
     "optimizee-mlp": OptimizeeMLP,
+    "gaussian-mlp-policy": GaussianMLPPolicy,
+    "gru-gaussian-policy": GRUGaussianPolicy,
 }
 
 

@@ -18,9 +18,12 @@ from metalab.rl.policy_gradient import inner_policy_gradient_step
 
 def adapt_per_task(policy: nn.Module, params: Mapping[str, Tensor], batch: EpisodeBatch, *,
                    step_size: float, gamma: float, estimator: str = "dice",
-                   baseline_reg: float = 1e-5, first_order: bool = False) -> dict[str, Tensor]:
+                   baseline_reg: float = 1e-5, first_order: bool = False,
+                   per_task: bool = False) -> dict[str, Tensor]:
     """``theta'_i = theta + step_size * grad J_hat_i(theta)`` for every task ``i`` of
-    ``batch`` (sampled at ``params``), stacked: each value gains a leading task dimension."""
+    ``batch`` (sampled at ``params``), stacked: each value gains a leading task dimension.
+    With ``per_task=True`` ``params`` already has one (task ``i`` starts from its own
+    parameters: the second and later steps of a multi-step adaptation)."""
     returns = discounted_returns(batch.rewards, batch.masks, gamma)
     baselines = linear_baseline_values(batch.observations, returns, batch.masks, baseline_reg)
     adapted = []
@@ -30,8 +33,9 @@ def adapt_per_task(policy: nn.Module, params: Mapping[str, Tensor], batch: Episo
         def log_probs_of(p, observations=observations, actions=actions):
             return policy_log_probs(policy, p, observations, actions)
 
+        start = {n: v[task] for n, v in params.items()} if per_task else params
         adapted.append(inner_policy_gradient_step(
-            log_probs_of, params, batch.rewards[task], batch.masks[task], step_size=step_size,
+            log_probs_of, start, batch.rewards[task], batch.masks[task], step_size=step_size,
             gamma=gamma, baselines=baselines[task], estimator=estimator,
             first_order=first_order))
     return {name: torch.stack([p[name] for p in adapted]) for name in adapted[0]}

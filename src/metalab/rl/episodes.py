@@ -54,6 +54,12 @@ class EpisodeBatch:
     def num_tasks(self) -> int:
         return self.rewards.shape[0]
 
+    def select_tasks(self, index: slice) -> EpisodeBatch:
+        """The episodes of the tasks ``index`` (a slice)."""
+        return EpisodeBatch(self.observations[index], self.actions[index],
+                            self.rewards[index], self.log_probs[index], self.masks[index],
+                            self.task_ids[index])
+
     def total_returns(self) -> Tensor:
         """Undiscounted return of every episode, ``[T, E]``."""
         return (self.rewards * self.masks).sum(dim=-1)

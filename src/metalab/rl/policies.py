@@ -57,3 +57,11 @@ def policy_log_probs(policy: nn.Module, params: Mapping[str, Tensor], observatio
     ``params``); shapes ``[..., obs_dim]``, ``[..., act_dim] -> [...]``."""
     mean, log_std = functional_call(policy, dict(params), (observations,))
     return gaussian_log_prob(actions, mean, log_std)
+
+
+def gaussian_kl(mean_p: Tensor, log_std_p: Tensor, mean_q: Tensor, log_std_q: Tensor) -> Tensor:
+    """``KL(p || q)`` of diagonal Gaussians, summed over the last dimension:
+    ``sum_i log(s_q / s_p) + (s_p^2 + (m_p - m_q)^2) / (2 s_q^2) - 1/2``."""
+    variance_p, variance_q = torch.exp(2 * log_std_p), torch.exp(2 * log_std_q)
+    return (log_std_q - log_std_p + (variance_p + (mean_p - mean_q) ** 2) / (2 * variance_q)
+            - 0.5).sum(dim=-1)

@@ -106,6 +106,29 @@ def policy_gradient_objective(log_probs: Tensor, rewards: Tensor, masks: Tensor,
     return naive_objective(log_probs, rewards, masks, gamma, baselines)
 
 
+def exploration_credit(pre_update_log_probs: Tensor, post_update_returns: Tensor) -> Tensor:
+    """E-MAML's extra term (Stadie et al. 2018): credit each task's pre-update (exploration)
+    episodes for the return reached after adapting on them.
+
+    ``pre_update_log_probs [T]``: the sum of the log-probabilities of all of task ``i``'s
+    pre-update actions, a function of ``theta``; ``post_update_returns [T]``: its post-update
+    return estimate ``R_i`` (held constant). The value is 0 and the gradient
+    ``mean_i (R_i - b_i) grad log p(tau_i | theta)``, with the baseline ``b_i`` the mean of
+    the *other* tasks' returns (independent of ``tau_i``, so it adds no bias; 0 for one
+    task). Added to the post-update objective of a naive (sample-path) inner step it makes
+    the meta-gradient unbiased for ``E_tau[J(theta'(tau))]`` (see the module docstring).
+    """
+    if pre_update_log_probs.dim() != 1 or pre_update_log_probs.shape != post_update_returns.shape:
+        raise ValueError(f"pre_update_log_probs and post_update_returns must both have shape "
+                         f"[tasks], got {tuple(pre_update_log_probs.shape)} and "
+                         f"{tuple(post_update_returns.shape)}")
+    returns = post_update_returns.detach()
+    tasks = returns.shape[0]
+    baseline = ((returns.sum() - returns) / (tasks - 1) if tasks > 1
+                else torch.zeros_like(returns))
+    return ((magic_box(pre_update_log_probs) - 1) * (returns - baseline)).mean()
+
+
 def inner_policy_gradient_step(log_probs_of: Callable[[dict[str, Tensor]], Tensor],
                                params: Mapping[str, Tensor], rewards: Tensor, masks: Tensor, *,
                                step_size: float, gamma: float,

@@ -30,7 +30,7 @@ __all__ = ["REGRESSION_FAMILIES", "build_combiner_for", "build_meta_learner",
            "build_task_source", "complete_model_config", "is_regression"]
 
 SIZE_KEYS = ("in_channels", "image_size", "in_features", "out_features", "num_classes",
-             "ways", "out_channels")
+             "ways", "out_channels", "observation_dim", "action_dim")
 
 
 def _accepted(model_name: str) -> set[str]:
@@ -56,6 +56,8 @@ def _named_outputs(sizes: dict[str, Any]) -> dict[str, Any]:
 def _data_sizes(config: dict[str, Any]) -> dict[str, Any]:
     """Input and output sizes of the training data, read from one batch."""
     source = build_task_source(config, "train", 1, seed=0)
+    if hasattr(source, "sizes"):  # a source that knows them without data (an environment)
+        return source.sizes()
     batch = getattr(source, "example_batch", source.sample)()  # a stream: before arrivals
     x_shape, y_shape = tuple(batch.query_x.shape[2:]), tuple(batch.query_y.shape[2:])
     sizes: dict[str, Any] = {}

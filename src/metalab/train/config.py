@@ -48,6 +48,7 @@ from pydantic import (
 from metalab import datasets
 from metalab.algorithms import ALGORITHMS
 from metalab.nn import MODELS
+from metalab.rl import FAMILIES
 from metalab.train.sources import (
     REGRESSION_FAMILIES,
     SAMPLER_KEYS,
@@ -417,6 +418,8 @@ def _data_factory(name: str) -> Callable[..., Any] | None:
         return REGRESSION_FAMILIES[name]
     if name in STREAM_FAMILIES:
         return STREAM_FAMILIES[name]
+    if name in FAMILIES:
+        return FAMILIES[name]
     return datasets.registry.REGISTRY.get(name)
 
 
@@ -425,7 +428,7 @@ def _check_data(data: dict[str, Any]) -> None:
     sources or accepted by the family or dataset factory (when that can be told)."""
     if "name" not in data:
         raise ConfigError("config needs data.name")
-    _check_name("data", data["name"], [*REGRESSION_FAMILIES, *STREAM_FAMILIES,
+    _check_name("data", data["name"], [*REGRESSION_FAMILIES, *STREAM_FAMILIES, *FAMILIES,
                                        *datasets.available()])
     accepted = accepted_keywords(_data_factory(data["name"]))
     if accepted is None:

@@ -19,6 +19,10 @@ The keys of ``data`` say which kind of source it is:
   online meta-learning, the training source is the stream's replay buffer
   (`BufferSource`), its data arriving ``arrival_batch`` examples at a time; the
   ``online`` section says the buffer tasks' ``support`` and ``query`` sizes;
+- an environment (a registered `metalab.rl` task family: ``nav2d``): a task is an
+  environment's task specification (a goal), ``episodes`` the episodes collected per task
+  for each batch of rollouts; the family's own options (``horizon``, ...) go to it. The
+  splits differ only by their seeds (the tasks come from one distribution);
 - otherwise ``ways``, ``shots``, ``queries``: N-way K-shot episodes; ``within: alphabet``
   draws every episode's classes from one alphabet (``skip_small_groups: true`` leaves out
   alphabets with fewer than ``ways`` characters); with ``train_batch_size`` the training
@@ -39,6 +43,7 @@ from typing import Any
 
 from metalab import datasets
 from metalab.datasets import GroupDataset
+from metalab.rl import FAMILIES, EnvironmentTaskSource, build_family
 from metalab.tasks import (
     BufferSource,
     ClassifierTrainingProblems,
@@ -88,7 +93,7 @@ SAMPLER_KEYS = {"name", "root", "ways", "shots", "queries", "shuffle_labels", "t
                 "val_split", "test_split", "support_size", "sampling", "distinct_groups",
                 "batch_size", "partition_by", "tasks", "held_out", "examples",
                 "dataset_split", "split_seed", "within", "skip_small_groups", "augment",
-                "train_batch_size", "arrival_batch"}
+                "train_batch_size", "arrival_batch", "episodes"}
 
 
 def data_objective(config: dict[str, Any]) -> Objective:
@@ -247,6 +252,16 @@ def _stream_source(config: dict[str, Any], split: str, tasks_per_batch: int,
                         online["query"])
 
 
+def _environment_source(data: dict[str, Any], tasks_per_batch: int, seed: int
+                        ) -> TaskSource:
+    """Tasks of the environment family ``data.name``, ``data.episodes`` per task."""
+    try:
+        family = build_family(data["name"], **_options(data))
+    except TypeError as error:
+        raise ValueError(f"data for environment {data['name']!r}: {error}") from error
+    return EnvironmentTaskSource(family, tasks_per_batch, data.get("episodes", 20), seed=seed)
+
+
 def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
                       queries: int | None = None, support_size: int | None = None,
                       within: str | None = None) -> TaskSource:
@@ -262,6 +277,8 @@ def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, 
     queries = data.get("queries") if queries is None else queries
     if data["name"] in STREAM_FAMILIES:
         return _stream_source(config, split, tasks_per_batch, seed)
+    if data["name"] in FAMILIES:
+        return _environment_source(data, tasks_per_batch, seed)
     if is_regression(config):
         return _family_source(data, split, tasks_per_batch, seed, queries)
     if "support_size" in data:

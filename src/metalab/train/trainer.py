@@ -81,6 +81,24 @@ def backward_step_for(learner: MetaLearner, config: TrainConfig,
                         config.task_chunk)
 
 
+def check_whole_update(learner: MetaLearner, config: TrainConfig) -> None:
+    """A learner whose ``.grad`` is the whole update (``writes_whole_update``) needs the
+    optimizer step to apply it unchanged: ``sgd`` at ``lr`` 1, a constant schedule, no
+    clipping, one process (its update is computed on the whole meta-batch at once)."""
+    if not getattr(learner, "writes_whole_update", False):
+        return
+    wrong = [f"train.{key}: {value!r} (needs {needed!r})" for key, value, needed in (
+        ("optimizer", config.optimizer, "sgd"), ("lr", config.lr, 1.0),
+        ("lr_schedule", config.lr_schedule, "constant"),
+        ("grad_clip", config.grad_clip, None)) if value != needed]
+    if wrong:
+        raise ConfigError(f"{type(learner).__name__} computes its whole outer update itself, "
+                          f"so the optimizer must apply it unchanged; set {', '.join(wrong)}")
+    if distributed.world_size() > 1:
+        raise ConfigError(f"{type(learner).__name__} computes its whole outer update on the "
+                          f"full meta-batch; run it in one process")
+
+
 def scheduled_lr(config: TrainConfig, step: int) -> float:
     """The meta-optimizer's learning rate for the update after ``step = t`` completed steps
     of ``T = steps`` (``lr_schedule``; `TrainConfig` has the formulas):
@@ -180,6 +198,7 @@ class Trainer:
         self.optimizer = build_optimizer(self.config.optimizer, trained, self.config.lr)
         self.val_source = val_source if self.config.val_every else None
         self.backward_step = backward_step_for(self.learner, self.config, self.combiner)
+        check_whole_update(self.learner, self.config)
         self._pending_diagnostics: dict[str, float] = {}
         self.device = torch.device(device)
         self.dtype = dtype

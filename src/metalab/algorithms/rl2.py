@@ -1,0 +1,176 @@
+"""RL² (Duan et al. 2016, "RL^2: Fast Reinforcement Learning via Slow Reinforcement
+Learning"): the adaptation is the hidden state of a recurrent policy.
+
+A trial is ``K = episodes_per_trial`` episodes on one task; the GRU policy
+(`GRUGaussianPolicy`) sees ``[s_t, a_{t-1}, r_{t-1}, episode start]`` and keeps its hidden
+state across the episodes of a trial (reset between trials). The outer objective is the
+expected discounted return of the whole trial, ``E[sum_{t < K H} gamma^t r_t]``, so the
+policy is rewarded for exploring in early episodes when that pays off in later ones.
+Trained, as in the paper, by TRPO (`trpo_step`) on the surrogate
+
+    L(theta) = mean_tasks mean_trials sum_t  pi_theta(a_t | h_t) / pi_old(a_t | h_t) * A_t
+
+(GAE advantages over the trial's ``K H`` steps, a linear feature baseline fitted per task)
+with ``KL(pi_old || pi_theta) <= max_kl`` over the valid steps; or ``outer_step:
+gradient`` for the trainer's optimizer. The task source, trainer, checkpoints and CLI are
+MAML-RL's: each meta-batch is `EnvironmentTasks` whose ``episodes`` is the number of
+trials per task, collected by the family's ``collect_trials``.
+
+Meta-test: each test task gets ``episodes`` trials from the trained policy (no gradient
+step); `task_losses` reports the mean return of every episode of the trial,
+``return_episode1 .. return_episodeK``, and ``return`` = the last episode's (what the
+hidden state's adaptation reached).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from metalab.algorithms.base import MetaLearner
+from metalab.algorithms.maml_rl import OUTER_STEPS, masked_task_mean
+from metalab.rl import (
+    EpisodeBatch,
+    discounted_returns,
+    gae,
+    gaussian_kl,
+    linear_baseline_values,
+    trial_log_probs,
+    trpo_step,
+)
+from metalab.rl.task_source import EnvironmentTasks
+from metalab.validation import check_choice, check_positive_int, check_real
+
+
+class RL2(MetaLearner, name="rl2"):
+    """RL² on a recurrent Gaussian policy (the config's model, `GRUGaussianPolicy`).
+
+    Args:
+        model: the GRU policy.
+        episodes_per_trial: K, the episodes of a trial (the hidden state spans them).
+        gamma, gae_lambda: discount over the trial's steps and GAE's lambda.
+        outer_step: ``"trpo"`` (the paper) or ``"gradient"``.
+        max_kl, cg_iterations, cg_damping, backtrack_ratio, max_backtracks: TRPO's.
+        baseline_reg: ridge of the linear baseline.
+    """
+
+    adapt_options = ()
+    outer_update_is_loss_gradient = False
+
+    def __init__(self, model: nn.Module, episodes_per_trial: int = 2, gamma: float = 0.99,
+                 gae_lambda: float = 0.97, outer_step: str = "trpo", max_kl: float = 0.01,
+                 cg_iterations: int = 10, cg_damping: float = 1e-5,
+                 backtrack_ratio: float = 0.5, max_backtracks: int = 15,
+                 baseline_reg: float = 1e-5) -> None:
+        super().__init__()
+        self.policy = model
+        self.episodes_per_trial = check_positive_int("episodes_per_trial", episodes_per_trial)
+        self.gamma = check_real("gamma", gamma)
+        self.gae_lambda = check_real("gae_lambda", gae_lambda)
+        self.outer_step = check_choice("outer_step", outer_step, OUTER_STEPS)
+        self.writes_whole_update = self.outer_step == "trpo"
+        self.trpo_options = {
+            "max_kl": check_real("max_kl", max_kl, inclusive=False),
+            "cg_iterations": check_positive_int("cg_iterations", cg_iterations),
+            "damping": check_real("cg_damping", cg_damping),
+            "backtrack_ratio": check_real("backtrack_ratio", backtrack_ratio,
+                                          inclusive=False),
+            "max_backtracks": check_positive_int("max_backtracks", max_backtracks)}
+        self.baseline_reg = check_real("baseline_reg", baseline_reg)
+
+    @property
+    def metric_name(self) -> str:
+        return "return"
+
+    @property
+    def loss_name(self) -> str:
+        return "negative_return"
+
+    def adapt_task(self, support_x, support_y=None, *, training, **options):
+        raise TypeError("RL2 adapts through its hidden state within a trial: use "
+                        "family.collect_trials(policy, params, tasks, ...)")
+
+    def predict(self, state, x):
+        raise TypeError("RL2's policy acts in an environment: use family.collect_trials")
+
+    @staticmethod
+    def check_batch(batch) -> None:
+        if not isinstance(batch, EnvironmentTasks):
+            raise TypeError(f"RL2 needs a batch of environment tasks (EnvironmentTasks), got "
+                            f"{type(batch).__name__}")
+        if not hasattr(batch.family, "collect_trials"):
+            raise TypeError(f"RL2 needs a task family with collect_trials (a recurrent "
+                            f"collector); {type(batch.family).__name__} has none")
+
+    def collect(self, batch: EnvironmentTasks) -> EpisodeBatch:
+        params = {n: p.detach() for n, p in self.policy.named_parameters()}
+        return batch.family.collect_trials(self.policy, params, batch.tasks, batch.episodes,
+                                           self.episodes_per_trial,
+                                           generator=batch.generator())
+
+    def episode_returns(self, trials: EpisodeBatch, horizon: int) -> Tensor:
+        """``[T, K]``: the mean (over trials) return of each episode of the trial."""
+        tasks, count, _ = trials.rewards.shape
+        per_episode = (trials.rewards * trials.masks).reshape(tasks, count,
+                                                             self.episodes_per_trial, horizon)
+        return per_episode.sum(-1).mean(1)
+
+    def task_losses(self, batch: EnvironmentTasks, training: bool = True, **options
+                    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Meta-test: per task, ``-return`` of the trial's last episode and the return of
+        every episode (see the module docstring)."""
+        self.check_batch(batch)
+        if training:
+            raise TypeError("RL2 trains through meta_backward, not through task_losses")
+        self.check_adapt_options(options)
+        with torch.no_grad():
+            returns = self.episode_returns(self.collect(batch), batch.family.horizon)
+        metrics = {f"return_episode{k + 1}": returns[:, k] for k in range(returns.shape[1])}
+        return -returns[:, -1], {"return": returns[:, -1], **metrics}
+
+    def surrogate_and_kl(self, params: dict[str, Tensor], trials: EpisodeBatch,
+                         advantages: Tensor, old: tuple[Tensor, Tensor, Tensor],
+                         horizon: int) -> tuple[Tensor, Tensor]:
+        """``(L(theta), KL(pi_old || pi_theta))`` on the collected trials."""
+        log_probs, mean, log_std = trial_log_probs(self.policy, params, trials, horizon)
+        old_log_probs, old_mean, old_log_std = old
+        ratio = torch.exp(log_probs - old_log_probs)
+        value = (ratio * advantages * trials.masks).sum(dim=-1).mean()
+        divergence = gaussian_kl(old_mean, old_log_std, mean, log_std)
+        return value, masked_task_mean(divergence, trials.masks).mean()
+
+    def meta_backward(self, batch: EnvironmentTasks, task_chunk: int | None = None,
+                      scale: float = 1.0) -> dict[str, float]:
+        """Collect trials, then write ``-(TRPO step)`` (or ``-grad L``) into ``.grad``."""
+        self.check_batch(batch)
+        horizon = batch.family.horizon
+        trials = self.collect(batch)
+        returns = discounted_returns(trials.rewards, trials.masks, self.gamma)
+        values = linear_baseline_values(trials.observations, returns, trials.masks,
+                                        self.baseline_reg)
+        advantages = gae(trials.rewards, values, trials.masks, self.gamma, self.gae_lambda)
+        names = [n for n, p in self.policy.named_parameters() if p.requires_grad]
+        leaves = [p for p in self.policy.parameters() if p.requires_grad]
+        with torch.no_grad():
+            old = trial_log_probs(self.policy, dict(zip(names, leaves, strict=True)), trials,
+                                  horizon)
+        episode_returns = self.episode_returns(trials, horizon).mean(0)
+        metrics = {f"return_episode{k + 1}": value.item()
+                   for k, value in enumerate(episode_returns)}
+
+        def evaluate(values: list[Tensor], differentiable: bool = True):
+            return self.surrogate_and_kl(dict(zip(names, values, strict=True)), trials,
+                                         advantages, old, horizon)
+
+        if self.outer_step == "gradient":
+            surrogate, _ = evaluate(leaves)
+            (-surrogate * scale).backward()
+            return {**metrics, "loss": -surrogate.item()}
+        result = trpo_step(evaluate, leaves, **self.trpo_options)
+        start = 0
+        for p in leaves:
+            step = result.step[start:start + p.numel()].view_as(p)
+            start += p.numel()
+            p.grad = -scale * step if p.grad is None else p.grad - scale * step
+        return {**metrics, "loss": -result.surrogate_before, "kl": result.kl,
+                "improvement": result.surrogate_after - result.surrogate_before}

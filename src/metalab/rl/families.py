@@ -1,0 +1,109 @@
+"""Environments as task families: the one interface a meta-RL method talks to.
+
+A task family is any object with
+
+- ``observation_dim``, ``action_dim``, ``horizon`` (ints): what a policy for it looks like;
+- ``sample_tasks(n, generator) -> tasks``: ``n`` task specifications (a tensor whose first
+  dimension is ``n``: goals, target velocities, ...), drawn from ``generator`` only;
+- ``collect(policy, params, tasks, episodes_per_task, *, generator, per_task=False)
+  -> EpisodeBatch``: the collector. It sets every task on its environment (the DESIGN's
+  ``set_task(env, task)``), runs ``episodes_per_task`` episodes of ``policy`` at ``params``
+  (shared, or with ``per_task=True`` a leading task dimension: one adapted set per task),
+  takes all its randomness from ``generator`` (a fixed seed gives identical rollouts), and
+  returns the episodes with ``log_probs`` recomputed as a differentiable function of
+  ``params``.
+
+A family that serves recurrent methods (RL²) also has ``collect_trials(policy, params,
+tasks, trials_per_task, episodes_per_trial, *, generator) -> EpisodeBatch``: trials of
+consecutive episodes per task with the policy's hidden state kept across the episodes of a
+trial (`metalab.rl.recurrent`).
+
+Families are registered by name (`register_family`) so that a config's ``data.name`` finds
+them; `build_family` constructs one from its options. `Navigation2D` is the 2-D point
+navigation of the MAML paper on batched tensors (`PointNavigation` + `collect_episodes`).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor, nn
+
+from metalab.rl.episodes import EpisodeBatch
+from metalab.rl.navigation import PointNavigation
+from metalab.rl.recurrent import collect_trials
+from metalab.rl.rollout import collect_episodes
+
+
+@runtime_checkable
+class TaskFamily(Protocol):
+    """What a meta-RL method needs from an environment (see the module docstring)."""
+
+    observation_dim: int
+    action_dim: int
+    horizon: int
+
+    def sample_tasks(self, n: int, generator: torch.Generator | None = None) -> Tensor: ...
+
+    def collect(self, policy: nn.Module, params: Mapping[str, Tensor], tasks: Tensor,
+                episodes_per_task: int, *, generator: torch.Generator | None = None,
+                per_task: bool = False) -> EpisodeBatch: ...
+
+
+class Navigation2D:
+    """2-D point navigation (Finn et al. 2017) as a task family: a task is a goal in
+    ``[-goal_range, goal_range]^2``; see `PointNavigation` for the dynamics and reward.
+    Goals are drawn in float32 (the policy's dtype) unless ``dtype`` says otherwise."""
+
+    def __init__(self, horizon: int = 100, goal_range: float = 0.5, max_action: float = 0.1,
+                 goal_tolerance: float | None = 0.01, dtype: str = "float32") -> None:
+        self.env = PointNavigation(horizon, goal_range, max_action, goal_tolerance)
+        if dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dtype = getattr(torch, dtype)
+
+    observation_dim = PointNavigation.observation_dim
+    action_dim = PointNavigation.action_dim
+
+    @property
+    def horizon(self) -> int:
+        return self.env.horizon
+
+    def sample_tasks(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        return self.env.sample_tasks(n, generator, dtype=self.dtype)
+
+    def collect(self, policy: nn.Module, params: Mapping[str, Tensor], tasks: Tensor,
+                episodes_per_task: int, *, generator: torch.Generator | None = None,
+                per_task: bool = False) -> EpisodeBatch:
+        return collect_episodes(self.env, policy, params, tasks, episodes_per_task,
+                                generator=generator, per_task=per_task)
+
+
+    def collect_trials(self, policy: nn.Module, params: Mapping[str, Tensor], tasks: Tensor,
+                       trials_per_task: int, episodes_per_trial: int, *,
+                       generator: torch.Generator | None = None) -> EpisodeBatch:
+        """RL²'s trials (`collect_trials`): the recurrent collector of this family."""
+        return collect_trials(self.env, policy, params, tasks, trials_per_task,
+                              episodes_per_trial, generator=generator)
+
+
+FAMILIES: dict[str, Callable[..., TaskFamily]] = {"nav2d": Navigation2D}
+
+
+def register_family(name: str, factory: Callable[..., TaskFamily]) -> None:
+    """Make ``factory(**options)`` the task family ``data.name: name`` builds."""
+    if name in FAMILIES and FAMILIES[name] is not factory:
+        raise ValueError(f"task family name {name!r} is taken by {FAMILIES[name]!r}")
+    FAMILIES[name] = factory
+
+
+def build_family(name: str, **options: Any) -> TaskFamily:
+    """The registered family ``name`` built with ``options``."""
+    if name not in FAMILIES:
+        close = difflib.get_close_matches(str(name), sorted(FAMILIES), n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise ValueError(f"environment must be one of {sorted(FAMILIES)}, got {name!r}{hint}")
+    return FAMILIES[name](**options)

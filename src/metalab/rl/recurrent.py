@@ -1,0 +1,147 @@
+"""RL²'s recurrent policy and its trials (Duan et al. 2016, "RL^2: Fast Reinforcement
+Learning via Slow Reinforcement Learning").
+
+A *trial* is ``K`` consecutive episodes on one task. The policy is a GRU whose input at
+every step is ``[observation, previous action, previous reward, episode-start flag]``
+(zeros at the start of the trial; after an episode ended early, the action and the zero
+reward of its last masked step, exactly as stored in the batch); its hidden state
+starts at zero at the beginning of each trial and is carried across the episodes of the
+trial, so what it learned about the task in episode ``k`` shapes its behaviour in episode
+``k + 1``. A step that is masked (its episode already ended) leaves the hidden state as it
+was. The mean action is a linear read-out of the hidden state; the log standard deviation
+is a learned, state-independent vector.
+
+`collect_trials` runs ``trials_per_task`` trials of ``K`` episodes on every task of a
+batched environment (`PointNavigation`) and returns them as an `EpisodeBatch` whose
+"episodes" are the trials and whose time axis is the ``K * horizon`` steps of a trial;
+``log_probs`` are recomputed in one differentiable pass over the whole sequence
+(`trial_log_probs`), so they are functions of the policy's parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from metalab.rl.episodes import EpisodeBatch
+from metalab.rl.navigation import PointNavigation
+from metalab.rl.policies import gaussian_log_prob
+from metalab.validation import check_positive_int
+
+
+class GRUGaussianPolicy(nn.Module):
+    """``forward(inputs [..., L, input_dim], masks [..., L], state=None) -> (mean, log_std,
+    state)`` over a sequence (from the zero state: a trial's start); `step` is one step."""
+
+    def __init__(self, observation_dim: int, action_dim: int, hidden: int = 64,
+                 init_log_std: float = 0.0) -> None:
+        super().__init__()
+        self.observation_dim = check_positive_int("observation_dim", observation_dim)
+        self.action_dim = check_positive_int("action_dim", action_dim)
+        self.hidden = check_positive_int("hidden", hidden)
+        self.input_dim = observation_dim + action_dim + 2
+        self.cell = nn.GRUCell(self.input_dim, hidden)
+        self.head = nn.Linear(hidden, action_dim)
+        self.log_std = nn.Parameter(torch.full((action_dim,), float(init_log_std)))
+
+    def initial_state(self, batch_shape: tuple[int, ...], like: Tensor) -> Tensor:
+        return like.new_zeros(*batch_shape, self.hidden)
+
+    def step(self, inputs: Tensor, state: Tensor, mask: Tensor | None = None
+             ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mean, log_std, next_state)`` for ``inputs [..., input_dim]``; where ``mask`` is
+        0 the state is kept."""
+        if inputs.shape[-1] != self.input_dim:
+            raise ValueError(f"inputs must have last dimension {self.input_dim} (observation, "
+                             f"previous action, previous reward, episode start), got shape "
+                             f"{tuple(inputs.shape)}")
+        batch = inputs.shape[:-1]
+        new = self.cell(inputs.reshape(-1, self.input_dim),
+                        state.reshape(-1, self.hidden)).reshape(*batch, self.hidden)
+        if mask is not None:
+            keep = mask.unsqueeze(-1)
+            new = keep * new + (1 - keep) * state
+        mean = self.head(new)
+        return mean, self.log_std.expand_as(mean), new
+
+    def forward(self, inputs: Tensor, masks: Tensor, state: Tensor | None = None
+                ) -> tuple[Tensor, Tensor, Tensor]:
+        """``(mean [..., L, act], log_std, final state)`` over ``inputs [..., L, input]``
+        from ``state`` (``None``: zeros, the start of a trial)."""
+        if state is None:
+            state = self.initial_state(inputs.shape[:-2], inputs)
+        means, log_stds = [], []
+        for t in range(inputs.shape[-2]):
+            mean, log_std, state = self.step(inputs[..., t, :], state, masks[..., t])
+            means.append(mean)
+            log_stds.append(log_std)
+        return torch.stack(means, dim=-2), torch.stack(log_stds, dim=-2), state
+
+
+def trial_inputs(observations: Tensor, actions: Tensor, rewards: Tensor, horizon: int
+                 ) -> Tensor:
+    """The policy's inputs ``[..., K*H, obs + act + 2]`` of trials with these observations,
+    actions and rewards: the previous step's action and reward (zero at the trial's start)
+    and a flag at the first step of every episode."""
+    previous_actions = torch.cat([torch.zeros_like(actions[..., :1, :]),
+                                  actions[..., :-1, :]], dim=-2)
+    previous_rewards = torch.cat([torch.zeros_like(rewards[..., :1]), rewards[..., :-1]],
+                                 dim=-1)
+    steps = torch.arange(rewards.shape[-1], device=rewards.device)
+    starts = (steps % horizon == 0).to(rewards.dtype).expand_as(rewards)
+    return torch.cat([observations, previous_actions, previous_rewards.unsqueeze(-1),
+                      starts.unsqueeze(-1)], dim=-1)
+
+
+def trial_log_probs(policy: nn.Module, params: Mapping[str, Tensor], batch: EpisodeBatch,
+                    horizon: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``(log_probs, mean, log_std)`` of a batch of trials at ``params`` (differentiable)."""
+    inputs = trial_inputs(batch.observations, batch.actions, batch.rewards, horizon)
+    mean, log_std, _ = functional_call(policy, dict(params), (inputs, batch.masks))
+    return gaussian_log_prob(batch.actions, mean, log_std), mean, log_std
+
+
+def collect_trials(env: PointNavigation, policy: nn.Module, params: Mapping[str, Tensor],
+                   goals: Tensor, trials_per_task: int, episodes_per_trial: int, *,
+                   generator: torch.Generator | None = None) -> EpisodeBatch:
+    """``trials_per_task`` trials of ``episodes_per_trial`` episodes on every goal, the
+    hidden state reset at each trial's start only (see the module docstring)."""
+    env.check_goals(goals)
+    trials = check_positive_int("trials_per_task", trials_per_task)
+    episodes = check_positive_int("episodes_per_trial", episodes_per_trial)
+    params = dict(params)
+    observations, actions, rewards, masks = [], [], [], []
+    with torch.no_grad():
+        state = policy.initial_state((goals.shape[0], trials), goals)
+        previous_action = goals.new_zeros(goals.shape[0], trials, env.action_dim)
+        previous_reward = goals.new_zeros(goals.shape[0], trials)
+        for _ in range(episodes):
+            positions = env.initial_positions(goals, trials)
+            alive = torch.ones(positions.shape[:2], dtype=goals.dtype)
+            for t in range(env.horizon):
+                start = torch.full_like(previous_reward, float(t == 0))
+                inputs = torch.cat([positions, previous_action, previous_reward.unsqueeze(-1),
+                                    start.unsqueeze(-1)], dim=-1)
+                mean, log_std, state = functional_call(
+                    policy, params, (inputs.unsqueeze(-2), alive.unsqueeze(-1), state))
+                mean, log_std = mean.squeeze(-2), log_std.squeeze(-2)
+                noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+                action = mean + torch.exp(log_std) * noise
+                moved, reward, done = env.step(positions, action, goals)
+                observations.append(positions)
+                actions.append(action)
+                rewards.append(reward * alive)
+                masks.append(alive)
+                keep = alive.unsqueeze(-1)
+                positions = keep * moved + (1 - keep) * positions
+                previous_action, previous_reward = action, reward * alive  # as stored
+                alive = alive * (~done).to(alive.dtype)
+    batch = EpisodeBatch(torch.stack(observations, dim=2), torch.stack(actions, dim=2),
+                         torch.stack(rewards, dim=2), torch.zeros_like(torch.stack(rewards, 2)),
+                         torch.stack(masks, dim=2), torch.arange(goals.shape[0]))
+    log_probs, _, _ = trial_log_probs(policy, params, batch, env.horizon)
+    return EpisodeBatch(batch.observations, batch.actions, batch.rewards, log_probs,
+                        batch.masks, batch.task_ids)

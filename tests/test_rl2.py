@@ -1,0 +1,113 @@
+"""RL²: the trial's inputs by hand, the hidden state kept across the episodes of a trial and
+reset between trials, the collected log-probabilities equal to the recomputed ones, and one
+trainer step through the CLI with the per-episode returns reported."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from metalab.algorithms.rl2 import RL2
+from metalab.cli.main import main
+from metalab.rl import (
+    EnvironmentTaskSource,
+    GRUGaussianPolicy,
+    Navigation2D,
+    PointNavigation,
+    collect_trials,
+    trial_inputs,
+    trial_log_probs,
+)
+
+
+def tiny_policy():
+    torch.manual_seed(0)
+    return GRUGaussianPolicy(2, 2, hidden=5).double()
+
+
+def test_trial_inputs_by_hand():
+    observations = torch.arange(8, dtype=torch.float64).reshape(1, 4, 2)
+    actions = -torch.arange(8, dtype=torch.float64).reshape(1, 4, 2)
+    rewards = torch.tensor([[0.5, 0.6, 0.7, 0.8]], dtype=torch.float64)
+    inputs = trial_inputs(observations, actions, rewards, horizon=2)
+    expected = torch.tensor([[[0, 1, 0, 0, 0.0, 1], [2, 3, 0, -1, 0.5, 0],
+                              [4, 5, -2, -3, 0.6, 1], [6, 7, -4, -5, 0.7, 0]]],
+                            dtype=torch.float64)
+    torch.testing.assert_close(inputs, expected)
+
+
+def test_hidden_state_is_kept_across_episodes_of_a_trial_and_reset_between_trials():
+    policy = tiny_policy()
+    env = PointNavigation(horizon=3, goal_tolerance=None)
+    goals = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
+    params = dict(policy.named_parameters())
+    batch = collect_trials(env, policy, params, goals, trials_per_task=2, episodes_per_trial=2,
+                           generator=torch.Generator().manual_seed(0))
+    assert batch.rewards.shape == (1, 2, 6)
+    log_probs, mean, log_std = trial_log_probs(policy, params, batch, horizon=3)
+    torch.testing.assert_close(batch.log_probs, log_probs)
+    # the actions were sampled from the recomputed (carried-state) policy: redraw the noise
+    generator = torch.Generator().manual_seed(0)
+    noise = torch.stack([torch.randn(1, 2, 2, generator=generator, dtype=torch.float64)
+                         for _ in range(6)], dim=2)
+    torch.testing.assert_close(batch.actions, mean + log_std.exp() * noise)
+    # the second episode's actions depend on the first episode (carried hidden state) ...
+    changed = batch.actions.clone()
+    changed[0, 0, 0] += 0.5
+    perturbed = type(batch)(batch.observations, changed, batch.rewards, batch.log_probs,
+                            batch.masks, batch.task_ids)
+    _, mean_changed, _ = trial_log_probs(policy, params, perturbed, horizon=3)
+    assert not torch.allclose(mean_changed[0, 0, 3:], mean[0, 0, 3:])
+    # ... but not the other trial's (each trial starts from the zero state)
+    torch.testing.assert_close(mean_changed[0, 1], mean[0, 1])
+    # the first step of each trial is the policy at the zero state on its first input
+    inputs = trial_inputs(batch.observations, batch.actions, batch.rewards, 3)
+    zero = torch.zeros(5, dtype=torch.float64)
+    first, _, _ = policy.step(inputs[0, 1, 0], zero)
+    torch.testing.assert_close(mean[0, 1, 0], first)
+    # a step of episode 2 is NOT the policy restarted at the episode's start
+    restarted, _, _ = policy(inputs[0, 0, 3:], batch.masks[0, 0, 3:])
+    assert not torch.allclose(restarted, mean[0, 0, 3:])
+
+
+def test_masked_steps_keep_the_hidden_state():
+    policy = tiny_policy()
+    inputs = torch.randn(4, policy.input_dim, dtype=torch.float64)
+    masks = torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64)
+    mean, _, state = policy(inputs, masks)
+    skipped, _, skipped_state = policy(inputs[[0, 3]], torch.ones(2, dtype=torch.float64))
+    torch.testing.assert_close(mean[3], skipped[1])
+    torch.testing.assert_close(state, skipped_state)
+
+
+def test_rl2_trains_a_step_and_evaluates_per_episode_returns(tmp_path):
+    out = tmp_path / "rl2"
+    assert main(["train", "rl2-nav2d", "--out", str(out), "model.hidden=4", "data.horizon=5",
+                 "data.episodes=2", "train.meta_batch=2", "train.steps=1",
+                 "train.progress=false", "eval.episodes=2", "eval.batch_size=2"]) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"return_episode1", "return_episode2", "kl"} <= set(record)
+    assert record["kl"] <= 0.01
+    assert main(["eval", str(out)]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["metric"] == "return"
+    assert result["mean"] == result["return_episode2"]
+
+
+def test_rl2_names_a_family_without_trials():
+    source = EnvironmentTaskSource(Navigation2D(horizon=3), 1, 1, seed=0)
+    batch = source.sample()
+
+    class Feedforward:  # a family with no recurrent collector
+        observation_dim, action_dim, horizon = 2, 2, 3
+
+        def sample_tasks(self, n, generator=None):
+            return torch.zeros(n, 2)
+
+        def collect(self, *args, **kwargs):
+            raise AssertionError
+
+    learner = RL2(GRUGaussianPolicy(2, 2, hidden=3))
+    with pytest.raises(TypeError, match="collect_trials"):
+        learner.meta_backward(dataclasses.replace(batch, family=Feedforward()))
