@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import current_rss, run_in_fresh_process  # noqa: E402
 
 from metalab.cli.main import CONFIG_DIR  # noqa: E402
+from metalab.profiling import peak_allocated_bytes  # noqa: E402
 from metalab.tasks import TaskBatch  # noqa: E402
 from metalab.train import load_config  # noqa: E402
 from metalab.train.build import build_meta_learner  # noqa: E402
@@ -64,17 +65,7 @@ def episode(ways: int = 5, shots: int = 1, queries: int = 15, size: int = 28) ->
 
 
 def profiled_peak_bytes(learner, batch: TaskBatch) -> int:
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        learner.meta_backward(batch)
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak
+    return peak_allocated_bytes(lambda: learner.meta_backward(batch))
 
 
 def measure(label: str, steps: int, hidden: int) -> dict:

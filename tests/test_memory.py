@@ -6,6 +6,7 @@ import torch
 from helpers import classification_batch
 from metalab.algorithms import MAML, MetaSGD
 from metalab.nn import Conv4
+from metalab.profiling import peak_allocated_bytes
 
 
 @pytest.mark.parametrize("cls", [MAML, MetaSGD])
@@ -27,22 +28,8 @@ def test_checkpointing_needs_the_loop_strategy():
 
 
 def _peak_allocated_mib(learner, batch) -> float:
-    """Peak of bytes allocated and not yet freed during one meta-loss + backward.
-
-    Read from the profiler's allocator events, so it is exact and independent of how the
-    C library reuses freed memory (unlike peak RSS).
-    """
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        learner.meta_loss(batch)[0].backward()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    return peak / 2**20
+    """Peak of bytes allocated and not yet freed during one meta-loss + backward."""
+    return peak_allocated_bytes(lambda: learner.meta_loss(batch)[0].backward()) / 2**20
 
 
 def test_ten_checkpointed_steps_peak_within_twice_one_step():

@@ -83,8 +83,7 @@ class MANN(MetaLearner, name="mann"):
                              f"episode with ways={ways}")
 
     def _order(self, length: int, device: torch.device) -> Tensor:
-        order = random_order(length) if self.shuffle else torch.arange(length)
-        return order.to(device)
+        return random_order(length, device) if self.shuffle else torch.arange(length, device=device)
 
     def episode_logits(self, inputs: Tensor, targets: Tensor) -> Tensor:
         """Logits ``[n, ways]`` at every step of the sequence ``inputs [n, ...]`` in the given

@@ -167,7 +167,7 @@ class MetaNet(MetaLearner, name="metanet"):
 
     def example_fast_weights(self, support_x: Tensor, support_y: Tensor) -> list[Tensor]:
         """``M``: for each weight, ``[N, *shape]`` with ``W*_i = m(Z, grad_W L_i)``."""
-        examples = list(torch.arange(len(support_x))[:, None])
+        examples = list(torch.arange(len(support_x), device=support_x.device)[:, None])
         per_example = chunk_gradients(self.base, support_x, support_y, examples)
         stacked = [torch.stack(grads) for grads in zip(*per_example, strict=True)]
         convs = len(self.base.blocks)
@@ -176,7 +176,7 @@ class MetaNet(MetaLearner, name="metanet"):
 
     def task_fast_weights(self, support_x: Tensor, support_y: Tensor) -> list[Tensor]:
         """``Q* = d(G, {grad_Q L_t})`` over ``key_chunks`` chunks of the support set."""
-        chunks = torch.arange(len(support_x)).tensor_split(min(self.key_chunks,
+        chunks = torch.arange(len(support_x), device=support_x.device).tensor_split(min(self.key_chunks,
                                                                len(support_x)))
         per_chunk = chunk_gradients(self.representation, support_x, support_y, list(chunks))
         convs = len(self.representation.blocks)

@@ -69,7 +69,8 @@ def minibatch_indices(size: int, batch: int | None, steps: int,
             yield slice(None)
         return
     epochs = math.ceil(steps * batch / size)
-    order = torch.cat([torch.randperm(size) for _ in range(epochs)]).to(device)
+    # drawn from the CPU generator (same minibatches on every device), then moved
+    order = torch.cat([torch.randperm(size, device="cpu") for _ in range(epochs)]).to(device)
     for step in range(steps):
         yield order[step * batch:(step + 1) * batch]
 

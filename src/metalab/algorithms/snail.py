@@ -75,7 +75,7 @@ class SNAIL(MetaLearner, name="snail"):
             raise ValueError(f"SNAIL was built for ways={self.ways}, got an episode with "
                              f"ways={ways}")
         if training and self.shuffle_support:
-            order = random_order(len(support_y)).to(support_y.device)
+            order = random_order(len(support_y), support_y.device)
             support_x, support_y = support_x[order], support_y[order]
         features = self.features(support_x)
         return with_label_channel(features, one_hot_labels(support_y, ways, features.dtype))

@@ -143,5 +143,5 @@ class WarpGrad(MAML, name="warpgrad"):
         """Which of a task's points ``theta_0 .. theta_{steps-1}`` enter the warp objective:
         ``warp_samples`` of them uniformly without replacement (all when ``None``)."""
         if self.warp_samples is None or self.warp_samples >= steps:
-            return torch.arange(steps)
-        return torch.randperm(steps)[:self.warp_samples]
+            return torch.arange(steps, device="cpu")
+        return torch.randperm(steps, device="cpu")[:self.warp_samples]  # indices, read by .tolist()

@@ -59,9 +59,11 @@ def offset_label_inputs(labels: Tensor, ways: int, dtype: torch.dtype = torch.fl
     return torch.cat((torch.zeros_like(one_hot[:1]), one_hot[:-1]), dim=0)
 
 
-def random_order(length: int, generator: torch.Generator | None = None) -> Tensor:
-    """A random permutation of ``range(length)`` (the order of an episode's steps)."""
-    return torch.randperm(length, generator=generator)
+def random_order(length: int, device: torch.device | str = "cpu",
+                 generator: torch.Generator | None = None) -> Tensor:
+    """A random permutation of ``range(length)`` on ``device`` (the order of an episode's
+    steps), drawn from the CPU generator so that it is the same on every device."""
+    return torch.randperm(length, generator=generator, device="cpu").to(device)
 
 
 def episode_as_sequence(support_x: Tensor, support_y: Tensor, query_x: Tensor,
