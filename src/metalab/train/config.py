@@ -48,6 +48,7 @@ from pydantic import (
 from metalab import datasets
 from metalab.algorithms import ALGORITHMS
 from metalab.nn import MODELS
+from metalab.tasks.unsupervised import parse_unsupervised
 from metalab.train.sources import REGRESSION_FAMILIES, SAMPLER_KEYS
 
 SECTIONS = ("algorithm", "model", "data", "train", "eval")
@@ -384,6 +385,11 @@ def _check_data(data: dict[str, Any]) -> None:
     if "name" not in data:
         raise ConfigError("config needs data.name")
     _check_name("data", data["name"], [*REGRESSION_FAMILIES, *datasets.available()])
+    if data.get("unsupervised") is not None:
+        try:
+            parse_unsupervised(data["unsupervised"])
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
     accepted = accepted_keywords(_data_factory(data["name"]))
     if accepted is None:
         return
