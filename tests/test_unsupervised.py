@@ -361,3 +361,21 @@ def test_validation_and_test_stay_labelled_episodes_and_umtra_refuses_double_aug
     umtra = {**UNSUPERVISED["data"], "unsupervised": "umtra", "augment": "characters"}
     with pytest.raises(ValueError, match="augment its tasks twice"):
         build_task_source(resolve({**UNSUPERVISED, "data": umtra}), "train", 2, seed=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["cactus-pca-maml-glyphs", "cactus-ae-protonet-glyphs",
+                                    "umtra-protonet-glyphs"])
+def test_shipped_unsupervised_configs_run_end_to_end_through_the_cli(config, tmp_path):
+    from metalab.cli.main import main
+
+    run = tmp_path / "run"
+    small = ["train.steps=2", "train.meta_batch=2", "model.hidden=8",
+             "data.unsupervised.partitions=2", "data.unsupervised.clusters=50",
+             "data.unsupervised.iterations=3",
+             "data.unsupervised.embedding_options={hidden: 16, steps: 5}"]
+    if config.startswith("umtra"):
+        small = small[:3]
+    assert main(["train", config, *small, "--out", str(run)]) == 0
+    assert main(["eval", str(run), "--episodes", "4"]) == 0
+    assert (run / "eval.json").is_file()
