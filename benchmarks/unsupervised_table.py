@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rows", default=",".join((*BASELINES, *META_ROWS, *OTHER_ROWS)))
     parser.add_argument("--embeddings", default=",".join(EMBEDDINGS))
+    parser.add_argument("--ways", default="5,20", help="test settings of the baselines")
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--protonet-steps", type=int, default=300)
     parser.add_argument("--maml-steps", type=int, default=150)
@@ -221,9 +222,11 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = args.rows.split(",")
     embeddings = args.embeddings.split(",")
-    settings = {k: v for k, v in vars(args).items() if k not in ("reuse", "out", "rows",
-                                                                    "seeds", "embeddings")}
+    settings = {k: v for k, v in vars(args).items() if k not in ("reuse", "out", "rows", "merge",
+                                                                    "seeds", "embeddings", "ways")}
     payload = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if payload:
+        payload["settings"] = _budget_settings(payload["settings"])
     if payload and payload.get("settings") != settings:
         raise SystemExit(f"{args.out} holds cells of other settings {payload.get('settings')}; "
                          f"use another --out")
@@ -231,7 +234,7 @@ def main() -> None:
     cells = payload.setdefault("cells", {})
     for path in args.merge:
         other = json.loads(path.read_text())
-        if other.get("settings") != settings:
+        if _budget_settings(other.get("settings", {})) != settings:
             raise SystemExit(f"{path} was computed with other settings {other.get('settings')}")
         cells.update(other["cells"])
 
@@ -245,7 +248,7 @@ def main() -> None:
 
     for seed in seeds:
         for embedding in embeddings:
-            for ways in (5, 20):
+            for ways in (int(w) for w in args.ways.split(",")):
                 todo = [r for r in rows if r in BASELINES
                         and not have(f"glyphs-{ways}w1s/{r}/{embedding}/seed{seed}")]
                 if todo:
@@ -263,6 +266,11 @@ def main() -> None:
                 for setting, value in meta_cells(row, None, seed, args).items():
                     store(f"glyphs-{setting}/{row}/-/seed{seed}", value)
     print(summary(cells))
+
+
+def _budget_settings(settings: dict) -> dict:
+    """The settings that change a cell's value (files of older versions also held these)."""
+    return {k: v for k, v in settings.items() if k not in ("merge", "ways")}
 
 
 def summary(cells: dict[str, dict]) -> str:
