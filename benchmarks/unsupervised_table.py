@@ -237,6 +237,8 @@ def main() -> None:
         if _budget_settings(other.get("settings", {})) != settings:
             raise SystemExit(f"{path} was computed with other settings {other.get('settings')}")
         cells.update(other["cells"])
+    if args.merge:
+        write_json(args.out, payload)
 
     def have(key: str) -> bool:
         return args.reuse and key in cells
@@ -265,7 +267,9 @@ def main() -> None:
             if not have(f"glyphs-5w1s/{row}/-/seed{seed}"):
                 for setting, value in meta_cells(row, None, seed, args).items():
                     store(f"glyphs-{setting}/{row}/-/seed{seed}", value)
-    print(summary(cells))
+    table = summary(cells)
+    args.out.with_suffix(".md").write_text(table + "\n")
+    print(table)
 
 
 def _budget_settings(settings: dict) -> dict:
@@ -283,8 +287,8 @@ def summary(cells: dict[str, dict]) -> str:
     for key in sorted(groups):
         setting, row, embedding = key.split("/")
         entry = over_seeds(groups[key])
-        lines.append(f"| {setting} | {row} | {embedding} | {format_percent(entry)} | "
-                     f"{entry['n']} |")
+        shown = format_percent(entry) if entry["n"] > 1 else f"{100 * entry['mean']:.1f} (one seed)"
+        lines.append(f"| {setting} | {row} | {embedding} | {shown} | {entry['n']} |")
     return "\n".join(lines)
 
 
