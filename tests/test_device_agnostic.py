@@ -36,7 +36,8 @@ class DefaultDeviceFactoryCalls(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in FACTORIES and kwargs.get("device") is None:
             frames = [f for f in traceback.extract_stack() if "/src/metalab/" in f.filename]
-            where = f"{frames[-1].filename.split('/src/')[-1]}:{frames[-1].lineno}" if frames else "?"
+            last = frames[-1] if frames else None
+            where = f"{last.filename.split('/src/')[-1]}:{last.lineno}" if last else "?"
             self.calls.append((func.__name__, where))
         return func(*args, **kwargs)
 
@@ -103,4 +104,5 @@ def test_the_trainer_moves_model_batch_and_optimizer_state_together(tmp_path):
     tensors += [value for state in trainer.optimizer.state.values()
                 for key, value in state.items() if torch.is_tensor(value) and key != "step"]
     assert tensors and {t.dtype for t in tensors} == {torch.float64}
-    assert trainer.source.sample().to(trainer.device, trainer.dtype).support_x.dtype == torch.float64
+    batch = trainer.source.sample().to(trainer.device, trainer.dtype)
+    assert batch.support_x.dtype == torch.float64

@@ -176,8 +176,8 @@ class MetaNet(MetaLearner, name="metanet"):
 
     def task_fast_weights(self, support_x: Tensor, support_y: Tensor) -> list[Tensor]:
         """``Q* = d(G, {grad_Q L_t})`` over ``key_chunks`` chunks of the support set."""
-        chunks = torch.arange(len(support_x), device=support_x.device).tensor_split(min(self.key_chunks,
-                                                               len(support_x)))
+        indices = torch.arange(len(support_x), device=support_x.device)
+        chunks = indices.tensor_split(min(self.key_chunks, len(support_x)))
         per_chunk = chunk_gradients(self.representation, support_x, support_y, list(chunks))
         convs = len(self.representation.blocks)
         fast = []

@@ -49,6 +49,7 @@ from metalab import datasets
 from metalab.algorithms import ALGORITHMS
 from metalab.nn import MODELS
 from metalab.rl import FAMILIES
+from metalab.tasks.unsupervised import parse_unsupervised
 from metalab.train.sources import (
     REGRESSION_FAMILIES,
     SAMPLER_KEYS,
@@ -430,6 +431,11 @@ def _check_data(data: dict[str, Any]) -> None:
         raise ConfigError("config needs data.name")
     _check_name("data", data["name"], [*REGRESSION_FAMILIES, *STREAM_FAMILIES, *FAMILIES,
                                        *datasets.available()])
+    if data.get("unsupervised") is not None:
+        try:
+            parse_unsupervised(data["unsupervised"])
+        except ValueError as error:
+            raise ConfigError(str(error)) from error
     accepted = accepted_keywords(_data_factory(data["name"]))
     if accepted is None:
         return

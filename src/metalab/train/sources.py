@@ -29,6 +29,11 @@ The keys of ``data`` say which kind of source it is:
   split gives plain labelled batches over all its classes instead (pretraining an
   embedding) while validation and test stay episodic.
 
+``unsupervised`` (``cactus``, ``umtra`` or a mapping; see `metalab.tasks.unsupervised`)
+makes the training split's tasks from its images alone (CACTUs clusters or UMTRA
+augmentations, through a view that cannot read a label); validation and test stay labelled
+episodes.
+
 ``augment`` (a preset ``characters``/``images`` or a mapping; see
 `metalab.tasks.image_augmentation`) transforms the support and query images of the
 training tasks only.
@@ -70,6 +75,9 @@ from metalab.tasks.labelled_batches import LabelledBatches
 from metalab.tasks.objective import CLASSIFICATION, REGRESSION, Objective
 from metalab.tasks.rainbow import rainbow_tasks
 from metalab.tasks.rainbow_glyphs import rainbow_glyph_tasks
+from metalab.tasks.umtra import UmtraTasks
+from metalab.tasks.unlabelled import UnlabelledImages
+from metalab.tasks.unsupervised import build_partitions, parse_unsupervised, unsupervised_source
 
 REGRESSION_FAMILIES = {
     "sinusoid": Sinusoid,
@@ -93,7 +101,7 @@ SAMPLER_KEYS = {"name", "root", "ways", "shots", "queries", "shuffle_labels", "t
                 "val_split", "test_split", "support_size", "sampling", "distinct_groups",
                 "batch_size", "partition_by", "tasks", "held_out", "examples",
                 "dataset_split", "split_seed", "within", "skip_small_groups", "augment",
-                "train_batch_size", "arrival_batch", "episodes"}
+                "train_batch_size", "arrival_batch", "episodes", "unsupervised"}
 
 
 def data_objective(config: dict[str, Any]) -> Objective:
@@ -193,6 +201,33 @@ def _episode_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed
                           skip_small_groups=data.get("skip_small_groups", False))
 
 
+@lru_cache(maxsize=4)
+def _unlabelled(name: str, split: str, root: str | None, options_json: str) -> UnlabelledImages:
+    return UnlabelledImages.of(_cached_dataset(name, split, root, options_json))
+
+
+@lru_cache(maxsize=4)
+def _cached_partitions(images: UnlabelledImages, spec_json: str):
+    return build_partitions(images, parse_unsupervised(json.loads(spec_json)))
+
+
+def _unsupervised_source(data: dict[str, Any], tasks_per_batch: int, seed: int,
+                         queries: int | None) -> TaskSource:
+    """Training tasks built from the training split's images alone (CACTUs or UMTRA);
+    the embedding and partitions are computed once per process and option set."""
+    spec = parse_unsupervised(data["unsupervised"])
+    for key in ("ways", "shots", "queries"):
+        if key not in data:
+            raise ValueError(f"config needs data.{key} with data.unsupervised")
+    images = _unlabelled(data["name"], data["train_split"], data.get("root"),
+                         json.dumps(_options(data), sort_keys=True))
+    partitions = None
+    if spec.method == "cactus":
+        partitions = _cached_partitions(images, json.dumps(spec.__dict__, sort_keys=True))
+    return unsupervised_source(images, spec, data["ways"], data["shots"], queries,
+                               tasks_per_batch, seed, partitions=partitions)
+
+
 def _augmented(source: TaskSource, data: dict[str, Any]) -> TaskSource:
     """``source`` with ``data.augment`` applied (training sources only)."""
     augmentation = parse_augmentation(data.get("augment"))
@@ -287,5 +322,11 @@ def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, 
         return _multitask_source(data, split, seed)
     if "examples" in data:
         return _problem_source(data, split, tasks_per_batch, seed, queries)
+    if split == "train" and data.get("unsupervised") is not None:
+        source = _unsupervised_source(data, tasks_per_batch, seed, queries)
+        if data.get("augment") is not None and isinstance(source, UmtraTasks):
+            raise ValueError("data.augment with UMTRA would augment its tasks twice; set "
+                             "the queries' augmentation in data.unsupervised.augment")
+        return _augmented(source, data)
     source = _episode_source(data, split, tasks_per_batch, seed, queries, within)
     return _augmented(source, data) if split == "train" else source

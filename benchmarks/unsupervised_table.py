@@ -1,0 +1,295 @@
+"""Unsupervised meta-learning table (CACTUs, UMTRA) against classifiers fitted on the same
+embedding, and the supervised oracle.
+
+Every cell is (setting, row, seed) with setting ``<dataset>-<ways>w<shots>s``; a row is
+
+- an embedding baseline, fitted on the labelled SUPPORT set of each test episode, on the
+  features of an embedding fitted on the unlabelled training images: ``knn`` (1-nearest
+  neighbour, Euclidean), ``logistic`` (multinomial logistic regression on L2-normalised
+  features, `fit_logistic`), ``mlp`` (one hidden layer of 64 ReLU units, dropout 0.5 while
+  fitting, 100 full-batch Adam steps of lr 0.01), ``cluster-match`` (below);
+- ``cactus-maml`` / ``cactus-protonet``: meta-trained on CACTUs tasks of that embedding
+  (`metalab.tasks.cactus`) through the shipped configs and the trainer;
+- ``umtra-protonet`` (no embedding): meta-trained on UMTRA tasks;
+- ``oracle-protonet`` / ``oracle-maml``: the same learners meta-trained on the labelled
+  training episodes with the same budget.
+
+Cluster matching (our reading of the paper's baseline): the test episode's support and
+query features are clustered by k-means into ``ways`` clusters (seeded); each cluster takes
+the majority label of the support examples in it (ties: the lower label), a cluster without
+support examples the label of the support example nearest its centroid; a query gets its
+cluster's label.
+
+All rows of a setting are scored on the same labelled test episodes (``eval.seed``). Rows
+meta-trained at 5-way are evaluated at 20-way too where the learner allows it (ProtoNet; a
+MAML head has ``ways`` outputs, so MAML 20-way rows need 20-way meta-training and are left
+out). Per cell: the mean accuracy over ``--episodes`` test episodes; per row: the mean and
+Student-t 95% interval over seeds.
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/unsupervised_table.py --reuse
+    python benchmarks/unsupervised_table.py --reuse --rows knn,logistic --seeds 0,1,2,3
+
+``--reuse`` keeps the cells already in the results file (so a later session adds cells);
+without it the named cells are recomputed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+import metalab
+from metalab import datasets
+from metalab.algorithms.support_heads import fit_logistic, logistic_scores
+from metalab.tasks.embeddings import fit_embedding
+from metalab.tasks.kmeans import kmeans
+from metalab.tasks.unlabelled import UnlabelledImages
+from metalab.tasks.unsupervised import parse_unsupervised
+from metalab.train.config import load_config, resolve
+from metalab.train.report import format_percent, over_seeds, write_json
+from metalab.train.run import evaluate_run, train_run
+from metalab.train.sources import build_task_source
+
+CONFIG_DIR = Path(metalab.__file__).parent / "configs"
+RESULTS = Path(__file__).resolve().parent / "results" / "unsupervised_table.json"
+EMBEDDINGS = ("pca", "autoencoder")
+BASELINES = ("knn", "logistic", "mlp", "cluster-match")
+META_ROWS = ("cactus-maml", "cactus-protonet")
+OTHER_ROWS = ("umtra-protonet", "oracle-protonet", "oracle-maml")
+CONFIGS = {"cactus-maml": "cactus-pca-maml-glyphs", "cactus-protonet": "cactus-ae-protonet-glyphs",
+           "umtra-protonet": "umtra-protonet-glyphs", "oracle-protonet": "protonet-glyphs-5w1s",
+           "oracle-maml": "maml-glyphs-5w1s"}
+
+
+def budget(args) -> dict[str, dict[str, Any]]:
+    """The overrides every meta-trained row shares (the stated budget)."""
+    shared = {"model": {"hidden": args.hidden},
+              "train": {"meta_batch": args.meta_batch, "val_every": 0,
+                        "checkpoint_every": 10**6, "log_every": 50, "progress": False},
+              "eval": {"episodes": args.episodes, "batch_size": 20, "queries": 15}}
+    unsupervised = {"dims": args.dims, "partitions": args.partitions,
+                    "clusters": args.clusters, "iterations": args.iterations,
+                    "embedding_options": {"hidden": 512, "steps": args.ae_steps}}
+    return {"shared": shared, "unsupervised": unsupervised}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+def row_config(row: str, embedding: str | None, seed: int, args) -> dict[str, Any]:
+    spec = budget(args)
+    config = _merge(load_config(CONFIG_DIR / f"{CONFIGS[row]}.yaml"), spec["shared"])
+    steps = args.maml_steps if row.endswith("maml") else args.protonet_steps
+    config = _merge(config, {"train": {"steps": steps, "seed": seed}})
+    data = dict(config["data"])
+    if row.startswith("cactus"):
+        data["unsupervised"] = {"method": "cactus", "embedding": embedding,
+                                **spec["unsupervised"], "seed": seed}
+    if row.startswith("oracle"):
+        data["queries"] = 5  # as the constructed tasks: the same per-class query count
+    config["data"] = data
+    return resolve(config)
+
+
+def meta_cells(row: str, embedding: str | None, seed: int, args) -> dict[str, float]:
+    """Meta-train one row and evaluate it at 5-way (and 20-way where the learner can)."""
+    config = row_config(row, embedding, seed, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        start = time.time()
+        train_run(config, run)
+        seconds = time.time() - start
+        scores = {"5w1s": evaluate_run(run, episodes=args.episodes)["mean"]}
+        if row.endswith("protonet"):
+            scores["20w1s"] = evaluate_run(run, episodes=args.episodes, ways=20)["mean"]
+    return {setting: {"accuracy": value, "train_seconds": seconds}
+            for setting, value in scores.items()}
+
+
+# -- embedding baselines ---------------------------------------------------------------
+def knn(support: Tensor, labels: Tensor, query: Tensor, ways: int) -> Tensor:
+    return labels[torch.cdist(query, support).argmin(1)]
+
+
+def logistic(support: Tensor, labels: Tensor, query: Tensor, ways: int) -> Tensor:
+    head = fit_logistic(support.double(), labels, ways)
+    return logistic_scores(head, query.double()).argmax(1)
+
+
+def mlp(support: Tensor, labels: Tensor, query: Tensor, ways: int, seed: int = 0) -> Tensor:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(support.shape[1], 64), nn.ReLU(), nn.Dropout(0.5),
+                            nn.Linear(64, ways))
+    mean, std = support.mean(0), support.std(0).clamp_min(1e-6) if len(support) > 1 else 1.0
+    optimizer = torch.optim.Adam(net.parameters(), lr=0.01)
+    with torch.enable_grad(), torch.random.fork_rng():
+        torch.manual_seed(seed)
+        for _ in range(100):
+            loss = F.cross_entropy(net((support - mean) / std), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    net.eval()
+    return net((query - mean) / std).argmax(1)
+
+
+def cluster_match(support: Tensor, labels: Tensor, query: Tensor, ways: int,
+                  seed: int = 0) -> Tensor:
+    """Module docstring: k-means of support + query, clusters named by support majority."""
+    points = torch.cat([support, query]).double()
+    result = kmeans(points, ways, torch.Generator().manual_seed(seed))
+    cluster_label = torch.empty(ways, dtype=torch.long)
+    support_clusters = result.assignments[: len(support)]
+    for cluster in range(ways):
+        members = labels[support_clusters == cluster]
+        if len(members):
+            cluster_label[cluster] = torch.bincount(members, minlength=ways).argmax()
+        else:
+            nearest = torch.cdist(result.centroids[cluster:cluster + 1], support.double())
+            cluster_label[cluster] = labels[nearest.argmin()]
+    return cluster_label[result.assignments[len(support):]]
+
+
+CLASSIFIERS = {"knn": knn, "logistic": logistic, "mlp": mlp, "cluster-match": cluster_match}
+
+
+def baseline_cells(embedding: str, seed: int, ways: int, rows: list[str], args
+                   ) -> dict[str, float]:
+    """Accuracy of each baseline row on the same test episodes the meta-learners see."""
+    config = row_config("cactus-protonet", embedding, seed, args)
+    config["data"]["ways"] = ways
+    spec = parse_unsupervised(config["data"]["unsupervised"])
+    data = config["data"]
+    images = UnlabelledImages.of(datasets.build(data["name"], split=data["train_split"],
+                                                image_size=data["image_size"]))
+    fitted = fit_embedding(spec.embedding, images.images, dims=spec.dims, seed=spec.seed,
+                           **spec.embedding_options)
+    source = build_task_source(config, "test", 20, seed=config["eval"]["seed"], queries=15)
+    correct = {row: [] for row in rows}
+    episodes = 0
+    while episodes < args.episodes:
+        batch = source.sample()
+        for t in range(len(batch)):
+            if episodes >= args.episodes:
+                break
+            support, query = fitted(batch.support_x[t]), fitted(batch.query_x[t])
+            for row in rows:
+                predicted = CLASSIFIERS[row](support, batch.support_y[t], query, ways)
+                correct[row].append(float((predicted == batch.query_y[t]).double().mean()))
+            episodes += 1
+    return {row: sum(v) / len(v) for row, v in correct.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rows", default=",".join((*BASELINES, *META_ROWS, *OTHER_ROWS)))
+    parser.add_argument("--embeddings", default=",".join(EMBEDDINGS))
+    parser.add_argument("--ways", default="5,20", help="test settings of the baselines")
+    parser.add_argument("--episodes", type=int, default=200)
+    parser.add_argument("--protonet-steps", type=int, default=300)
+    parser.add_argument("--maml-steps", type=int, default=150)
+    parser.add_argument("--meta-batch", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=32)
+    parser.add_argument("--dims", type=int, default=32)
+    parser.add_argument("--partitions", type=int, default=10)
+    parser.add_argument("--clusters", type=int, default=500)
+    parser.add_argument("--iterations", type=int, default=15)
+    parser.add_argument("--ae-steps", type=int, default=1000)
+    parser.add_argument("--reuse", action="store_true", help="keep cells already computed")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--merge", type=Path, nargs="*", default=[],
+                        help="results files of the same settings (e.g. one process per seed) "
+                             "whose cells are added to --out")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = args.rows.split(",")
+    embeddings = args.embeddings.split(",")
+    settings = {k: v for k, v in vars(args).items() if k not in ("reuse", "out", "rows", "merge",
+                                                                    "seeds", "embeddings", "ways")}
+    payload = json.loads(args.out.read_text()) if args.out.exists() else {}
+    if payload:
+        payload["settings"] = _budget_settings(payload["settings"])
+    if payload and payload.get("settings") != settings:
+        raise SystemExit(f"{args.out} holds cells of other settings {payload.get('settings')}; "
+                         f"use another --out")
+    payload.update(settings=settings, machine=platform.processor() or platform.machine())
+    cells = payload.setdefault("cells", {})
+    for path in args.merge:
+        other = json.loads(path.read_text())
+        if _budget_settings(other.get("settings", {})) != settings:
+            raise SystemExit(f"{path} was computed with other settings {other.get('settings')}")
+        cells.update(other["cells"])
+    if args.merge:
+        write_json(args.out, payload)
+
+    def have(key: str) -> bool:
+        return args.reuse and key in cells
+
+    def store(key: str, value: dict) -> None:
+        cells[key] = value
+        write_json(args.out, payload)
+        print(key, value, flush=True)
+
+    for seed in seeds:
+        for embedding in embeddings:
+            for ways in (int(w) for w in args.ways.split(",")):
+                todo = [r for r in rows if r in BASELINES
+                        and not have(f"glyphs-{ways}w1s/{r}/{embedding}/seed{seed}")]
+                if todo:
+                    start = time.time()
+                    scores = baseline_cells(embedding, seed, ways, todo, args)
+                    for row, value in scores.items():
+                        store(f"glyphs-{ways}w1s/{row}/{embedding}/seed{seed}",
+                              {"accuracy": value, "seconds": time.time() - start})
+            for row in (r for r in rows if r in META_ROWS):
+                if not have(f"glyphs-5w1s/{row}/{embedding}/seed{seed}"):
+                    for setting, value in meta_cells(row, embedding, seed, args).items():
+                        store(f"glyphs-{setting}/{row}/{embedding}/seed{seed}", value)
+        for row in (r for r in rows if r in OTHER_ROWS):
+            if not have(f"glyphs-5w1s/{row}/-/seed{seed}"):
+                for setting, value in meta_cells(row, None, seed, args).items():
+                    store(f"glyphs-{setting}/{row}/-/seed{seed}", value)
+    table = summary(cells)
+    args.out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+
+
+def _budget_settings(settings: dict) -> dict:
+    """The settings that change a cell's value (files of older versions also held these)."""
+    return {k: v for k, v in settings.items() if k not in ("merge", "ways")}
+
+
+def summary(cells: dict[str, dict]) -> str:
+    """Markdown: one line per (setting, row, embedding), mean ± 95% CI over seeds."""
+    groups: dict[str, list[float]] = {}
+    for key, value in cells.items():
+        groups.setdefault(key.rsplit("/", 1)[0], []).append(value["accuracy"])
+    lines = ["| setting | row | embedding | accuracy (mean ± 95% CI over seeds) | seeds |",
+             "|---|---|---|---|---|"]
+    for key in sorted(groups):
+        setting, row, embedding = key.split("/")
+        entry = over_seeds(groups[key])
+        shown = format_percent(entry) if entry["n"] > 1 else f"{100 * entry['mean']:.1f} (one seed)"
+        lines.append(f"| {setting} | {row} | {embedding} | {shown} | {entry['n']} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
