@@ -85,6 +85,6 @@ def test_samples_are_reproducible_under_a_seed():
     assert not torch.equal(first, predictive.sample(x, 4, seed=8))
 
 
-def test_classification_is_refused():
-    with pytest.raises(ValueError, match="loss must be 'mse'"):
-        LLAMA(linear(), loss="cross_entropy")
+def test_a_laplace_prefix_that_names_no_adapted_parameter_is_refused():
+    with pytest.raises(ValueError, match="laplace="):
+        LLAMA(linear(), laplace="head")
