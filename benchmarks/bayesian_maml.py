@@ -1,5 +1,6 @@
-"""MAML, an ensemble of MAMLs, BMAML and LLAMA on 5-shot sinusoid: MSE of the predictive
-mean, log-likelihood per query point and coverage of the 90% predictive interval.
+"""MAML, an ensemble of MAMLs, BMAML, LLAMA, PLATIPUS and ABML on 5-shot sinusoid: MSE of
+the predictive mean, log-likelihood per query point and coverage of the 90% predictive
+interval.
 
 Reads trained runs of the shipped configs from ``--runs`` (``RUNS/<config>``; a missing one
 is trained there with ``--steps`` meta-iterations). The test tasks are those of
@@ -66,7 +67,7 @@ def measure(run: Path, episodes: int, maml_noise_std: float) -> dict[str, dict[s
         for t in range(len(batch)):
             sx, sy = batch.support_x[t, :SHOTS], batch.support_y[t, :SHOTS]
             adapted = learner.adapt(sx, sy, **options)
-            if not isinstance(adapted, GaussianPredictive):
+            if not hasattr(adapted, "variance"):  # a point estimate (MAML)
                 adapted = point_predictive(adapted, maml_noise_std)
             for name, value in predictive_scores(adapted, batch.query_x[t],
                                                  batch.query_y[t]).items():

@@ -58,7 +58,8 @@ def test_facts_are_class_attributes_the_builder_reads():
     assert ALGORITHMS["matching"].model_role == "embedding"
     assert ALGORITHMS["maml"].model_role == "predictor"
     assert {n for n, c in ALGORITHMS.items() if c.chooses_adapted_parameters} == {
-        "maml", "fomaml", "metasgd", "anil", "mr-maml-w", "mr-maml-a", "metacurvature"}
+        "maml", "fomaml", "metasgd", "anil", "mr-maml-w", "mr-maml-a", "metacurvature",
+        "platipus"}
     assert {n for n, c in ALGORITHMS.items() if not c.adapts_to_support} == {"erm", "multitask"}
     assert ALGORITHMS["arm-cml"].extra_input_channels({"context_channels": 5}) == 5
     assert ALGORITHMS["arm-cml"].extra_input_channels({}) == 12

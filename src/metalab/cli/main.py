@@ -149,7 +149,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     elif kind is not None:
         module, function, default = PLOT_KINDS[kind]
         plot = getattr(importlib.import_module(module), function)
-        options = {"overrides": args.data} if kind == "predictive" else {}
+        options = {"overrides": args.data, "context_sizes": args.contexts,
+                   "tasks": args.tasks, "samples": args.samples} if kind == "predictive" else {}
         written = plot(runs, out or runs[0] / default, **options)
     elif len(runs) > 1:
         raise ValueError("several run directories need --groups, --support-sizes, --predictive "
@@ -241,6 +242,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="predictions with uncertainty bands on test tasks (neural processes)")
     plot.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE",
                       help="with --predictive: change the test data (data.amplitude=[5,10])")
+    plot.add_argument("--contexts", nargs="+", type=int, default=[3, 10], metavar="K",
+                      help="with --predictive: context (support) sizes, one column each")
+    plot.add_argument("--tasks", type=int, default=1,
+                      help="with --predictive: test tasks per context size (seeds 0, 1, ...)")
+    plot.add_argument("--samples", type=int, default=5,
+                      help="with --predictive: functions drawn per panel by models that draw "
+                           "whole functions (NP, ANP, PLATIPUS, ABML)")
     kinds.add_argument("--optimizers", action="store_true",
                        help="the learned-optimizer comparison from the CURVES.json that "
                             "benchmarks/learned_optimizer.py writes (given instead of a run)")

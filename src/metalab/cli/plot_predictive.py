@@ -1,12 +1,13 @@
 """``metalab plot --predictive RUN_DIR [...]``: predictions with uncertainty bands.
 
-For each run (one row) and each number of context points (one column) it draws one test
-task: the context points, the true function (the task's query points), the predictive
-mean with a band of two predictive standard deviations, and, for a latent model, a few
-functions sampled from it. Image-completion runs (2-D inputs) show instead the context
-pixels, the predictive mean and its standard deviation as images. The run must have been
-trained by a method whose `adapt` returns a predictive with ``mean``/``variance``
-(the neural-process family).
+For each run (one row) and each number of context points it draws ``tasks`` test tasks
+(one column each, seeds ``seed, seed + 1, ...``): the context points, the true function
+(the task's query points), the predictive mean with a band of two predictive standard
+deviations, and, for a model that draws whole functions (latent neural processes,
+PLATIPUS, ABML), ``samples`` functions drawn from it. A point estimate (MAML, whose
+`adapt` returns a plain predictor) shows its one function. Image-completion runs (2-D
+inputs) show instead the context pixels, the predictive mean and its standard deviation
+as images, and need a predictive with ``mean``/``variance``.
 """
 
 from __future__ import annotations
@@ -37,19 +38,22 @@ def _test_task(run_dir: Path, contexts: int, seed: int, overrides: Sequence[str]
     return build_task_source(config, "test", 1, seed=seed, queries=queries).sample()[0]
 
 
-def _draw_curve(axis, predictive, task, title: str) -> None:
+def _draw_curve(axis, predictive, task, title: str, samples: int = FUNCTION_SAMPLES
+                ) -> None:
     order = task.query_x[:, 0].argsort()
     x, y = task.query_x[order], task.query_y[order]
-    mean, std = predictive.mean(x)[:, 0], predictive.variance(x)[:, 0].sqrt()
-    grid = x[:, 0]
-    grid, y, mean, std = grid.numpy(), y.numpy(), mean.numpy(), std.numpy()
-    axis.plot(grid, y[:, 0], color="black", linewidth=1, label="truth")
-    if getattr(predictive, "is_latent", False):
-        for draw in predictive.sample(x, FUNCTION_SAMPLES, seed=0)[..., 0].numpy():
-            axis.plot(grid, draw, color="tab:green", linewidth=0.6, alpha=0.7)
-    axis.plot(grid, mean, color="tab:blue", label="predictive mean")
-    axis.fill_between(grid, mean - 2 * std, mean + 2 * std, color="tab:blue", alpha=0.2,
-                      label="mean ± 2 sd")
+    grid = x[:, 0].numpy()
+    axis.plot(grid, y[:, 0].numpy(), color="black", linewidth=1, label="truth")
+    if not hasattr(predictive, "variance"):  # a point estimate: its one function
+        axis.plot(grid, predictive(x)[:, 0].numpy(), color="tab:blue", label="prediction")
+    else:
+        mean, std = predictive.mean(x)[:, 0].numpy(), predictive.variance(x)[:, 0].sqrt().numpy()
+        if getattr(predictive, "is_latent", False):
+            for draw in predictive.sample(x, samples, seed=0)[..., 0].numpy():
+                axis.plot(grid, draw, color="tab:green", linewidth=0.6, alpha=0.7)
+        axis.plot(grid, mean, color="tab:blue", label="predictive mean")
+        axis.fill_between(grid, mean - 2 * std, mean + 2 * std, color="tab:blue", alpha=0.2,
+                          label="mean ± 2 sd")
     axis.scatter(task.support_x[:, 0].numpy(), task.support_y[:, 0].numpy(), color="tab:red",
                  s=14, zorder=3, label="context")
     axis.set_title(title, fontsize=8)
@@ -75,36 +79,40 @@ def _draw_image(axes, predictive, task, title: str) -> None:
 
 
 def plot_predictive(run_dirs: Sequence[Path], out: Path, context_sizes: Sequence[int] = (3, 10),
-                    seed: int = 0, overrides: Sequence[str] = ()) -> Path:
-    """Draw every run's predictive on one test task per context size; write ``out``.
+                    seed: int = 0, overrides: Sequence[str] = (), tasks: int = 1,
+                    samples: int = FUNCTION_SAMPLES) -> Path:
+    """Draw every run's predictive on ``tasks`` test tasks per context size; write ``out``.
 
     ``overrides`` (``data.amplitude=[5,10]``) change the runs' test data, e.g. to show the
-    predictive outside the training range.
+    predictive outside the training range; ``samples`` functions are drawn per panel from
+    predictives that draw whole functions.
     """
     from metalab.train.run import load_run
 
     plt = _pyplot()
-    tasks = {(run, k): _test_task(Path(run), k, seed, overrides)
-             for run in run_dirs for k in context_sizes}
-    images = tasks[(run_dirs[0], context_sizes[0])].query_x.shape[-1] == 2
-    columns = len(context_sizes) * (3 if images else 1)
+    columns_of = [(k, seed + j) for k in context_sizes for j in range(tasks)]
+    drawn = {(run, k, s): _test_task(Path(run), k, s, overrides)
+             for run in run_dirs for k, s in columns_of}
+    images = drawn[(run_dirs[0], *columns_of[0])].query_x.shape[-1] == 2
+    columns = len(columns_of) * (3 if images else 1)
     fig, axes = plt.subplots(len(run_dirs), columns, squeeze=False,
                              figsize=(3.2 * columns if not images else 1.8 * columns,
                                       2.6 * len(run_dirs)))
     for row, run in enumerate(run_dirs):
         learner = load_run(Path(run))
-        for column, k in enumerate(context_sizes):
-            task = tasks[(run, k)]
+        for column, (k, task_seed) in enumerate(columns_of):
+            task = drawn[(run, k, task_seed)]
             predictive = learner.adapt(task.support_x, task.support_y)
-            if not hasattr(predictive, "variance"):
+            if images and not hasattr(predictive, "variance"):
                 raise ValueError(f"{run}: {type(learner).__name__} has no predictive variance; "
-                                 f"--predictive is for the neural-process family")
-            title = f"{Path(run).name}, {k} context"
+                                 f"image completion needs one (the neural-process family)")
+            title = f"{Path(run).name}, {k} context" + (f", task {task_seed}" if tasks > 1
+                                                         else "")
             if images:  # three narrow panels per context size: a short title
                 _draw_image(axes[row, 3 * column: 3 * column + 3], predictive, task,
                             f"{k} ctx")
             else:
-                _draw_curve(axes[row, column], predictive, task, title)
+                _draw_curve(axes[row, column], predictive, task, title, samples)
     if not images:
         axes[0, 0].legend(fontsize=6, loc="best")
     fig.tight_layout()

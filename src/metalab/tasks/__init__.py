@@ -16,7 +16,7 @@ from metalab.tasks.multitask import (
     split_per_class,
 )
 from metalab.tasks.optimization_problems import ClassifierTrainingProblems, RandomQuadratics
-from metalab.tasks.regression import Sinusoid
+from metalab.tasks.regression import SineOrLine, Sinusoid
 from metalab.tasks.source import TaskSource
 from metalab.tasks.stream import BufferSource, StreamTask, TaskStream
 from metalab.tasks.symmetry import RotationEquivariantTasks, TranslationEquivariantTasks
@@ -40,6 +40,7 @@ __all__ = [
     "PartitionedTaskSource",
     "RandomQuadratics",
     "RotationEquivariantTasks",
+    "SineOrLine",
     "Sinusoid",
     "StreamTask",
     "Task",

@@ -46,3 +46,81 @@ class Sinusoid(TaskSource):
             y = y + self.noise * torch.randn(y.shape, generator=self.generator)
         return TaskBatch(x[:, : self.shots], y[:, : self.shots], x[:, self.shots :],
                          y[:, self.shots :])
+
+
+#: ``task_id`` of the two kinds of `SineOrLine` tasks.
+SINE, LINE = 0, 1
+
+
+class SineOrLine(TaskSource):
+    """The ambiguous regression family of PLATIPUS (Finn, Xu & Levine 2018, section 5.1):
+    each task is a sinusoid or a line, observed with Gaussian noise.
+
+    With probability ``line_fraction`` a task is a line ``y = a x + b`` with slope
+    ``a ~ U[slope]`` and intercept ``b ~ U[intercept]``, else a sinusoid
+    ``y = A sin(x - phi)`` with ``A ~ U[amplitude]``, ``phi ~ U[phase]``; targets carry noise
+    ``N(0, noise^2)``. Defaults: MAML's sinusoid ranges, slope and intercept in ``[-3, 3]``,
+    ``x`` in ``[-5, 5]`` (the ranges of the PLATIPUS authors' sine/line data generator),
+    noise std 0.3.
+
+    The query inputs are ``U[x_range]``. The ``shots`` support inputs are ``U[x_range]`` too,
+    or, with ``support_width``, ``U[c, c + support_width]`` for a per-task ``c`` uniform in
+    ``[low, high - support_width]``: a narrow window in which a line and a sinusoid can both
+    fit the support (the ambiguous supports of the paper's figure).
+
+    ``task_id`` says which kind each task is (`SINE` = 0, `LINE` = 1). Inputs and targets
+    have shape ``[T, N, 1]``.
+    """
+
+    def __init__(self, shots: int, queries: int, tasks_per_batch: int = 25,
+                 line_fraction: float = 0.5, amplitude=(0.1, 5.0), phase=(0.0, math.pi),
+                 slope=(-3.0, 3.0), intercept=(-3.0, 3.0), x_range=(-5.0, 5.0),
+                 support_width: float | None = None, noise: float = 0.3,
+                 seed: int | None = None) -> None:
+        super().__init__(tasks_per_batch, seed)
+        self.shots = check_positive_int("shots", shots)
+        self.queries = check_positive_int("queries", queries)
+        if not 0.0 <= line_fraction <= 1.0:
+            raise ValueError(f"line_fraction must be in [0, 1], got {line_fraction!r}")
+        self.line_fraction = float(line_fraction)
+        self.amplitude = check_interval("amplitude", amplitude, allow_empty=True)
+        self.phase = check_interval("phase", phase, allow_empty=True)
+        self.slope = check_interval("slope", slope, allow_empty=True)
+        self.intercept = check_interval("intercept", intercept, allow_empty=True)
+        self.x_range = check_interval("x_range", x_range, allow_empty=True)
+        width = self.x_range[1] - self.x_range[0]
+        if support_width is not None and not 0.0 < support_width <= width:
+            raise ValueError(f"support_width must be in (0, {width}] (the width of x_range) "
+                             f"or null, got {support_width!r}")
+        self.support_width = None if support_width is None else float(support_width)
+        if noise < 0:
+            raise ValueError(f"noise must be >= 0, got {noise!r}")
+        self.noise = float(noise)
+
+    def _uniform(self, bounds: tuple[float, float], *shape: int) -> torch.Tensor:
+        low, high = bounds
+        return low + (high - low) * torch.rand(*shape, generator=self.generator)
+
+    def _support_inputs(self, tasks: int) -> torch.Tensor:
+        if self.support_width is None:
+            return self._uniform(self.x_range, tasks, self.shots, 1)
+        low, high = self.x_range
+        start = self._uniform((low, high - self.support_width), tasks, 1, 1)
+        return start + self._uniform((0.0, self.support_width), tasks, self.shots, 1)
+
+    def sample(self) -> TaskBatch:
+        tasks = self.tasks_per_batch
+        is_line = torch.rand(tasks, generator=self.generator) < self.line_fraction
+        amplitude = self._uniform(self.amplitude, tasks, 1, 1)
+        phase = self._uniform(self.phase, tasks, 1, 1)
+        slope = self._uniform(self.slope, tasks, 1, 1)
+        intercept = self._uniform(self.intercept, tasks, 1, 1)
+        x = torch.cat([self._support_inputs(tasks),
+                       self._uniform(self.x_range, tasks, self.queries, 1)], dim=1)
+        y = torch.where(is_line[:, None, None], slope * x + intercept,
+                        amplitude * torch.sin(x - phase))
+        if self.noise:
+            y = y + self.noise * torch.randn(y.shape, generator=self.generator)
+        kind = torch.where(is_line, LINE, SINE)
+        return TaskBatch(x[:, : self.shots], y[:, : self.shots], x[:, self.shots :],
+                         y[:, self.shots :], task_id=kind)

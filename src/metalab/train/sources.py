@@ -2,7 +2,7 @@
 
 The keys of ``data`` say which kind of source it is:
 
-- a task family by name (``sinusoid``, ``nme-sinusoid``, ``gaussian-process``,
+- a task family by name (``sinusoid``, ``sine-line``, ``nme-sinusoid``, ``gaussian-process``,
   ``glyphs-completion``, ``translation-equivariant``,
   ``rotation-equivariant``): tasks generated on the fly or from a seeded pool;
 - ``support_size``: group shift; a task is an unlabelled batch of one group's examples
@@ -47,6 +47,7 @@ from metalab.tasks import (
     PartitionedTaskSource,
     RandomQuadratics,
     RotationEquivariantTasks,
+    SineOrLine,
     Sinusoid,
     TaskSource,
     TranslationEquivariantTasks,
@@ -59,6 +60,7 @@ from metalab.tasks.objective import CLASSIFICATION, REGRESSION, Objective
 
 REGRESSION_FAMILIES = {
     "sinusoid": Sinusoid,
+    "sine-line": SineOrLine,
     "nme-sinusoid": NonMutuallyExclusiveSinusoid,
     "translation-equivariant": TranslationEquivariantTasks,
     "rotation-equivariant": RotationEquivariantTasks,

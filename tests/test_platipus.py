@@ -1,0 +1,253 @@
+"""PLATIPUS against hand computations (float64).
+
+The references write the method out plainly: a two-layer ReLU network as a function of
+its weights, the Gaussian KL entry by entry, MAML's inner step as ``w - alpha * grad``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from metalab.algorithms.platipus import PLATIPUS, gaussian_kl
+from metalab.nn import MLP
+from metalab.tasks import TaskBatch
+
+NAMES = ["body.0.weight", "body.0.bias", "head.weight", "head.bias"]
+
+
+def network(params: dict, x: torch.Tensor) -> torch.Tensor:
+    """The 1-H-1 ReLU network written out: ``W2 relu(W1 x + b1) + b2``."""
+    hidden = torch.relu(x @ params["body.0.weight"].T + params["body.0.bias"])
+    return hidden @ params["head.weight"].T + params["head.bias"]
+
+
+def mse(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return ((network(params, x) - y) ** 2).mean()
+
+
+def step(params: dict, x, y, size) -> dict:
+    """``params - size * grad mse(params)`` keeping the graph (second order)."""
+    grads = torch.autograd.grad(mse(params, x, y), [params[n] for n in NAMES],
+                                create_graph=True)
+    return {n: params[n] - size * g for n, g in zip(NAMES, grads, strict=True)}
+
+
+def hand_kl(q_mean, q_std, p_mean, p_std) -> torch.Tensor:
+    """``sum_i log(sp_i / sq_i) + (sq_i^2 + (mq_i - mp_i)^2) / (2 sp_i^2) - 1/2``, entry by
+    entry."""
+    total = torch.zeros((), dtype=torch.float64)
+    for n in NAMES:
+        for mq, sq, mp, sp in zip(q_mean[n].flatten(), q_std[n].flatten(),
+                                  p_mean[n].flatten(), p_std[n].flatten(), strict=True):
+            total = total + torch.log(sp / sq) + (sq ** 2 + (mq - mp) ** 2) / (2 * sp ** 2) - 0.5
+    return total
+
+
+def task(seed: int = 0, shots: int = 4, queries: int = 6):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shots + queries, 1, generator=g, dtype=torch.float64) * 2
+    y = torch.sin(x) + 0.1 * torch.randn(x.shape, generator=g, dtype=torch.float64)
+    return x[:shots], y[:shots], x[shots:], y[shots:]
+
+
+def learner(**kwargs) -> PLATIPUS:
+    torch.manual_seed(0)
+    options = {"inner_lr": 0.05, "inner_steps": 1, "noise_std": 0.2, **kwargs}
+    return PLATIPUS(MLP(1, hidden=[3]), **options).double()
+
+
+def test_kl_between_diagonal_gaussians_by_hand():
+    g = torch.Generator().manual_seed(1)
+    shapes = {"body.0.weight": (3, 1), "body.0.bias": (3,), "head.weight": (1, 3),
+              "head.bias": (1,)}
+
+    def draw(scale=1.0):
+        return {n: scale * torch.randn(s, generator=g, dtype=torch.float64)
+                for n, s in shapes.items()}
+
+    q_mean, p_mean = draw(), draw()
+    q_std = {n: v.abs() + 0.1 for n, v in draw().items()}
+    p_std = {n: v.abs() + 0.1 for n, v in draw().items()}
+    kl = gaussian_kl((q_mean, q_std), (p_mean, p_std))
+    assert torch.allclose(kl, hand_kl(q_mean, q_std, p_mean, p_std), rtol=1e-12)
+    assert gaussian_kl((q_mean, q_std), (q_mean, q_std)).abs() < 1e-12
+    # the direction matters: KL(q || p) is not KL(p || q) here
+    assert not torch.allclose(kl, gaussian_kl((p_mean, p_std), (q_mean, q_std)))
+
+
+def test_meta_objective_and_its_gradient_by_hand():
+    """L(phi, query) + w KL(q || p) with theta = m_q + v_q eps and the two learned steps."""
+    model = learner(kl_weight=0.3, prior_std=0.2, inference_std=0.05, gamma_p=0.07,
+                    gamma_q=0.11)
+    with torch.no_grad():  # distinct per-entry stds, so a swapped KL or std shows
+        for p in model.log_prior_std.values():
+            p.add_(0.1 * torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape))
+    g = torch.Generator().manual_seed(2)
+    params = dict(model.model.named_parameters())
+    eps = {n: torch.randn(params[n].shape, generator=g, dtype=torch.float64) for n in NAMES}
+    model.standard_normal_like = lambda name, like: eps[name]
+    sx, sy, qx, qy = task()
+
+    loss, _, kl = model.task_objective(sx, sy, qx, qy)
+    meta = list(model.parameters())
+    grads = torch.autograd.grad(loss, meta)
+
+    # the reference, written out
+    mu = params
+    prior_std = {n: model.log_prior_std[n.replace(".", "__")].exp() for n in NAMES}
+    q_std = {n: model.log_inference_std[n.replace(".", "__")].exp() for n in NAMES}
+    q_mean = step(mu, qx, qy, model.gamma_q)
+    p_mean = step(mu, sx, sy, model.gamma_p)
+    theta = {n: q_mean[n] + q_std[n] * eps[n] for n in NAMES}
+    phi = step(theta, sx, sy, 0.05)
+    hand_kl_value = hand_kl(q_mean, q_std, p_mean, prior_std)
+    reference = mse(phi, qx, qy) + 0.3 * hand_kl_value
+    reference_grads = torch.autograd.grad(reference, meta)
+
+    assert torch.allclose(kl, hand_kl_value, rtol=1e-10)
+    assert torch.allclose(loss, reference, rtol=1e-10)
+    names = [n for n, _ in model.named_parameters()]
+    assert "gamma_p" in names and "gamma_q" in names
+    for name, got, want in zip(names, grads, reference_grads, strict=True):
+        assert torch.allclose(got, want, rtol=1e-8, atol=1e-10), name
+
+
+def test_is_maml_when_the_distributions_collapse():
+    """sigma = v_q -> 0 and gamma_p = gamma_q = 0: MAML's adapted parameters and
+    meta-gradient (two second-order inner steps, the MAML reference by hand)."""
+    model = learner(inner_steps=2, eval_inner_steps=2, prior_std=1e-30, gamma_p=0.0,
+                    gamma_q=0.0, learn_gammas=False, kl_weight=1.0)
+    batch_tasks = [task(seed) for seed in (3, 4)]
+    batch = TaskBatch(*(torch.stack(parts) for parts in zip(*batch_tasks, strict=True)))
+    model.zero_grad()
+    loss, _ = model.meta_loss(batch)
+    loss.backward()
+
+    mu = {n: p.detach().clone().requires_grad_(True)
+          for n, p in model.model.named_parameters()}
+    maml_loss = 0
+    for sx, sy, qx, qy in batch_tasks:
+        adapted = step(step(mu, sx, sy, 0.05), sx, sy, 0.05)
+        maml_loss = maml_loss + mse(adapted, qx, qy) / len(batch_tasks)
+    maml_grads = torch.autograd.grad(maml_loss, [mu[n] for n in NAMES])
+
+    assert torch.allclose(loss, maml_loss, rtol=1e-10)
+    for n, want in zip(NAMES, maml_grads, strict=True):
+        got = dict(model.model.named_parameters())[n].grad
+        assert torch.allclose(got, want, rtol=1e-9, atol=1e-12), n
+
+    # meta-test: every drawn model is MAML's adapted parameters
+    sx, sy, _, _ = batch_tasks[0]
+    state = model.adapt_task(sx, sy, training=False, samples=3, seed=0)
+    adapted = step(step(mu, sx, sy, 0.05), sx, sy, 0.05)
+    for n in NAMES:
+        for k in range(3):
+            assert torch.allclose(state[n][k], adapted[n].detach(), rtol=1e-10, atol=1e-12)
+
+
+def test_meta_test_draws_from_the_prior_step_on_the_support():
+    """Zero inner steps: the drawn theta are N(mu - gamma_p grad L(mu, support), sigma^2)."""
+    model = learner(prior_std=0.1, gamma_p=0.3)
+    sx, sy, _, _ = task(5)
+    state = model.adapt_task(sx, sy, training=False, inner_steps=0, samples=20000, seed=1)
+    mu = {n: p.detach().clone().requires_grad_(True)
+          for n, p in model.model.named_parameters()}
+    mean = step(mu, sx, sy, 0.3)
+    for n in NAMES:
+        assert torch.allclose(state[n].mean(0), mean[n].detach(), atol=0.004), n
+        assert torch.allclose(state[n].std(0), torch.full_like(mean[n], 0.1), atol=0.004), n
+
+
+def test_samples_are_reproducible_under_a_seed():
+    model = learner(prior_std=0.3, eval_inner_steps=3)
+    sx, sy, qx, qy = task(6)
+    first, again = model.adapt(sx, sy, seed=4), model.adapt(sx, sy, seed=4)
+    other = model.adapt(sx, sy, seed=5)
+    assert torch.equal(first.mean(qx), again.mean(qx))
+    assert torch.equal(first.variance(qx), again.variance(qx))
+    assert torch.equal(first.log_likelihood(qx, qy), again.log_likelihood(qx, qy))
+    assert not torch.equal(first.mean(qx), other.mean(qx))
+    draws = first.sample(qx, 4, seed=9)
+    assert draws.shape == (4, 6, 1) and torch.equal(draws, again.sample(qx, 4, seed=9))
+    assert not torch.equal(draws, first.sample(qx, 4, seed=10))
+    # the draws differ from each other: the samples are distinct functions
+    assert (draws.std(dim=0) > 0).all()
+
+
+@pytest.mark.parametrize("samples", [1, 5])
+def test_variance_is_positive_and_finite_for_batch_size_one(samples):
+    model = learner(prior_std=0.2)
+    sx, sy, qx, qy = task(7, shots=1, queries=1)
+    predictive = model.adapt(sx, sy, samples=samples)
+    variance = predictive.variance(qx)
+    assert variance.shape == (1, 1)
+    assert torch.isfinite(variance).all() and (variance >= 0.2 ** 2 - 1e-15).all()
+    assert torch.isfinite(predictive.log_likelihood(qx, qy))
+    if samples == 1:  # one model: only the observation noise
+        assert torch.allclose(variance, torch.full_like(variance, 0.04))
+
+
+def test_mixture_log_likelihood_by_hand():
+    model = learner(prior_std=0.3)
+    sx, sy, qx, qy = task(8)
+    predictive = model.adapt(sx, sy, samples=4, seed=2)
+    functions = predictive.functions(qx)
+    per_model = [sum(math.log(1 / math.sqrt(2 * math.pi * 0.04))
+                     - (float(y) - float(f)) ** 2 / (2 * 0.04)
+                     for y, f in zip(qy.flatten(), functions[k].flatten(), strict=True))
+                 for k in range(4)]
+    top = max(per_model)
+    expected = top + math.log(sum(math.exp(v - top) for v in per_model) / 4)
+    assert math.isclose(predictive.log_likelihood(qx, qy).item(), expected, rel_tol=1e-10)
+    mean = functions.mean(0)
+    assert torch.allclose(predictive.mean(qx), mean)
+    assert torch.allclose(predictive.variance(qx),
+                          ((functions - mean) ** 2).mean(0) + 0.04)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="regression only"):
+        PLATIPUS(MLP(1, hidden=[3]), loss="cross_entropy")
+    with pytest.raises(ValueError, match="prior_std must be a finite number > 0"):
+        PLATIPUS(MLP(1, hidden=[3]), prior_std=0.0)
+    model = learner()
+    sx, sy, _, _ = task()
+    with pytest.raises(ValueError, match="does not take the adaptation option"):
+        model.adapt(sx, sy, particles=3)
+    with pytest.raises(ValueError, match="samples must be an integer >= 1"):
+        model.adapt(sx, sy, samples=0).mean(sx)
+
+
+def test_adapted_subset_keeps_the_rest_deterministic():
+    model = learner(adapt="head", prior_std=0.3)
+    assert set(model.adapt_names) == {"head.weight", "head.bias"}
+    assert {k for k in model.log_prior_std} == {"head__weight", "head__bias"}
+    sx, sy, qx, _ = task(9)
+    draws = model.adapt(sx, sy).sample(qx, 3, seed=0)
+    assert torch.isfinite(draws).all() and not torch.equal(draws[0], draws[1])
+    assert isinstance(model.model, nn.Module)
+
+
+def test_vmap_over_tasks_matches_the_loop():
+    """The same per-task objectives and meta-gradient with ``strategy: vmap`` (fixed noise)."""
+    batch = TaskBatch(*(torch.stack(parts) for parts in
+                        zip(*(task(seed) for seed in (10, 11, 12)), strict=True)))
+    results = []
+    for strategy in ("loop", "vmap"):
+        model = learner(strategy=strategy, prior_std=0.2, inference_std=0.1, kl_weight=0.5)
+        g = torch.Generator().manual_seed(3)
+        eps = {n: torch.randn(p.shape, generator=g, dtype=torch.float64)
+               for n, p in model.model.named_parameters()}
+        model.standard_normal_like = lambda name, like, eps=eps: eps[name]
+        losses, metrics = model.training_task_losses(batch)
+        grads = torch.autograd.grad(losses.sum(), list(model.parameters()))
+        results.append((losses, metrics["kl"], grads))
+    (loop_losses, loop_kl, loop_grads), (vmap_losses, vmap_kl, vmap_grads) = results
+    assert torch.allclose(loop_losses, vmap_losses, rtol=1e-10)
+    assert torch.allclose(loop_kl, vmap_kl, rtol=1e-10)
+    for a, b in zip(loop_grads, vmap_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
