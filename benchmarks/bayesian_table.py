@@ -38,21 +38,35 @@ from metalab.train.sources import build_task_source
 
 #: (config, overrides) of each method per family.
 GP_DATA = ["data.name=gaussian-process"]
+AMBIGUOUS_DATA = ["data.name=sine-line", "data.support_width=2.0", "data.noise=0.3"]
+
+
+def _family(data: list[str], own: dict[str, tuple[str, list[str]]]) -> dict:
+    """The MAML family's sinusoid configs on ``data``, and the family's own configs."""
+    return {"maml": ("maml-sinusoid-5shot", data),
+            "maml-ensemble": ("maml-ensemble-sinusoid", data),
+            "bmaml": ("bmaml-sinusoid", data),
+            "bmaml-predictive": ("bmaml-sinusoid", [*data, "algorithm.meta_loss=predictive"]),
+            **own}
+
+
 FAMILY_CONFIGS = {
-    "sinusoid": {"maml": ("maml-sinusoid-5shot", []),
-                 "maml-ensemble": ("maml-ensemble-sinusoid", []),
-                 "bmaml": ("bmaml-sinusoid", []),
-                 "bmaml-predictive": ("bmaml-sinusoid", ["algorithm.meta_loss=predictive"]),
-                 "cnp": ("cnp-sinusoid", []), "np": ("np-sinusoid", []),
-                 "anp": ("anp-sinusoid", [])},
-    "gp": {"maml": ("maml-sinusoid-5shot", GP_DATA),
-           "maml-ensemble": ("maml-ensemble-sinusoid", GP_DATA),
-           "bmaml": ("bmaml-sinusoid", GP_DATA),
-           "bmaml-predictive": ("bmaml-sinusoid", [*GP_DATA, "algorithm.meta_loss=predictive"]),
-           "cnp": ("cnp-gp", []), "np": ("np-gp", []), "anp": ("anp-gp", [])},
+    "sinusoid": _family([], {"cnp": ("cnp-sinusoid", []), "np": ("np-sinusoid", []),
+                             "anp": ("anp-sinusoid", []),
+                             "platipus": ("platipus-sinusoid", []),
+                             "abml": ("abml-sinusoid", [])}),
+    "gp": _family(GP_DATA, {"cnp": ("cnp-gp", []), "np": ("np-gp", []), "anp": ("anp-gp", []),
+                            "platipus": ("platipus-sinusoid", GP_DATA),
+                            "abml": ("abml-sinusoid", GP_DATA)}),
+    "ambiguous": _family(AMBIGUOUS_DATA, {"cnp": ("cnp-sinusoid", AMBIGUOUS_DATA),
+                                          "np": ("np-sinusoid", AMBIGUOUS_DATA),
+                                          "anp": ("anp-sinusoid", AMBIGUOUS_DATA),
+                                          "platipus": ("platipus-ambiguous", []),
+                                          "abml": ("abml-ambiguous", [])}),
 }
 #: The test tasks' data section per family.
-TEST_CONFIGS = {"sinusoid": ("maml-sinusoid-5shot", []), "gp": ("cnp-gp", ["data.max_shots=null"])}
+TEST_CONFIGS = {"sinusoid": ("maml-sinusoid-5shot", []), "gp": ("cnp-gp", ["data.max_shots=null"]),
+                "ambiguous": ("platipus-ambiguous", [])}
 COLUMNS = ("mse", "log_likelihood", "coverage_90")
 
 
@@ -106,7 +120,7 @@ def test_tasks(family: str, context: int, episodes: int):
 def adapt(learner, support_x, support_y, inner_steps: int, maml_noise_std: float):
     options = {"inner_steps": inner_steps} if "inner_steps" in learner.adapt_options else {}
     predictive = learner.adapt(support_x, support_y, **options)
-    if not isinstance(predictive, GaussianPredictive):
+    if not hasattr(predictive, "variance"):  # a point estimate
         predictive = point_predictive(predictive, maml_noise_std)
     return predictive
 
