@@ -6,13 +6,15 @@ an ensemble of 5 MAMLs, BMAML and LLAMA, each through `Evaluator` (the path of
 Runs (``RUNS/...``, trained beforehand with ``metalab train``, see docs/bayesian-methods.md):
 
 - ``maml-seed0`` .. ``maml-seed4``: ``maml-glyphs-5w1s`` with ``train.seed=0..4``;
-- ``bmaml``: ``bmaml-glyphs-5w1s``.
+- ``bmaml``: ``bmaml-glyphs-5w1s`` (only for the ``bmaml`` row).
 
 MAML is ``maml-seed0``. The ensemble is the five MAML runs as the members of a
 ``maml-ensemble-glyphs-5w1s`` learner: its members never interact and its meta-loss is the
 mean of their MAML losses, so independently trained MAMLs are its members (up to Adam's
 ``eps`` under the ``1/M`` scale of each member's gradient). LLAMA is ``maml-seed0``'s
 meta-parameters in a ``llama-glyphs-5w1s`` learner (LLAMA is trained by MAML's objective).
+``svgd on the 5 MAMLs`` is BMAML's adaptation and predictive (SVGD, mean softmax) with the five
+MAML runs as its initial particles, without BMAML's meta-training.
 
     python benchmarks/bayesian_glyphs.py --runs /tmp/glyph-runs --episodes 600 \
         --out benchmarks/results/bayesian_glyphs
@@ -21,13 +23,14 @@ meta-parameters in a ``llama-glyphs-5w1s`` learner (LLAMA is trained by MAML's o
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
 import torch
 
-from metalab.functional import parameter_key
 from metalab.cli.main import resolve_config_path
+from metalab.functional import parameter_key
 from metalab.train import load_config, load_run
 from metalab.train.build import build_meta_learner
 from metalab.train.evaluator import Evaluator
@@ -57,6 +60,16 @@ def ensemble_of(runs: Path):
     return ensemble
 
 
+def svgd_of(runs: Path):
+    """BMAML's test-time inference (SVGD over 5 particles) started from the 5 MAML runs'
+    meta-parameters: the particles of a ``bmaml-glyphs-5w1s`` learner, without BMAML's
+    meta-training."""
+    ensemble = ensemble_of(runs)
+    bmaml = build_meta_learner(with_algorithm(runs / "maml-seed0", "bmaml-glyphs-5w1s"))
+    bmaml.load_state_dict(ensemble.state_dict())
+    return bmaml
+
+
 def llama_of(runs: Path):
     maml = load_run(runs / "maml-seed0")
     llama = build_meta_learner(with_algorithm(runs / "maml-seed0", "llama-glyphs-5w1s"))
@@ -67,6 +80,7 @@ def llama_of(runs: Path):
 LEARNERS = {"maml": lambda runs: load_run(runs / "maml-seed0"),
             "maml-ensemble (5 MAMLs)": ensemble_of,
             "bmaml": lambda runs: load_run(runs / "bmaml"),
+            "svgd on the 5 MAMLs (no BMAML meta-training)": svgd_of,
             "llama (last-layer Laplace, probit)": llama_of}
 
 
@@ -76,10 +90,18 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--methods", nargs="+", default=list(LEARNERS))
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--combine", nargs="+", type=Path, default=None,
+                        help="JSON files of earlier runs (one method each): write one table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = read_run_config(args.runs / "maml-seed0")
     results, started = {}, time.time()
+    if args.combine:
+        args.methods = []
+        for path in args.combine:
+            earlier = json.loads(path.read_text())
+            results.update(earlier["results"])
+            started -= earlier["seconds"]
     for name in args.methods:
         learner = LEARNERS[name](args.runs)
         source = build_task_source(config, "test", config["eval"]["batch_size"],
