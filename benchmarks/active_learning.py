@@ -22,6 +22,7 @@ all (seed, task) pairs; and the paired difference ``MSE(random) - MSE(variance)`
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=Path, required=True)
     parser.add_argument("--family", default="sinusoid", choices=sorted(FAMILY_CONFIGS))
-    parser.add_argument("--methods", nargs="+", required=True)
+    parser.add_argument("--methods", nargs="*", default=[])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--tasks", type=int, default=50)
     parser.add_argument("--start", type=int, default=2)
@@ -83,11 +84,18 @@ def main() -> None:
     parser.add_argument("--additions", type=int, default=5)
     parser.add_argument("--inner-steps", type=int, default=10)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--combine", nargs="+", type=Path, default=[],
+                        help="JSON files of earlier runs with the same settings: their "
+                             "methods join this table")
     args = parser.parse_args()
     torch.set_num_threads(1)
     started = time.time()
     batch = test_tasks(args.family, args.start, args.pool, args.tasks)
     errors: dict[str, dict[str, list[list[float]]]] = {}
+    for path in args.combine:
+        earlier = json.loads(path.read_text())
+        errors.update(earlier["errors"])
+        started -= earlier["seconds"]
     for method in args.methods:
         errors[method] = {s: [] for s in STRATEGIES}
         for seed in args.seeds:
