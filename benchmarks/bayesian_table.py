@@ -22,6 +22,7 @@ family.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -158,7 +159,7 @@ def markdown(results: dict, args: argparse.Namespace, seconds: float) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=Path, required=True)
-    parser.add_argument("--methods", nargs="+", required=True)
+    parser.add_argument("--methods", nargs="*", default=[])
     parser.add_argument("--families", nargs="+", default=["sinusoid", "gp"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=500)
@@ -168,6 +169,9 @@ def main() -> None:
     parser.add_argument("--maml-noise-std", type=float, default=0.1)
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--combine", nargs="+", type=Path, default=[],
+                        help="JSON files of earlier runs with the same settings: their rows "
+                             "join this table")
     args = parser.parse_args()
     for family in args.families:
         known = set(FAMILY_CONFIGS[family]) | {"llama"}
@@ -178,6 +182,11 @@ def main() -> None:
     start = time.time()
     results: dict = {}
     per_seed: dict = {}
+    for path in args.combine:
+        earlier = json.loads(path.read_text())
+        for family, rows in earlier["results"].items():
+            results.setdefault(family, {}).update(rows)
+            per_seed.setdefault(family, {}).update(earlier["per_seed"][family])
     for family in args.families:
         batch = None if args.train_only else test_tasks(family, args.context, args.episodes)
         for method in args.methods:
