@@ -29,9 +29,15 @@ As ``lambda`` (or the curvature) grows the parameter uncertainty vanishes: the v
 to ``sigma^2`` (the probabilities to MAML's softmax) and the mean is the point prediction
 (tested).
 
-Training objective: plain MAML (the query loss after the inner loop); the Laplace
-approximation is used at meta-test only. Grant et al.'s objective adds the log-determinant
-``1/2 log det(H)`` of the curvature to the query NLL; it is not implemented here. The
+Training objective: by default plain MAML (the query loss after the inner loop), the Laplace
+approximation used at meta-test only. With ``logdet_weight = eta > 0`` the per-task
+meta-loss adds the log-determinant term of the Laplace evidence (Grant et al. 2018, eq. 5:
+``-log p(X | theta) ~ -log p(X | phi') + 1/2 log det H + const``) of the diagonal posterior
+precision at the adapted parameters, differentiated through the inner loop:
+
+    L_task = L_query(theta') + eta * 1/2 sum_k log(h_k(theta') + lambda).
+
+The
 curvature covers the parameters named by ``laplace`` (prefixes; default every adapted
 parameter, ``adapt``), the others are held at their values after adaptation: ``laplace:
 [head]`` is the last-layer Laplace approximation, whose Jacobian is cheap for a Conv4.
@@ -49,6 +55,8 @@ from metalab.algorithms.base import CategoricalPredictive, detached, evaluation_
 from metalab.algorithms.maml import MAML
 from metalab.algorithms.predictive import GaussianPredictive
 from metalab.algorithms.predictive_scores import PredictiveScores
+from metalab.functional import map_tasks
+from metalab.tasks import TaskBatch
 
 Params = dict[str, Tensor]
 
@@ -63,6 +71,8 @@ class LLAMA(PredictiveScores, MAML, name="llama"):
         laplace: parameter-name prefixes the Laplace approximation covers (``None``: every
             adapted parameter); each must be adapted.
         loss: ``"mse"`` (regression, the default) or ``"cross_entropy"``.
+        logdet_weight: ``eta``, the weight of the log-determinant term in the meta-loss
+            (0: plain MAML training).
     """
 
     #: The builder does not choose a subset for LLAMA (as for T-Net and WarpGrad): the
@@ -70,8 +80,15 @@ class LLAMA(PredictiveScores, MAML, name="llama"):
     chooses_adapted_parameters = False
 
     def __init__(self, model: nn.Module, noise_std: float = 0.1, prior_precision: float = 1.0,
-                 laplace: list[str] | str | None = None, loss: str = "mse", **kwargs) -> None:
+                 laplace: list[str] | str | None = None, loss: str = "mse",
+                 logdet_weight: float = 0.0, **kwargs) -> None:
         super().__init__(model, loss=loss, **kwargs)
+        if not logdet_weight >= 0:
+            raise ValueError(f"logdet_weight must be >= 0, got {logdet_weight}")
+        if logdet_weight > 0 and self.multi_step_loss:
+            raise ValueError("logdet_weight > 0 is not combined with multi_step_loss: the "
+                             "log-determinant is taken at the last step's parameters only")
+        self.logdet_weight = float(logdet_weight)
         if not noise_std > 0:
             raise ValueError(f"noise_std must be positive, got {noise_std}")
         if not prior_precision > 0:
@@ -120,6 +137,26 @@ class LLAMA(PredictiveScores, MAML, name="llama"):
         """``h + lambda`` per Laplace parameter entry."""
         return {n: h + self.prior_precision
                 for n, h in self.curvature(adapted, support_x).items()}
+
+    def log_determinant(self, adapted: Params, support_x: Tensor) -> Tensor:
+        """``1/2 log det`` of the diagonal posterior precision, ``1/2 sum_k log(h_k +
+        lambda)`` (differentiable through ``adapted``)."""
+        precision = self.posterior_precision(adapted, support_x)
+        return 0.5 * sum(torch.log(p).sum() for p in precision.values())
+
+    def training_task_losses(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """MAML's query losses, plus ``eta`` times the log-determinant term (module doc)."""
+        if self.logdet_weight == 0:
+            return super().training_task_losses(batch)
+
+        def per_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
+            adapted = self.adapt_task(sx, sy, training=True)
+            loss, metric = self.score(self.predict(adapted, qx), qy)
+            return loss + self.logdet_weight * self.log_determinant(adapted, sx), metric
+
+        losses, metric = map_tasks(per_task, batch.support_x, batch.support_y, batch.query_x,
+                                   batch.query_y, strategy=self.strategy)
+        return losses, {self.metric_name: metric.detach()}
 
     def output_variance(self, adapted: Params, precision: Params, x: Tensor) -> Tensor:
         """``v(x)`` ``[m, out]``: the linearised outputs' variance (module doc)."""
