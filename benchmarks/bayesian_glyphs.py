@@ -111,7 +111,8 @@ def main() -> None:
         print(name, {k: round(v, 4) for k, v in result.items() if isinstance(v, float)},
               flush=True)
     seconds = time.time() - started
-    steps = config["train"]["steps"], config["train"]["meta_batch"]
+    checkpoint = torch.load(args.runs / "maml-seed0" / "checkpoint.pt", weights_only=False)
+    steps = checkpoint["step"], config["train"]["meta_batch"]  # the step it was saved at
     lines = [f"# Glyphs 5-way 1-shot: {args.episodes} test episodes (seed "
              f"{config['eval']['seed']}), {steps[0]} meta-iterations x {steps[1]} tasks per "
              f"run; accuracy and NLL mean ± 95% CI over episodes, ECE (15 bins, pooled) ± "
