@@ -143,7 +143,9 @@ def markdown(results: dict, args: argparse.Namespace, seconds: float) -> str:
     lines = [f"# Bayesian meta-learning over seeds {args.seeds}: {args.episodes} test tasks, "
              f"{args.context} context points, 100 query points; {args.steps} meta-iterations "
              f"per run; {args.inner_steps} inner steps at test; mean over seeds ± t 95% CI "
-             f"over seeds; measured in {seconds:.0f} s", ""]
+             f"over seeds; measured in {seconds:.0f} s"
+             + (f" (this invocation; rows from {len(args.combine)} earlier ones)"
+                if args.combine else ""), ""]
     for family, by_method in results.items():
         lines += [f"## {family}", "", "| method | MSE | log-lik per point | 90% coverage |",
                   "|---|---|---|---|"]
