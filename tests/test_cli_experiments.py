@@ -133,5 +133,7 @@ def test_eval_prints_one_line_with_the_worst_group_for_group_data(tmp_path, caps
     worst = result["per_group"][str(result["worst_group"])]
     assert capsys.readouterr().out == (
         f"test accuracy {100 * result['mean']:.1f} ± {100 * result['ci95']:.1f}% over 14 "
-        f"episodes; worst group {worst['name']} {100 * worst['mean']:.1f} ± "
+        f"episodes; NLL {result['nll']:.3f} ± {result['nll_ci95']:.3f}, "
+        f"ECE {result['ece']:.3f} ± {result['ece_ci95']:.3f}; "
+        f"worst group {worst['name']} {100 * worst['mean']:.1f} ± "
         f"{100 * worst['ci95']:.1f}%\n")

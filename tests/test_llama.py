@@ -9,6 +9,7 @@ predictive's variance is ``sum_j x_j^2 / (h_wj + lambda) + 1 / (h_b + lambda) + 
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from torch import nn
 
 from metalab.algorithms import MAML
 from metalab.algorithms.llama import LLAMA
+from metalab.tasks import TaskBatch
 
 
 def data(seed: int = 0, n: int = 5, dim: int = 2):
@@ -85,6 +87,77 @@ def test_samples_are_reproducible_under_a_seed():
     assert not torch.equal(first, predictive.sample(x, 4, seed=8))
 
 
-def test_classification_is_refused():
-    with pytest.raises(ValueError, match="loss must be 'mse'"):
-        LLAMA(linear(), loss="cross_entropy")
+def test_a_laplace_prefix_that_names_no_adapted_parameter_is_refused():
+    with pytest.raises(ValueError, match="laplace="):
+        LLAMA(linear(), laplace="head")
+
+
+def one_task(dim: int = 2) -> TaskBatch:
+    x, y = data(dim=dim)
+    qx, qy = data(seed=1, dim=dim)
+    return TaskBatch(x[None], y[None], qx[None], qy[None])
+
+
+def test_logdet_term_of_a_linear_model_by_hand():
+    # for f = w . x + b the curvature does not depend on the parameters:
+    # 1/2 log det = 1/2 [sum_j log(sum_i x_ij^2 / sigma^2 + lambda) + log(n / sigma^2 + lambda)]
+    batch = one_task()
+    options = dict(noise_std=0.5, prior_precision=2.0, inner_lr=0.1, inner_steps=1)
+    with_term = LLAMA(linear(), logdet_weight=0.3, **options)
+    plain = LLAMA(linear(), **options)
+    x = batch.support_x[0]
+    logdet = 0.5 * (torch.log((x ** 2).sum(0) / 0.25 + 2.0).sum() + math.log(5 / 0.25 + 2.0))
+    losses = with_term.training_task_losses(batch)[0]
+    assert torch.allclose(losses, plain.training_task_losses(batch)[0] + 0.3 * logdet)
+
+
+def hand_logdet(model: nn.Module, params: list, x, sigma: float, lam: float):
+    """1/2 sum_k log(sum_i (d f(x_i) / d theta_k)^2 / sigma^2 + lam), by per-point autograd."""
+    h = [torch.zeros_like(p) for p in params]
+    for i in range(len(x)):
+        out = torch.func.functional_call(model, dict(zip(NAMES, params, strict=True)),
+                                         (x[i:i + 1],)).sum()
+        grads = torch.autograd.grad(out, params, create_graph=True)
+        h = [hk + g ** 2 / sigma ** 2 for hk, g in zip(h, grads, strict=True)]
+    return 0.5 * sum(torch.log(hk + lam).sum() for hk in h)
+
+
+NAMES = ["0.weight", "0.bias", "2.weight", "2.bias"]
+
+
+def test_logdet_meta_gradient_through_the_inner_step_matches_a_hand_derivation():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 4), nn.Tanh(), nn.Linear(4, 1)).double()
+    batch = one_task(dim=1)
+    learner = LLAMA(copy.deepcopy(model), noise_std=0.5, prior_precision=2.0, inner_lr=0.1,
+                    inner_steps=1, logdet_weight=0.7)
+    loss = learner.training_task_losses(batch)[0].sum()
+    grads = torch.autograd.grad(loss, [dict(learner.model.named_parameters())[n]
+                                       for n in NAMES])
+    # the reference: one hand-written SGD step, query MSE + 0.7 * 1/2 log det at theta'
+    theta = [p.detach().clone().requires_grad_(True) for p in model.parameters()]
+    sx, sy, qx, qy = (batch.support_x[0], batch.support_y[0], batch.query_x[0],
+                      batch.query_y[0])
+
+    def f(params, x):
+        return torch.func.functional_call(model, dict(zip(NAMES, params, strict=True)), (x,))
+
+    support = ((f(theta, sx) - sy) ** 2).mean()
+    step = torch.autograd.grad(support, theta, create_graph=True)
+    adapted = [p - 0.1 * g for p, g in zip(theta, step, strict=True)]
+    reference = ((f(adapted, qx) - qy) ** 2).mean() + 0.7 * hand_logdet(model, adapted, sx,
+                                                                        0.5, 2.0)
+    expected = torch.autograd.grad(reference, theta)
+    for got, want in zip(grads, expected, strict=True):
+        assert torch.allclose(got, want)
+    # and the term changes the meta-gradient (a weight of 0 would not)
+    plain = LLAMA(copy.deepcopy(model), noise_std=0.5, prior_precision=2.0, inner_lr=0.1,
+                  inner_steps=1)
+    plain_grads = torch.autograd.grad(plain.training_task_losses(batch)[0].sum(),
+                                      [dict(plain.model.named_parameters())[n] for n in NAMES])
+    assert not all(torch.allclose(a, b) for a, b in zip(grads, plain_grads, strict=True))
+
+
+def test_a_negative_logdet_weight_is_refused():
+    with pytest.raises(ValueError, match="logdet_weight"):
+        LLAMA(linear(), logdet_weight=-1.0)

@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 
 from metalab.algorithms.arm import ARMBN, ARMCML, ARMLL
-from metalab.algorithms.base import REGISTRY, MetaLearner, Predictor
+from metalab.algorithms.base import REGISTRY, CategoricalPredictive, MetaLearner, Predictor
 from metalab.algorithms.erm import ERM
 from metalab.algorithms.maml import ANIL, FOMAML, MAML, MetaSGD
 from metalab.algorithms.memorization import SupportSwap, derangement, support_swap_loss
@@ -52,6 +52,7 @@ __all__ = [
     "MRMAMLW",
     "AdaptationStream",
     "BodyHead",
+    "CategoricalPredictive",
     "MetaLearner",
     "MetaSGD",
     "MultiTask",

@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils import _pytree as pytree
 
+from metalab.algorithms.calibration import calibration_bins, negative_log_likelihood
 from metalab.algorithms.stream import AdaptationStream
 from metalab.functional import check_strategy, map_tasks
 from metalab.tasks import TaskBatch
@@ -63,6 +64,28 @@ class Predictor:
     @torch.no_grad()
     def __call__(self, x: Tensor) -> Tensor:
         return self._forward(x)
+
+
+class CategoricalPredictive(Predictor):
+    """A classifier adapted to one task that also gives class probabilities.
+
+    ``predictor(x)`` returns outputs whose cross-entropy is the loss (logits, or the
+    log-probabilities of a mixture); ``predictor.probabilities(x)`` returns ``[m, classes]``
+    probabilities. `from_logits` is the softmax of a single network's logits.
+    """
+
+    def __init__(self, forward: Callable[[Tensor], Tensor],
+                 probabilities: Callable[[Tensor], Tensor]) -> None:
+        super().__init__(forward)
+        self._probabilities = probabilities
+
+    @classmethod
+    def from_logits(cls, forward: Callable[[Tensor], Tensor]) -> CategoricalPredictive:
+        return cls(forward, lambda x: torch.softmax(forward(x), dim=-1))
+
+    @torch.no_grad()
+    def probabilities(self, x: Tensor) -> Tensor:
+        return self._probabilities(x)
 
 
 @contextmanager
@@ -102,6 +125,18 @@ def parameters_for(module: nn.Module, training: bool) -> dict[str, Tensor]:
 
 #: Every method with a registered name: ``class Reptile(MetaLearner, name="reptile")``.
 REGISTRY: dict[str, type[MetaLearner]] = {}
+
+
+def probability_scores(predictors: list[CategoricalPredictive], query_x: Tensor,
+                       query_y: Tensor) -> dict[str, Tensor]:
+    """Per task ``nll`` ``[T]`` and ``calibration_bins`` ``[T, bins, 3]`` of the predictors'
+    class probabilities on the query sets (`metalab.algorithms.calibration`)."""
+    nll, bins = [], []
+    for t, predictor in enumerate(predictors):
+        probabilities = predictor.probabilities(query_x[t])
+        nll.append(negative_log_likelihood(probabilities, query_y[t]))
+        bins.append(calibration_bins(probabilities, query_y[t]))
+    return {"nll": torch.stack(nll), "calibration_bins": torch.stack(bins)}
 
 
 class MetaLearner(nn.Module):
@@ -325,15 +360,24 @@ class MetaLearner(nn.Module):
             with evaluation_mode(self):
                 return self.predict(state, x)
 
+        if self.loss_name == "cross_entropy":  # the outputs are logits: softmax probabilities
+            return CategoricalPredictive.from_logits(forward)
         return Predictor(forward)
 
     def evaluation_task_losses(self, batch: TaskBatch, **options
                                ) -> tuple[Tensor, dict[str, Tensor]]:
-        """Per-task query loss and metric at meta-test, each task through `adapt`."""
+        """Per-task query loss and metric at meta-test, each task through `adapt`; when the
+        predictor gives class probabilities, also the per-task ``nll`` and the
+        ``calibration_bins`` the evaluator pools into the expected calibration error."""
         options = {**self.task_options(batch), **options}
-        return self.stacked_scores(
-            (self.adapt(batch.support_x[t], batch.support_y[t], **options)(batch.query_x[t]),
-             batch.query_y[t]) for t in range(len(batch)))
+        predictors = [self.adapt(batch.support_x[t], batch.support_y[t], **options)
+                      for t in range(len(batch))]
+        losses, metrics = self.stacked_scores(
+            (predictor(batch.query_x[t]), batch.query_y[t])
+            for t, predictor in enumerate(predictors))
+        if all(isinstance(p, CategoricalPredictive) for p in predictors):
+            metrics.update(probability_scores(predictors, batch.query_x, batch.query_y))
+        return losses, metrics
 
     def stacked_scores(self, outputs_and_targets: Iterable[tuple[Tensor, Tensor]]
                        ) -> tuple[Tensor, dict[str, Tensor]]:

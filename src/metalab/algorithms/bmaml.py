@@ -38,7 +38,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalab.algorithms.base import MetaLearner, Predictor, detached, evaluation_mode
+from metalab.algorithms.base import (
+    CategoricalPredictive,
+    MetaLearner,
+    Predictor,
+    detached,
+    evaluation_mode,
+)
 from metalab.algorithms.predictive import GaussianPredictive
 from metalab.algorithms.predictive_scores import PredictiveScores
 from metalab.functional import autograd_gradients, gradients_for, map_tasks, parameter_key
@@ -175,13 +181,18 @@ class ParticleMAML(PredictiveScores, MetaLearner):
     def adapt(self, support_x: Tensor, support_y: Tensor | None = None, **options
               ) -> Predictor:
         """The adapted particles' predictive: a `GaussianPredictive` for regression, else a
-        `Predictor` of the mean softmax's logarithm."""
+        `CategoricalPredictive` of the mean softmax (called: its logarithm)."""
         options = self.check_adapt_options(options)
         with evaluation_mode(self), torch.no_grad():
             state = detached(self.adapt_task(support_x, support_y, training=False, **options))
         if self.loss_name == "mse":
             return GaussianPredictive(lambda x, z: self.predictive_moments(state, x))
-        return Predictor(lambda x: self.predict(state, x))
+        return CategoricalPredictive(lambda x: self.predict(state, x),
+                                     lambda x: self.class_probabilities(state, x))
+
+    def class_probabilities(self, state: Params, x: Tensor) -> Tensor:
+        """``[m, classes]``: the mean over particles of their softmax probabilities."""
+        return torch.softmax(self.particle_outputs(state, x), dim=-1).mean(dim=0)
 
 
 class BMAML(ParticleMAML, name="bmaml"):

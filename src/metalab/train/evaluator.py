@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from metalab.algorithms import MetaLearner
+from metalab.algorithms.calibration import bootstrap_ece
 from metalab.tasks import TaskBatch, TaskSource
 from metalab.tasks.objective import lower_is_better
 
@@ -95,8 +96,10 @@ class Evaluator:
         mean, ci95 = mean_ci95(values[metric])
         result = {"metric": metric, "mean": mean, "ci95": ci95,
                   "episodes": int(values[metric].numel())}
-        for name in sorted(set(values) - {metric, "loss", "task_id"}):  # reported beside
-            result[name], result[f"{name}_ci95"] = mean_ci95(values[name])
+        for name in sorted(set(values) - {metric, "loss", "task_id", "calibration_bins"}):
+            result[name], result[f"{name}_ci95"] = mean_ci95(values[name])  # reported beside
+        if "calibration_bins" in values:  # pooled over every query, CI by task bootstrap
+            result["ece"], result["ece_ci95"] = bootstrap_ece(values["calibration_bins"])
         names = group_names(source)
         if "task_id" in values and names is not None:
             result.update(group_summary(values[metric], values["task_id"], metric, names))

@@ -127,6 +127,9 @@ def format_result(result: dict[str, Any]) -> str:
                if key in result]
     if options:
         line += f" ({', '.join(options)})"
+    if "nll" in result and "ece" in result:
+        line += (f"; NLL {format_plain({'mean': result['nll'], 'ci95': result['nll_ci95']})}, "
+                 f"ECE {format_plain({'mean': result['ece'], 'ci95': result['ece_ci95']})}")
     worst = f"worst_group_{metric}"
     if worst in result:
         group = result["worst_group"]
