@@ -58,9 +58,9 @@ import torch
 
 from metalab.cli.main import resolve_config_path
 from metalab.train import evaluate_run, load_config, load_run, train_run
+from metalab.train.checkpoint import atomic_write_text
 from metalab.train.config import ConfigError
 from metalab.train.report import format_percent, over_seeds, write_json
-from metalab.train.checkpoint import atomic_write_text
 from metalab.train.seeds import with_seed
 
 RESULTS = Path(__file__).resolve().parent / "results" / "fewshot_table"
@@ -323,6 +323,8 @@ def summarise(records: list[dict]) -> list[dict]:
             "seconds_per_iteration": math.fsum(r["seconds_per_iteration"] for r in members) / n,
             "train_steps": sorted({r["train_steps"] for r in members}),
             "load_average": math.fsum(r["load_average_before"][0] for r in members) / n,
+            "load_average_after": math.fsum(
+                r.get("load_average_after", r["load_average_before"])[0] for r in members) / n,
             "parameters": members[0]["parameters"],
         })
     return rows
@@ -352,15 +354,16 @@ def markdown(rows: list[dict]) -> str:
         steps = "/".join(str(s) for s in row["train_steps"])
         out.append(f"| {row['method']} | {len(row['seeds'])} | {accuracy_cell(row)} | "
                    f"{100 * row['episode_ci95']:.1f} | {row['seconds_per_iteration']:.3f} | "
-                   f"{row['load_average']:.1f} | {steps} | {row['parameters']:,} |")
+                   f"{row['load_average']:.0f}-{row['load_average_after']:.0f} | {steps} | "
+                   f"{row['parameters']:,} |")
     note = ("\nAccuracy: mean over seeds ± Student-t 95% half-width over seeds "
             "(`metalab.train.report.over_seeds`); '± over episodes': the mean of the seeds' "
             "95% intervals over the test episodes. s/iteration: the training loop's seconds "
             "per meta-iteration (per training step for the pretrained baselines, whose steps "
             "are image-equivalent: the 'steps' column), one thread, on a machine shared with "
-            "other jobs: 'load' is the 1-minute load average when the cell started (above "
-            "the core count, times are load-inflated). Parameters: all the learner's "
-            "meta-parameters.\n")
+            "other jobs: 'load' is the 1-minute load average when the cell's training "
+            "started and ended (above the core count, times are load-inflated). Parameters: "
+            "all the learner's meta-parameters.\n")
     return "\n".join(out) + "\n" + note
 
 

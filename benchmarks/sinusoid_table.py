@@ -118,7 +118,8 @@ def fill(methods: list[str], seeds: list[int], budget: Budget, results: Path, ru
                 record = {"method": method, "seed": seed, "budget": asdict(budget),
                           "environment": environment(), "load_average_before": list(load),
                           **run_cell(config, runs / method.replace(" ", "_") / f"seed{seed}",
-                                     budget), "config": config}
+                                     budget), "load_average_after": list(os.getloadavg()),
+                          "config": config}
                 write_json(path, record)
                 state = "ran"
             print(f"{state} {method} seed {seed}: " + ", ".join(
@@ -139,12 +140,26 @@ def summarise(records: list[dict]) -> list[dict]:
                      "seeds": [r["seed"] for r in members],
                      "mse": {k: over_seeds([r["mse"][k]["mean"] for r in members])
                              for k in members[0]["mse"]},
+                     "mse_episode_ci95": {k: sum(r["mse"][k]["episode_ci95"] for r in members)
+                                          / len(members) for k in members[0]["mse"]},
                      "seconds_per_iteration": sum(r["seconds_per_iteration"] for r in members)
                      / len(members),
                      "load_average": sum(r["load_average_before"][0] for r in members)
                      / len(members),
+                     "load_average_after": sum(
+                         r.get("load_average_after", r["load_average_before"])[0]
+                         for r in members) / len(members),
                      "parameters": members[0]["parameters"]})
     return rows
+
+
+def mse_cell(row: dict, steps: str) -> str:
+    """``1.234 ± 0.056`` over seeds; one seed shows its interval over test tasks."""
+    entry = row["mse"][steps]
+    if entry["n"] == 1:
+        return format_plain({"mean": entry["mean"], "ci95": row["mse_episode_ci95"][steps]}) \
+            + " (1 seed, ± over tasks)"
+    return format_plain(entry)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -156,14 +171,16 @@ def markdown(rows: list[dict]) -> str:
                       f"tasks, {b['episodes']} test tasks (100 query points each)\n",
                       "| method | seeds | MSE, 1 step | MSE, 10 steps | s/iteration | load | "
                       "parameters |", "|---|---|---|---|---|---|---|"]
-        cells = [format_plain(row["mse"][str(k)]) if str(k) in row["mse"] else ""
-                 for k in EVAL_STEPS]
+        cells = [mse_cell(row, str(k)) if str(k) in row["mse"] else "" for k in EVAL_STEPS]
         lines.append(f"| {row['method']} | {len(row['seeds'])} | " + " | ".join(cells)
-                     + f" | {row['seconds_per_iteration']:.4f} | {row['load_average']:.1f} | "
+                     + f" | {row['seconds_per_iteration']:.4f} | {row['load_average']:.0f}-"
+                     f"{row['load_average_after']:.0f} | "
                      f"{row['parameters']:,} |")
     return "\n".join(lines) + ("\n\nMSE: mean over seeds ± Student-t 95% half-width over seeds "
-                               "(one seed: ± 0). s/iteration: one thread, load-inflated "
-                               "when 'load' (1-minute load average) exceeds the cores.\n")
+                               "(one seed: its 95% interval over the test tasks). "
+                               "s/iteration: one thread, load-inflated when 'load' (1-minute "
+                               "load average at the start and end of the cell) exceeds the "
+                               "cores.\n")
 
 
 def write_tables(results: Path) -> list[dict]:
