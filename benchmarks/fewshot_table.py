@@ -48,6 +48,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -275,8 +276,7 @@ def fill(cells: list[tuple[str, str, str, int]], budget: Budget, results: Path, 
         if record is None:
             run_dir = runs / path.relative_to(results / "cells").with_suffix("")
             if run_dir.exists():  # a run of an earlier, unrecorded attempt: start again
-                for child in sorted(run_dir.iterdir()):
-                    child.unlink()
+                shutil.rmtree(run_dir)
             record = {"method": method, "dataset": dataset, "setting": setting, "seed": seed,
                       "shipped_config": name, "overrides": overrides,
                       "budget": asdict(budget), "environment": environment(),

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -114,11 +115,14 @@ def fill(methods: list[str], seeds: list[int], budget: Budget, results: Path, ru
             record = reusable(path, budget, config) if reuse else None
             state = "reused"
             if record is None:
+                run_dir = runs / method.replace(" ", "_") / f"seed{seed}"
+                if run_dir.exists():  # an earlier, unrecorded attempt: start again
+                    shutil.rmtree(run_dir)
                 load = os.getloadavg()
                 record = {"method": method, "seed": seed, "budget": asdict(budget),
                           "environment": environment(), "load_average_before": list(load),
-                          **run_cell(config, runs / method.replace(" ", "_") / f"seed{seed}",
-                                     budget), "load_average_after": list(os.getloadavg()),
+                          **run_cell(config, run_dir, budget),
+                          "load_average_after": list(os.getloadavg()),
                           "config": config}
                 write_json(path, record)
                 state = "ran"

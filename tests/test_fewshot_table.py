@@ -110,8 +110,11 @@ def test_reuse_skips_cells_already_done_and_reruns_changed_ones(tmp_path, monkey
     results, runs = tmp_path / "results", tmp_path / "runs"
     budget = ft.Budget(steps=3, meta_batch=2, episodes=5)
     cells = ft.grid(["ProtoNet"], ["glyphs"], ["5w1s"], [0, 1])
+    stale = runs / "glyphs" / "5w1s" / "ProtoNet" / "seed0"  # an interrupted, unrecorded run
+    (stale / "sub").mkdir(parents=True)
+    (stale / "config.yaml").write_text("{}")
     ft.fill(cells, budget, results, runs, reuse=True)
-    assert calls == [0, 1]
+    assert calls == [0, 1] and not stale.exists()
     ft.fill(ft.grid(["ProtoNet"], ["glyphs"], ["5w1s"], [0, 1, 2]), budget, results, runs,
             reuse=True)
     assert calls == [0, 1, 2]  # seeds 0 and 1 were read back
