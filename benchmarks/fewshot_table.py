@@ -1,0 +1,417 @@
+"""Few-shot comparison table at one budget: methods x datasets x settings x seeds.
+
+Issues 13, 14 and 19 ask for one table of few-shot classifiers trained on the SAME budget.
+This benchmark is a resumable grid of cells, (method, dataset, setting, seed). Every cell
+is the method's shipped config (``<config>-glyphs-5w1s``, or ``<config>-<dataset>-<setting>``
+where that is shipped) with the grid's data, setting and budget as dotted overrides,
+meta-trained with `metalab.train.train_run` and evaluated with `metalab.train.evaluate_run`
+on ``--episodes`` test episodes (600, the same episodes for every seed). A cell's record
+(``benchmarks/results/fewshot_table/cells/<dataset>/<setting>/<method>/seed<N>.json``,
+written atomically) holds its config, the accuracy with its 95% interval over episodes,
+the seconds per meta-iteration (one thread, the training loop alone, with the load average
+measured before and after: on a busy machine it is load-inflated), the parameter count, the
+machine and the date. With ``--reuse`` a cell whose record was made with the same budget and
+the same config is read, not retrained, so later sessions add cells to the same table:
+
+    OMP_NUM_THREADS=1 python benchmarks/fewshot_table.py --reuse \
+        --datasets glyphs --settings 5w1s --seeds 0 1 2                  # every method
+    OMP_NUM_THREADS=1 python benchmarks/fewshot_table.py --reuse --datasets omniglot-small \
+        --omniglot-root ../shared/data/omniglot --methods MAML ProtoNet --settings 20w1s
+    python benchmarks/fewshot_table.py --table-only     # rebuild the tables from the records
+
+The tables (``table.md``, ``table.json``) give per (dataset, setting) and method the mean
+accuracy over seeds with its Student-t 95% interval over seeds (`metalab.train.report.
+over_seeds`), the mean of the per-seed intervals over episodes, s/iteration and parameters.
+
+The budget is ``--steps`` meta-iterations x ``--meta-batch`` tasks per meta-iteration for
+every episodic method. The pretrained baselines (Baseline, Baseline++, RFS) train on plain
+labelled batches of ``data.train_batch_size`` images instead of tasks; they get the same
+number of training IMAGES: ``ceil(steps * meta_batch * ways * (shots + queries) /
+train_batch_size)`` steps (the ways, shots and queries of the setting's episodes).
+Schedule lengths measured in meta-iterations (MAML++'s multi-step-loss annealing, RFS's
+learning-rate step, the first-order period) are scaled by steps / the shipped steps, so
+each schedule keeps its shape. Everything else is the shipped config's.
+
+Datasets: ``glyphs`` (embedded, disjoint alphabets per split) and ``omniglot-small`` (the
+Omniglot background subsets: train on small1's alphabets, test on small2's alphabets that
+small1 lacks; ``--omniglot-root`` the folder with the two zips). Settings: ``5w1s``,
+``5w5s`` (15 queries per class), ``20w1s`` (5 queries per class) and ``20w1s-within`` (20
+ways, every episode's classes from one alphabet, in training and at test; alphabets with
+fewer than 20 characters are left out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metalab.cli.main import resolve_config_path
+from metalab.train import evaluate_run, load_config, load_run, train_run
+from metalab.train.checkpoint import atomic_write_text
+from metalab.train.config import ConfigError
+from metalab.train.report import format_percent, over_seeds, write_json
+from metalab.train.seeds import with_seed
+
+RESULTS = Path(__file__).resolve().parent / "results" / "fewshot_table"
+
+# Method label -> the stem of its shipped configs (``<stem>-glyphs-5w1s.yaml``).
+METHODS = {
+    "MAML": "maml", "MAML++": "mamlpp", "FOMAML": "fomaml", "Reptile": "reptile",
+    "iMAML": "imaml", "Meta-SGD": "metasgd", "ANIL": "anil", "MT-Net": "mtnet",
+    "T-Net": "tnet", "Meta-Curvature": "metacurvature", "WarpGrad": "warpgrad",
+    "ProtoNet": "protonet", "Matching": "matching", "Matching+FCE": "matching-fce",
+    "Relation": "relation", "Meta Networks": "metanet", "SNAIL": "snail",
+    "Baseline": "baseline", "Baseline++": "baseline-pp", "RFS": "rfs",
+}
+BASE_DATASET, BASE_SETTING = "glyphs", "5w1s"
+
+# Data overrides of each dataset (``{root}``: --omniglot-root).
+DATASETS = {
+    "glyphs": [],
+    "omniglot-small": ["data.name=omniglot", "data.root={root}", "data.split_by=alphabet",
+                       "data.train_sources=[small1]", "data.test_sources=[small2]",
+                       "data.rotations=false"],
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """An episode shape: ways, shots, queries per class, optional one-group episodes."""
+
+    ways: int
+    shots: int
+    queries: int
+    within: str | None = None
+
+
+SETTINGS = {"5w1s": Setting(5, 1, 15), "5w5s": Setting(5, 5, 15),
+            "20w1s": Setting(20, 1, 5), "20w1s-within": Setting(20, 1, 5, "alphabet")}
+
+# Keys counted in meta-iterations: scaled with the budget (new = old * steps / shipped steps).
+SCHEDULE_KEYS = ("algorithm.msl_anneal_steps", "algorithm.first_order_until",
+                 "train.lr_step_every")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every cell gets: meta-iterations x tasks per meta-iteration, and test episodes."""
+
+    steps: int = 200
+    meta_batch: int = 4
+    episodes: int = 600
+
+
+# -- the config of a cell -------------------------------------------------------------------
+def base_config_name(method: str, dataset: str, setting: str) -> str:
+    """The shipped config a cell starts from: ``<stem>-<dataset>-<setting>`` if shipped,
+    else the method's ``<stem>-glyphs-5w1s``."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {list(METHODS)}, got {method!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {list(DATASETS)}, got {dataset!r}")
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {list(SETTINGS)}, got {setting!r}")
+    specific = f"{METHODS[method]}-{dataset}-{setting}"
+    try:
+        resolve_config_path(specific)
+        return specific
+    except (FileNotFoundError, ValueError, ConfigError):
+        return f"{METHODS[method]}-{BASE_DATASET}-{BASE_SETTING}"
+
+
+def _get(config: dict, key: str) -> Any:
+    section, leaf = key.split(".")
+    return config.get(section, {}).get(leaf)
+
+
+def is_pretrained(config: dict) -> bool:
+    """A method that trains on labelled batches rather than tasks (``data.train_batch_size``)."""
+    return _get(config, "data.train_batch_size") is not None
+
+
+def images_per_iteration(setting: Setting, budget: Budget) -> int:
+    """Training images an episodic method sees per meta-iteration at the grid's query count."""
+    return budget.meta_batch * setting.ways * (setting.shots + setting.queries)
+
+
+def setting_overrides(config: dict, setting: Setting) -> list[str]:
+    """Ways, shots and queries of the setting. A config that trains on its own query count
+    and tests on ``eval.queries`` (Reptile: 10 images per class in meta-training) keeps its
+    training queries; learners whose size depends on the episode (``algorithm.ways``,
+    ``algorithm.shots``: SNAIL, MANN) get them too."""
+    s = setting
+    out = [f"data.ways={s.ways}", f"data.shots={s.shots}"]
+    if _get(config, "eval.queries") is not None:
+        out.append(f"eval.queries={s.queries}")
+    else:
+        out.append(f"data.queries={s.queries}")
+    for key, value in (("algorithm.ways", s.ways), ("algorithm.shots", s.shots)):
+        if _get(config, key) is not None:
+            out.append(f"{key}={value}")
+    if s.within is not None:
+        out += [f"data.within={s.within}", "data.skip_small_groups=true"]
+    return out
+
+
+def budget_overrides(config: dict, setting: Setting, budget: Budget) -> list[str]:
+    """The grid's budget; the image-equivalent steps for a pretrained baseline; schedule
+    lengths scaled; one checkpoint at the end, no validation, 10 log lines."""
+    shipped = int(config["train"]["steps"])
+    if is_pretrained(config):
+        steps = math.ceil(images_per_iteration(setting, budget)
+                          * budget.steps / int(_get(config, "data.train_batch_size")))
+        out = [f"train.steps={steps}"]
+    else:
+        steps = budget.steps
+        out = [f"train.steps={steps}", f"train.meta_batch={budget.meta_batch}"]
+    for key in SCHEDULE_KEYS:
+        value = _get(config, key)
+        if value:
+            out.append(f"{key}={max(1, round(int(value) * steps / shipped))}")
+    return out + ["train.val_every=0", f"train.checkpoint_every={steps}",
+                  f"train.log_every={max(1, steps // 10)}", "train.progress=false",
+                  f"eval.episodes={budget.episodes}"]
+
+
+def cell_config(method: str, dataset: str, setting: str, budget: Budget,
+                omniglot_root: str | None = None) -> tuple[str, list[str], dict]:
+    """The shipped config's name, the overrides the grid applies, and the config."""
+    name = base_config_name(method, dataset, setting)
+    path = resolve_config_path(name)
+    shipped = load_config(path)
+    if any("{root}" in o for o in DATASETS[dataset]) and omniglot_root is None:
+        raise ValueError(f"dataset {dataset!r} needs --omniglot-root (the folder with "
+                         f"images_background_small1.zip and _small2.zip)")
+    if name == f"{METHODS[method]}-{dataset}-{setting}":  # shipped for this cell: its root
+        overrides = [o.format(root=omniglot_root) for o in DATASETS[dataset] if "{root}" in o]
+    else:
+        overrides = [o.format(root=omniglot_root) for o in DATASETS[dataset]]
+        overrides += setting_overrides(shipped, SETTINGS[setting])
+    overrides += budget_overrides(shipped, SETTINGS[setting], budget)
+    return name, overrides, load_config(path, overrides)
+
+
+# -- one cell -------------------------------------------------------------------------------
+def cell_path(results: Path, method: str, dataset: str, setting: str, seed: int) -> Path:
+    safe = method.replace(" ", "_").replace("+", "p")
+    return results / "cells" / dataset / setting / safe / f"seed{seed}.json"
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def reusable(path: Path, budget: Budget, config: dict) -> dict | None:
+    """The record at ``path`` if it was made with this budget and this (seeded) config
+    (so an edited shipped config or another budget is retrained), else None."""
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("budget") != _plain(asdict(budget)) or record.get("config") != _plain(config):
+        return None
+    return record
+
+
+def parameter_count(run_dir: Path) -> int:
+    """Every parameter the trained learner holds (meta-parameters: learned rates, transforms,
+    warp layers, a pretrained classifier's training head included)."""
+    return sum(p.numel() for p in load_run(run_dir).parameters())
+
+
+def seconds_per_iteration(run_dir: Path) -> tuple[float, int]:
+    """The training loop's seconds per step (the last logged ``seconds`` over its step)."""
+    log = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+    last = [r for r in log if r["split"] == "train"][-1]
+    return last["seconds"] / last["step"], int(last["step"])
+
+
+def run_cell(config: dict, run_dir: Path, budget: Budget) -> dict:
+    """Train ``config`` into ``run_dir``, evaluate it; the cell's measurements."""
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    train_run(config, run_dir)
+    train_seconds = time.perf_counter() - started
+    load_after = os.getloadavg()
+    per_step, steps = seconds_per_iteration(run_dir)
+    started = time.perf_counter()
+    result = evaluate_run(run_dir, episodes=budget.episodes)
+    return {
+        "accuracy": result["mean"], "episode_ci95": result["ci95"],
+        "episodes": result["episodes"], "train_steps": steps,
+        "seconds_per_iteration": per_step, "train_seconds": train_seconds,
+        "eval_seconds": time.perf_counter() - started,
+        "load_average_before": list(load_before), "load_average_after": list(load_after),
+        "parameters": parameter_count(run_dir),
+    }
+
+
+def environment() -> dict:
+    return {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def fill(cells: list[tuple[str, str, str, int]], budget: Budget, results: Path, runs: Path,
+         reuse: bool, omniglot_root: str | None = None) -> list[dict]:
+    """Run every (method, dataset, setting, seed) cell not already recorded (``reuse``);
+    returns the records in order."""
+    records = []
+    for method, dataset, setting, seed in cells:
+        name, overrides, config = cell_config(method, dataset, setting, budget, omniglot_root)
+        config = with_seed(config, seed)
+        path = cell_path(results, method, dataset, setting, seed)
+        record = reusable(path, budget, config) if reuse else None
+        if record is None:
+            run_dir = runs / path.relative_to(results / "cells").with_suffix("")
+            if run_dir.exists():  # a run of an earlier, unrecorded attempt: start again
+                shutil.rmtree(run_dir)
+            record = {"method": method, "dataset": dataset, "setting": setting, "seed": seed,
+                      "shipped_config": name, "overrides": overrides,
+                      "budget": asdict(budget), "environment": environment(),
+                      **run_cell(config, run_dir, budget), "config": config}
+            write_json(path, record)
+            state = "ran"
+        else:
+            state = "reused"
+        print(f"{state} {dataset} {setting} {method} seed {seed}: "
+              f"{100 * record['accuracy']:.1f} ± {100 * record['episode_ci95']:.1f}%, "
+              f"{record['seconds_per_iteration']:.3f} s/it (load "
+              f"{record['load_average_before'][0]:.1f}), {record['parameters']} params",
+              flush=True)
+        records.append(record)
+    return records
+
+
+# -- the tables -----------------------------------------------------------------------------
+def read_records(results: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((results / "cells").rglob("seed*.json"))]
+
+
+def summarise(records: list[dict]) -> list[dict]:
+    """One row per (dataset, setting, budget, method): accuracy over seeds (mean, Student-t
+    95% half-width), the mean per-seed interval over episodes, s/iteration, load, params.
+    Rows come in METHODS order within each (dataset, setting)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        budget = (r["budget"]["steps"], r["budget"]["meta_batch"], r["budget"]["episodes"])
+        groups.setdefault((r["dataset"], r["setting"], budget, r["method"]), []).append(r)
+    order = {m: i for i, m in enumerate(METHODS)}
+    rows = []
+    for (dataset, setting, budget, method), members in sorted(
+            groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
+                                            order.get(kv[0][3], len(order)))):
+        members = sorted(members, key=lambda r: r["seed"])
+        n = len(members)
+        rows.append({
+            "dataset": dataset, "setting": setting, "method": method,
+            "budget": dict(zip(("steps", "meta_batch", "episodes"), budget, strict=True)),
+            "seeds": [r["seed"] for r in members],
+            "accuracy": over_seeds([r["accuracy"] for r in members]),
+            "episode_ci95": math.fsum(r["episode_ci95"] for r in members) / n,
+            "seconds_per_iteration": math.fsum(r["seconds_per_iteration"] for r in members) / n,
+            "train_steps": sorted({r["train_steps"] for r in members}),
+            "load_average": math.fsum(r["load_average_before"][0] for r in members) / n,
+            "load_average_after": math.fsum(
+                r.get("load_average_after", r["load_average_before"])[0] for r in members) / n,
+            "parameters": members[0]["parameters"],
+        })
+    return rows
+
+
+def accuracy_cell(row: dict) -> str:
+    """``87.2 ± 1.3`` (over seeds); a single seed shows its interval over episodes."""
+    if row["accuracy"]["n"] == 1:
+        return (format_percent({"mean": row["accuracy"]["mean"], "ci95": row["episode_ci95"]})
+                + " (1 seed, ± over episodes)")
+    return format_percent(row["accuracy"])
+
+
+def markdown(rows: list[dict]) -> str:
+    """A markdown table per (dataset, setting, budget)."""
+    out, current = [], None
+    for row in rows:
+        key = (row["dataset"], row["setting"], tuple(row["budget"].values()))
+        if key != current:
+            current = key
+            b = row["budget"]
+            out += [f"\n### {row['dataset']} {row['setting']}: {b['steps']} meta-iterations x "
+                    f"{b['meta_batch']} tasks, {b['episodes']} test episodes\n",
+                    "| method | seeds | accuracy % (mean ± 95% CI over seeds) | "
+                    "± over episodes | s/iteration | load | steps | parameters |",
+                    "|---|---|---|---|---|---|---|---|"]
+        steps = "/".join(str(s) for s in row["train_steps"])
+        out.append(f"| {row['method']} | {len(row['seeds'])} | {accuracy_cell(row)} | "
+                   f"{100 * row['episode_ci95']:.1f} | {row['seconds_per_iteration']:.3f} | "
+                   f"{row['load_average']:.0f}-{row['load_average_after']:.0f} | {steps} | "
+                   f"{row['parameters']:,} |")
+    note = ("\nAccuracy: mean over seeds ± Student-t 95% half-width over seeds "
+            "(`metalab.train.report.over_seeds`); '± over episodes': the mean of the seeds' "
+            "95% intervals over the test episodes. s/iteration: the training loop's seconds "
+            "per meta-iteration (per training step for the pretrained baselines, whose steps "
+            "are image-equivalent: the 'steps' column), one thread, on a machine shared with "
+            "other jobs: 'load' is the 1-minute load average when the cell's training "
+            "started and ended (above the core count, times are load-inflated). Parameters: "
+            "all the learner's meta-parameters.\n")
+    return "\n".join(out) + "\n" + note
+
+
+def write_tables(results: Path) -> list[dict]:
+    rows = summarise(read_records(results))
+    atomic_write_text(results / "table.md", "# Few-shot comparison table\n" + markdown(rows))
+    write_json(results / "table.json", {"rows": rows})
+    return rows
+
+
+def grid(methods: list[str], datasets: list[str], settings: list[str],
+         seeds: list[int]) -> list[tuple[str, str, str, int]]:
+    """Cells in filling order: seed-major (every method's first seed before any second
+    seed), so an interrupted fill leaves a table with every method."""
+    return [(m, d, s, seed) for seed in seeds for d in datasets for s in settings
+            for m in methods]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--datasets", nargs="+", default=["glyphs"], choices=list(DATASETS))
+    parser.add_argument("--settings", nargs="+", default=["5w1s"], choices=list(SETTINGS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=Budget.steps)
+    parser.add_argument("--meta-batch", type=int, default=Budget.meta_batch)
+    parser.add_argument("--episodes", type=int, default=Budget.episodes)
+    parser.add_argument("--omniglot-root", default=None,
+                        help="omniglot-small: the folder with images_background_small1/2.zip")
+    parser.add_argument("--results", type=Path, default=RESULTS,
+                        help="the records (cells/...) and tables (table.md, table.json)")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="keep the run directories here; default: a temporary directory")
+    parser.add_argument("--reuse", action="store_true",
+                        help="skip cells whose record has the same budget and config")
+    parser.add_argument("--table-only", action="store_true",
+                        help="only rebuild table.md and table.json from the records")
+    args = parser.parse_args(argv)
+    if not args.table_only:
+        budget = Budget(args.steps, args.meta_batch, args.episodes)
+        cells = grid(args.methods, args.datasets, args.settings, args.seeds)
+        with tempfile.TemporaryDirectory(prefix="fewshot-table-") as tmp:
+            fill(cells, budget, args.results, args.runs or Path(tmp), args.reuse,
+                 args.omniglot_root)
+    rows = write_tables(args.results)
+    print(markdown(rows))
+
+
+if __name__ == "__main__":
+    main()

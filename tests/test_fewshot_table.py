@@ -1,0 +1,139 @@
+"""benchmarks/fewshot_table.py: the grid's aggregation against hand computations on a tiny
+fake record set, the budget it gives each cell, and ``--reuse`` skipping cells already done."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def _benchmark():
+    path = Path(__file__).parents[1] / "benchmarks" / "fewshot_table.py"
+    spec = importlib.util.spec_from_file_location("fewshot_table", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("fewshot_table", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+ft = _benchmark()
+BUDGET = {"steps": 200, "meta_batch": 4, "episodes": 600}
+
+
+def _record(method, seed, accuracy, episode_ci, seconds, setting="5w1s", load=2.0):
+    return {"method": method, "dataset": "glyphs", "setting": setting, "seed": seed,
+            "budget": BUDGET, "accuracy": accuracy, "episode_ci95": episode_ci,
+            "seconds_per_iteration": seconds, "train_steps": 200,
+            "load_average_before": [load, 0.0, 0.0], "parameters": 1000}
+
+
+def test_summary_is_the_hand_computed_mean_and_student_t_interval():
+    records = [_record("ProtoNet", 0, 0.80, 0.010, 0.5), _record("ProtoNet", 1, 0.84, 0.012, 0.7),
+               _record("ProtoNet", 2, 0.86, 0.014, 0.6), _record("MAML", 0, 0.70, 0.02, 1.0)]
+    rows = ft.summarise(records)
+    assert [r["method"] for r in rows] == ["MAML", "ProtoNet"]  # METHODS order
+    proto = rows[1]
+    # Hand computation: mean 0.8333..., sample variance ((-1/30)^2 + (1/150)^2 + (4/150)^2)/2
+    mean = (0.80 + 0.84 + 0.86) / 3
+    sd = math.sqrt(((0.80 - mean) ** 2 + (0.84 - mean) ** 2 + (0.86 - mean) ** 2) / 2)
+    assert proto["accuracy"]["mean"] == pytest.approx(mean, abs=1e-12)
+    assert proto["accuracy"]["ci95"] == pytest.approx(4.302653 * sd / math.sqrt(3), rel=1e-5)
+    assert proto["accuracy"]["ci95"] == pytest.approx(0.07589, abs=5e-5)
+    assert proto["episode_ci95"] == pytest.approx(0.012)
+    assert proto["seconds_per_iteration"] == pytest.approx(0.6)
+    assert proto["seeds"] == [0, 1, 2]
+    table = ft.markdown(rows)
+    assert "| ProtoNet | 3 | 83.3 ± 7.6 | 1.2 | 0.600 |" in table
+    # One seed: its interval over episodes, said so.
+    assert "| MAML | 1 | 70.0 ± 2.0 (1 seed, ± over episodes) |" in table
+
+
+def test_settings_and_budgets_are_separate_tables():
+    records = [_record("MAML", 0, 0.7, 0.02, 1.0), _record("MAML", 0, 0.4, 0.02, 1.0, "20w1s"),
+               {**_record("MAML", 1, 0.9, 0.02, 1.0), "budget": {**BUDGET, "steps": 400}}]
+    rows = ft.summarise(records)
+    assert len(rows) == 3 and all(r["accuracy"]["n"] == 1 for r in rows)
+    assert ft.markdown(rows).count("### glyphs") == 3
+
+
+def test_pretrained_baselines_get_the_same_number_of_training_images():
+    budget = ft.Budget(steps=200, meta_batch=4)
+    _, overrides, config = ft.cell_config("RFS", "glyphs", "5w1s", budget)
+    # 200 iterations x 4 tasks x 5 ways x (1 shot + 15 queries) = 64,000 images, batches of 64
+    assert config["train"]["steps"] == 1000
+    assert config["train"]["lr_step_every"] == 600  # shipped 3000 of 5000 steps: 60%
+    _, _, config = ft.cell_config("MAML", "glyphs", "20w1s", budget)
+    assert (config["train"]["steps"], config["train"]["meta_batch"]) == (200, 4)
+    assert (config["data"]["ways"], config["data"]["queries"]) == (20, 5)
+    assert config["eval"]["episodes"] == 600 and config["train"]["val_every"] == 0
+
+
+def test_setting_overrides_respect_a_config_that_trains_on_its_own_queries():
+    budget = ft.Budget()
+    _, _, reptile = ft.cell_config("Reptile", "glyphs", "20w1s", budget)
+    assert reptile["data"]["queries"] == 9 and reptile["eval"]["queries"] == 5
+    _, _, snail = ft.cell_config("SNAIL", "glyphs", "5w5s", budget)
+    assert snail["algorithm"]["shots"] == 5 and snail["data"]["shots"] == 5
+    _, _, within = ft.cell_config("ProtoNet", "glyphs", "20w1s-within", budget)
+    assert within["data"]["within"] == "alphabet"
+    _, _, mamlpp = ft.cell_config("MAML++", "glyphs", "5w1s", budget)
+    assert mamlpp["algorithm"]["msl_anneal_steps"] == 20  # 5000 of 50000 shipped steps
+
+
+def test_omniglot_cells_need_the_root_and_use_the_shipped_cell_config():
+    with pytest.raises(ValueError, match="--omniglot-root"):
+        ft.cell_config("MAML", "omniglot-small", "5w1s", ft.Budget())
+    name, overrides, config = ft.cell_config("MAML++", "omniglot-small", "20w1s", ft.Budget(),
+                                             "/data/omni")
+    assert name == "mamlpp-omniglot-small-20w1s" and config["data"]["root"] == "/data/omni"
+    name, _, config = ft.cell_config("MAML", "omniglot-small", "5w1s", ft.Budget(), "/data")
+    assert name == "maml-glyphs-5w1s" and config["data"]["test_sources"] == ["small2"]
+
+
+def test_reuse_skips_cells_already_done_and_reruns_changed_ones(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_run_cell(config, run_dir, budget):
+        calls.append(config["train"]["seed"])
+        return {"accuracy": 0.5 + 0.1 * config["train"]["seed"], "episode_ci95": 0.01,
+                "episodes": budget.episodes, "train_steps": config["train"]["steps"],
+                "seconds_per_iteration": 0.1, "train_seconds": 1.0, "eval_seconds": 1.0,
+                "load_average_before": [1.0, 1.0, 1.0], "load_average_after": [1.0, 1.0, 1.0],
+                "parameters": 7}
+
+    monkeypatch.setattr(ft, "run_cell", fake_run_cell)
+    results, runs = tmp_path / "results", tmp_path / "runs"
+    budget = ft.Budget(steps=3, meta_batch=2, episodes=5)
+    cells = ft.grid(["ProtoNet"], ["glyphs"], ["5w1s"], [0, 1])
+    stale = runs / "glyphs" / "5w1s" / "ProtoNet" / "seed0"  # an interrupted, unrecorded run
+    (stale / "sub").mkdir(parents=True)
+    (stale / "config.yaml").write_text("{}")
+    ft.fill(cells, budget, results, runs, reuse=True)
+    assert calls == [0, 1] and not stale.exists()
+    ft.fill(ft.grid(["ProtoNet"], ["glyphs"], ["5w1s"], [0, 1, 2]), budget, results, runs,
+            reuse=True)
+    assert calls == [0, 1, 2]  # seeds 0 and 1 were read back
+    ft.fill(cells, ft.Budget(steps=4, meta_batch=2, episodes=5), results, runs, reuse=True)
+    assert calls == [0, 1, 2, 0, 1]  # another budget: trained again
+    ft.fill(cells, budget, results, runs, reuse=False)
+    assert calls[-2:] == [0, 1]  # without --reuse every cell is trained
+    record = json.loads(ft.cell_path(results, "ProtoNet", "glyphs", "5w1s", 2).read_text())
+    record["config"]["algorithm"]["strategy"] = "vmap"  # as if the shipped config changed
+    ft.cell_path(results, "ProtoNet", "glyphs", "5w1s", 2).write_text(json.dumps(record))
+    ft.fill(ft.grid(["ProtoNet"], ["glyphs"], ["5w1s"], [2]), budget, results, runs, reuse=True)
+    assert calls[-1] == 2 and len(calls) == 8
+    rows = ft.write_tables(results)
+    assert rows[0]["seeds"] == [0, 1, 2]
+    assert rows[0]["accuracy"]["mean"] == pytest.approx(0.6)
+    assert (results / "table.md").is_file() and (results / "table.json").is_file()
+
+
+def test_grid_is_seed_major():
+    cells = ft.grid(["MAML", "ProtoNet"], ["glyphs"], ["5w1s"], [0, 1])
+    assert [(m, s) for m, _, _, s in cells] == [("MAML", 0), ("ProtoNet", 0), ("MAML", 1),
+                                                ("ProtoNet", 1)]
