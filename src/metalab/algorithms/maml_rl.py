@@ -59,6 +59,7 @@ from metalab.rl import (
     gaussian_log_prob,
     linear_baseline_values,
     policy_log_probs,
+    trpo_options,
     trpo_step,
 )
 from metalab.rl.task_source import EnvironmentTasks
@@ -151,13 +152,8 @@ class MAMLRL(MetaLearner, name="maml-rl"):
                              "the scale of the raw return")
         self.outer_step = check_choice("outer_step", outer_step, OUTER_STEPS)
         self.writes_whole_update = self.outer_step == "trpo"
-        self.trpo_options = {
-            "max_kl": check_real("max_kl", max_kl, inclusive=False),
-            "cg_iterations": check_positive_int("cg_iterations", cg_iterations),
-            "damping": check_real("cg_damping", cg_damping),
-            "backtrack_ratio": check_real("backtrack_ratio", backtrack_ratio,
-                                          inclusive=False),
-            "max_backtracks": check_positive_int("max_backtracks", max_backtracks)}
+        self.trpo_options = trpo_options(max_kl, cg_iterations, cg_damping,
+                                         backtrack_ratio, max_backtracks)
         self.fisher_tasks = None if fisher_tasks is None else check_positive_int(
             "fisher_tasks", fisher_tasks)
         self.normalize_advantages = bool(normalize_advantages)

@@ -36,6 +36,7 @@ from metalab.rl import (
     gaussian_kl,
     linear_baseline_values,
     trial_log_probs,
+    trpo_options,
     trpo_step,
 )
 from metalab.rl.task_source import EnvironmentTasks
@@ -69,13 +70,8 @@ class RL2(MetaLearner, name="rl2"):
         self.gae_lambda = check_real("gae_lambda", gae_lambda)
         self.outer_step = check_choice("outer_step", outer_step, OUTER_STEPS)
         self.writes_whole_update = self.outer_step == "trpo"
-        self.trpo_options = {
-            "max_kl": check_real("max_kl", max_kl, inclusive=False),
-            "cg_iterations": check_positive_int("cg_iterations", cg_iterations),
-            "damping": check_real("cg_damping", cg_damping),
-            "backtrack_ratio": check_real("backtrack_ratio", backtrack_ratio,
-                                          inclusive=False),
-            "max_backtracks": check_positive_int("max_backtracks", max_backtracks)}
+        self.trpo_options = trpo_options(max_kl, cg_iterations, cg_damping,
+                                         backtrack_ratio, max_backtracks)
         self.baseline_reg = check_real("baseline_reg", baseline_reg)
 
     @property

@@ -26,7 +26,13 @@ from metalab.rl.policy_gradient import (
 from metalab.rl.recurrent import GRUGaussianPolicy, collect_trials, trial_inputs, trial_log_probs
 from metalab.rl.rollout import collect_episodes
 from metalab.rl.task_source import EnvironmentTasks, EnvironmentTaskSource
-from metalab.rl.trpo import TRPOResult, conjugate_gradient, fisher_vector_product, trpo_step
+from metalab.rl.trpo import (
+    TRPOResult,
+    conjugate_gradient,
+    fisher_vector_product,
+    trpo_options,
+    trpo_step,
+)
 
 __all__ = [
     "ESTIMATORS",
@@ -63,5 +69,6 @@ __all__ = [
     "register_family",
     "trial_inputs",
     "trial_log_probs",
+    "trpo_options",
     "trpo_step",
 ]

@@ -29,6 +29,16 @@ from torch import Tensor
 from metalab.validation import check_positive_int, check_real
 
 
+def trpo_options(max_kl: float, cg_iterations: int, cg_damping: float,
+                 backtrack_ratio: float, max_backtracks: int) -> dict:
+    """The keyword arguments of `trpo_step`, checked (a method's config names them so)."""
+    return {"max_kl": check_real("max_kl", max_kl, inclusive=False),
+            "cg_iterations": check_positive_int("cg_iterations", cg_iterations),
+            "damping": check_real("cg_damping", cg_damping),
+            "backtrack_ratio": check_real("backtrack_ratio", backtrack_ratio, inclusive=False),
+            "max_backtracks": check_positive_int("max_backtracks", max_backtracks)}
+
+
 def flat(tensors: Sequence[Tensor]) -> Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
