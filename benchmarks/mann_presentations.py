@@ -50,7 +50,7 @@ def accuracy_table(learner, batches, episodes: int, seed: int) -> dict:
             batch = next(batches)
             for i in range(len(batch)):
                 task = batch[i]
-                order = random_order(len(task.support_y) + len(task.query_y), generator)
+                order = random_order(len(task.support_y) + len(task.query_y), generator=generator)
                 sequence = episode_as_sequence(*task, batch.num_classes, "offset", order)
                 logits = learner.episode_logits(sequence.inputs, sequence.targets)
                 correct.append(logits.argmax(-1) == sequence.targets)

@@ -53,7 +53,10 @@ def embedded_configs() -> list[Path]:
 
 
 def one_training_batch(config):
-    return build_task_source(config, "train", tasks_per_batch=2, seed=0).sample()
+    source = build_task_source(config, "train", tasks_per_batch=2, seed=0)
+    while hasattr(source, "ready") and not source.ready():  # a task stream: let data arrive
+        source.stream.advance()
+    return source.sample()
 
 
 def assert_step_creates_no_default_device_tensor(path: Path) -> None:

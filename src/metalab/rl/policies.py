@@ -42,6 +42,15 @@ class GaussianMLPPolicy(nn.Module):
         return mean, self.log_std.expand_as(mean)
 
 
+
+def standard_normal_like(mean: Tensor, generator: torch.Generator | None) -> Tensor:
+    """Standard normal noise of ``mean``'s shape and dtype, on its device, drawn from
+    ``generator`` on the generator's own device (so a seeded CPU generator gives the same
+    actions whichever device the policy runs on)."""
+    source = generator.device if generator is not None else mean.device
+    return torch.randn(mean.shape, generator=generator, dtype=mean.dtype,
+                       device=source).to(mean.device)
+
 def gaussian_log_prob(actions: Tensor, mean: Tensor, log_std: Tensor) -> Tensor:
     """``sum_i log N(a_i; mean_i, exp(log_std_i)^2)`` over the last dimension."""
     if actions.shape != mean.shape:

@@ -28,7 +28,7 @@ from torch.func import functional_call
 
 from metalab.rl.episodes import EpisodeBatch
 from metalab.rl.navigation import PointNavigation
-from metalab.rl.policies import gaussian_log_prob
+from metalab.rl.policies import gaussian_log_prob, standard_normal_like
 from metalab.validation import check_positive_int
 
 
@@ -120,7 +120,7 @@ def collect_trials(env: PointNavigation, policy: nn.Module, params: Mapping[str,
         previous_reward = goals.new_zeros(goals.shape[0], trials)
         for _ in range(episodes):
             positions = env.initial_positions(goals, trials)
-            alive = torch.ones(positions.shape[:2], dtype=goals.dtype)
+            alive = positions.new_ones(positions.shape[:2], dtype=goals.dtype)
             for t in range(env.horizon):
                 start = torch.full_like(previous_reward, float(t == 0))
                 inputs = torch.cat([positions, previous_action, previous_reward.unsqueeze(-1),
@@ -128,7 +128,7 @@ def collect_trials(env: PointNavigation, policy: nn.Module, params: Mapping[str,
                 mean, log_std, state = functional_call(
                     policy, params, (inputs.unsqueeze(-2), alive.unsqueeze(-1), state))
                 mean, log_std = mean.squeeze(-2), log_std.squeeze(-2)
-                noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+                noise = standard_normal_like(mean, generator)
                 action = mean + torch.exp(log_std) * noise
                 moved, reward, done = env.step(positions, action, goals)
                 observations.append(positions)
@@ -141,7 +141,8 @@ def collect_trials(env: PointNavigation, policy: nn.Module, params: Mapping[str,
                 alive = alive * (~done).to(alive.dtype)
     batch = EpisodeBatch(torch.stack(observations, dim=2), torch.stack(actions, dim=2),
                          torch.stack(rewards, dim=2), torch.zeros_like(torch.stack(rewards, 2)),
-                         torch.stack(masks, dim=2), torch.arange(goals.shape[0]))
+                         torch.stack(masks, dim=2),
+                         torch.arange(goals.shape[0], device=goals.device))
     log_probs, _, _ = trial_log_probs(policy, params, batch, env.horizon)
     return EpisodeBatch(batch.observations, batch.actions, batch.rewards, log_probs,
                         batch.masks, batch.task_ids)

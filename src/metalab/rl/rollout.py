@@ -18,7 +18,7 @@ from torch.func import functional_call, vmap
 
 from metalab.rl.episodes import EpisodeBatch
 from metalab.rl.navigation import PointNavigation
-from metalab.rl.policies import gaussian_log_prob
+from metalab.rl.policies import gaussian_log_prob, standard_normal_like
 from metalab.validation import check_positive_int
 
 
@@ -51,12 +51,12 @@ def collect_episodes(env: PointNavigation, policy: nn.Module, params: Mapping[st
     if per_task:
         check_per_task(params, goals.shape[0])
     positions = env.initial_positions(goals, episodes)
-    alive = torch.ones(positions.shape[:2], dtype=goals.dtype)
+    alive = positions.new_ones(positions.shape[:2], dtype=goals.dtype)
     observations, actions, rewards, masks = [], [], [], []
     with torch.no_grad():
         for _ in range(env.horizon):
             mean, log_std = policy_outputs(policy, params, positions, per_task)
-            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+            noise = standard_normal_like(mean, generator)
             action = mean + torch.exp(log_std) * noise
             moved, reward, done = env.step(positions, action, goals)
             observations.append(positions)
@@ -71,6 +71,6 @@ def collect_episodes(env: PointNavigation, policy: nn.Module, params: Mapping[st
     mean, log_std = policy_outputs(policy, params, observations_t, per_task)
     log_probs = gaussian_log_prob(actions_t, mean, log_std)
     if task_ids is None:
-        task_ids = torch.arange(goals.shape[0])
+        task_ids = torch.arange(goals.shape[0], device=goals.device)
     return EpisodeBatch(observations_t, actions_t, torch.stack(rewards, dim=2), log_probs,
                         torch.stack(masks, dim=2), task_ids)
