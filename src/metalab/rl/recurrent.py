@@ -28,7 +28,8 @@ from torch.func import functional_call
 
 from metalab.rl.episodes import EpisodeBatch
 from metalab.rl.navigation import PointNavigation
-from metalab.rl.policies import gaussian_log_prob, standard_normal_like
+from metalab.rl.policies import gaussian_log_prob
+from metalab.rl.rollout import step_running
 from metalab.validation import check_positive_int
 
 
@@ -113,7 +114,8 @@ def collect_trials(env: PointNavigation, policy: nn.Module, params: Mapping[str,
     trials = check_positive_int("trials_per_task", trials_per_task)
     episodes = check_positive_int("episodes_per_trial", episodes_per_trial)
     params = dict(params)
-    observations, actions, rewards, masks = [], [], [], []
+    steps: dict[str, list[Tensor]] = {"observations": [], "actions": [], "rewards": [],
+                                      "masks": []}
     with torch.no_grad():
         state = policy.initial_state((goals.shape[0], trials), goals)
         previous_action = goals.new_zeros(goals.shape[0], trials, env.action_dim)
@@ -127,21 +129,13 @@ def collect_trials(env: PointNavigation, policy: nn.Module, params: Mapping[str,
                                     start.unsqueeze(-1)], dim=-1)
                 mean, log_std, state = functional_call(
                     policy, params, (inputs.unsqueeze(-2), alive.unsqueeze(-1), state))
-                mean, log_std = mean.squeeze(-2), log_std.squeeze(-2)
-                noise = standard_normal_like(mean, generator)
-                action = mean + torch.exp(log_std) * noise
-                moved, reward, done = env.step(positions, action, goals)
-                observations.append(positions)
-                actions.append(action)
-                rewards.append(reward * alive)
-                masks.append(alive)
-                keep = alive.unsqueeze(-1)
-                positions = keep * moved + (1 - keep) * positions
-                previous_action, previous_reward = action, reward * alive  # as stored
-                alive = alive * (~done).to(alive.dtype)
-    batch = EpisodeBatch(torch.stack(observations, dim=2), torch.stack(actions, dim=2),
-                         torch.stack(rewards, dim=2), torch.zeros_like(torch.stack(rewards, 2)),
-                         torch.stack(masks, dim=2),
+                positions, alive, previous_action, previous_reward = step_running(
+                    env, positions, alive, mean.squeeze(-2), log_std.squeeze(-2), goals,
+                    generator, steps)  # the previous action and reward as stored
+    rewards = torch.stack(steps["rewards"], dim=2)
+    batch = EpisodeBatch(torch.stack(steps["observations"], dim=2),
+                         torch.stack(steps["actions"], dim=2), rewards, torch.zeros_like(rewards),
+                         torch.stack(steps["masks"], dim=2),
                          torch.arange(goals.shape[0], device=goals.device))
     log_probs, _, _ = trial_log_probs(policy, params, batch, env.horizon)
     return EpisodeBatch(batch.observations, batch.actions, batch.rewards, log_probs,

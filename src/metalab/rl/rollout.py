@@ -38,6 +38,24 @@ def check_per_task(params: Mapping[str, Tensor], tasks: int) -> None:
                              f"when per_task=True, got shape {tuple(value.shape)}")
 
 
+def step_running(env: PointNavigation, positions: Tensor, alive: Tensor, mean: Tensor,
+                 log_std: Tensor, goals: Tensor, generator: torch.Generator | None,
+                 steps: dict[str, list[Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """One step of every episode: draw ``action ~ N(mean, exp(log_std)^2)``, step ``env``,
+    append the observation, action, reward (zero once an episode has ended) and mask to
+    ``steps``; an ended episode stays where it stopped. Returns ``(positions, alive,
+    action, reward)`` after the step."""
+    action = mean + torch.exp(log_std) * standard_normal_like(mean, generator)
+    moved, reward, done = env.step(positions, action, goals)
+    reward = reward * alive
+    for key, value in (("observations", positions), ("actions", action),
+                       ("rewards", reward), ("masks", alive)):
+        steps[key].append(value)
+    keep = alive.unsqueeze(-1)
+    positions = keep * moved + (1 - keep) * positions
+    return positions, alive * (~done).to(alive.dtype), action, reward
+
+
 def collect_episodes(env: PointNavigation, policy: nn.Module, params: Mapping[str, Tensor],
                      goals: Tensor, episodes_per_task: int, *,
                      generator: torch.Generator | None = None, per_task: bool = False,
@@ -52,25 +70,18 @@ def collect_episodes(env: PointNavigation, policy: nn.Module, params: Mapping[st
         check_per_task(params, goals.shape[0])
     positions = env.initial_positions(goals, episodes)
     alive = positions.new_ones(positions.shape[:2], dtype=goals.dtype)
-    observations, actions, rewards, masks = [], [], [], []
+    steps: dict[str, list[Tensor]] = {"observations": [], "actions": [], "rewards": [],
+                                      "masks": []}
     with torch.no_grad():
         for _ in range(env.horizon):
             mean, log_std = policy_outputs(policy, params, positions, per_task)
-            noise = standard_normal_like(mean, generator)
-            action = mean + torch.exp(log_std) * noise
-            moved, reward, done = env.step(positions, action, goals)
-            observations.append(positions)
-            actions.append(action)
-            rewards.append(reward * alive)
-            masks.append(alive)
-            keep = alive.unsqueeze(-1)
-            positions = keep * moved + (1 - keep) * positions
-            alive = alive * (~done).to(alive.dtype)
-    observations_t = torch.stack(observations, dim=2)
-    actions_t = torch.stack(actions, dim=2)
+            positions, alive, _, _ = step_running(env, positions, alive, mean, log_std, goals,
+                                                  generator, steps)
+    observations_t = torch.stack(steps["observations"], dim=2)
+    actions_t = torch.stack(steps["actions"], dim=2)
     mean, log_std = policy_outputs(policy, params, observations_t, per_task)
     log_probs = gaussian_log_prob(actions_t, mean, log_std)
     if task_ids is None:
         task_ids = torch.arange(goals.shape[0], device=goals.device)
-    return EpisodeBatch(observations_t, actions_t, torch.stack(rewards, dim=2), log_probs,
-                        torch.stack(masks, dim=2), task_ids)
+    return EpisodeBatch(observations_t, actions_t, torch.stack(steps["rewards"], dim=2),
+                        log_probs, torch.stack(steps["masks"], dim=2), task_ids)
