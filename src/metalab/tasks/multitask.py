@@ -31,7 +31,7 @@ from torch import Tensor
 from metalab.datasets import ImageDataset
 from metalab.tasks.batch import TaskBatch
 from metalab.tasks.episodes import gather_inputs
-from metalab.tasks.source import TaskSource
+from metalab.tasks.source import TaskSource, batch_sizes
 from metalab.validation import check_positive_int
 
 
@@ -50,7 +50,17 @@ def _labels_of(dataset) -> Tensor:
     return torch.as_tensor(labels, dtype=torch.long)
 
 
-class MultiLabelSource(TaskSource):
+class _ClassesPerTaskSource(TaskSource):
+    """A source whose tasks may have different numbers of classes (``classes_per_task``)."""
+
+    classes_per_task: list[int]
+
+    def sizes(self) -> dict:
+        """Sizes of one batch, with one output size per task."""
+        return batch_sizes(self.sample(), self.classes_per_task)
+
+
+class MultiLabelSource(_ClassesPerTaskSource):
     """Batches of B images labelled for every task: ``dataset.labels`` is ``[N, T]``.
 
     Args:
@@ -89,7 +99,6 @@ class MultiLabelSource(TaskSource):
     def sample(self) -> TaskBatch:
         indices = torch.randperm(len(self.dataset), generator=self.generator)[: self.batch_size]
         return self._batch(indices)
-
     def evaluation_batches(self) -> Iterator[TaskBatch]:
         """The whole dataset once, in order, in batches of at most ``batch_size``."""
         for start in range(0, len(self.dataset), self.batch_size):
@@ -97,7 +106,7 @@ class MultiLabelSource(TaskSource):
                                                       len(self.dataset))))
 
 
-class PartitionedTaskSource(TaskSource):
+class PartitionedTaskSource(_ClassesPerTaskSource):
     """Task t classifies the classes assigned to it by ``partition``; B images per task.
 
     Args:

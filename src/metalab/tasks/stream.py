@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from metalab.tasks.batch import TaskBatch
+from metalab.tasks.source import batch_sizes
 from metalab.validation import check_positive_int
 
 
@@ -209,6 +210,10 @@ class BufferSource:
             raise RuntimeError(f"the buffer has no task with support+query="
                                f"{self.support + self.query} examples yet; check ready()")
         return batch
+
+    def sizes(self) -> dict:
+        """The model sizes of the stream's data (`example_batch`: nothing is drawn)."""
+        return batch_sizes(self.example_batch())
 
     def example_batch(self) -> TaskBatch:
         """One task of the first task's first ``support`` + ``query`` training examples,

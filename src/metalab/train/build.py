@@ -54,25 +54,8 @@ def _named_outputs(sizes: dict[str, Any]) -> dict[str, Any]:
 
 
 def _data_sizes(config: dict[str, Any]) -> dict[str, Any]:
-    """Input and output sizes of the training data, read from one batch."""
-    source = build_task_source(config, "train", 1, seed=0)
-    if hasattr(source, "sizes"):  # a source that knows them without data (an environment)
-        return source.sizes()
-    batch = getattr(source, "example_batch", source.sample)()  # a stream: before arrivals
-    x_shape, y_shape = tuple(batch.query_x.shape[2:]), tuple(batch.query_y.shape[2:])
-    sizes: dict[str, Any] = {}
-    if len(x_shape) == 3:
-        sizes.update(in_channels=x_shape[0], image_size=x_shape[-1])
-    elif len(x_shape) == 1:
-        sizes["in_features"] = x_shape[0]
-    if batch.num_classes is None:  # regression: a vector target or a map of channels
-        sizes["outputs"] = y_shape[0] if y_shape else 1
-        if len(y_shape) == 3:
-            sizes["out_channels"] = y_shape[0]
-    else:
-        per_task = getattr(source, "classes_per_task", None)
-        sizes["outputs"] = list(per_task) if per_task is not None else batch.num_classes
-    return sizes
+    """Input and output sizes of the training data (`TaskSource.sizes`)."""
+    return build_task_source(config, "train", 1, seed=0).sizes()
 
 
 def complete_model_config(config: dict[str, Any]) -> dict[str, Any]:
