@@ -13,21 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
+from metalab.profiling import timings
 from metalab.rl import GaussianMLPPolicy, PointNavigation, collect_episodes
-
-
-def timed(function, repeats: int) -> list[float]:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def raw_environment(env: PointNavigation, goals: torch.Tensor, episodes: int) -> None:
@@ -70,7 +60,7 @@ def main() -> None:
         steps = tasks * args.episodes * env.horizon
         settings = settings_for(env, policy, params, stacked, goals, args.episodes)
         for name, function in settings.items():
-            times = timed(function, args.repeats)
+            times = timings(function, args.repeats)
             print(f"| {name} | {tasks} x {args.episodes} | {steps} | {steps / min(times):,.0f} "
                   f"| {steps / statistics.median(times):,.0f} |")
 

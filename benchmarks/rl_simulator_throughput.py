@@ -17,26 +17,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import torch
 
+from metalab.profiling import timings
 from metalab.rl import GaussianMLPPolicy
 from metalab.rl.gym_collector import EnvPool, collect_gym_episodes
 from metalab.rl.metaworld_tasks import MetaWorldTasks
 from metalab.rl.mujoco_tasks import HalfCheetahVelocity, LocomotionEnv
 from metalab.rl.process_pool import ProcessEnvPool
-
-
-def timed(function, repeats: int) -> list[float]:
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def raw_steps(env, steps: int, horizon: int) -> None:
@@ -66,7 +56,7 @@ def collect_rows(name, family, policy, tasks_episodes, steps, horizon, repeats, 
                     collect_gym_episodes(family, policy, params, goals, episodes, pool=pool,
                                          generator=generator)
 
-            times = timed(collect, repeats)
+            times = timings(collect, repeats)
         rows.append((name, f"{label}, {tasks} x {episodes}", rollouts * per_rollout, times))
     return rows
 
@@ -82,7 +72,7 @@ def rows_for(name, family, policy, tasks_episodes, steps, horizon, repeats):
     rows = []
     rollouts = -(-steps // horizon)
     for label, target in targets.items():
-        times = timed(lambda t=target: raw_steps(t, rollouts * horizon, horizon), repeats)
+        times = timings(lambda t=target: raw_steps(t, rollouts * horizon, horizon), repeats)
         rows.append((name, label, rollouts * horizon, times))
     env.close()
     return rows + collect_rows(name, family, policy, tasks_episodes, steps, horizon, repeats,

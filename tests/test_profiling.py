@@ -61,3 +61,11 @@ def test_peak_allocated_bytes_sees_a_temporary_allocation():
 
     peak = peak_allocated_bytes(allocate_and_free)
     assert megabytes * 2**20 <= peak < (megabytes + 1) * 2**20
+
+
+def test_timings_warm_up_once_then_time_each_repeat():
+    from metalab.profiling import timings
+
+    calls = []
+    times = timings(lambda: calls.append(1), 3)
+    assert len(calls) == 4 and len(times) == 3 and all(t >= 0 for t in times)

@@ -28,6 +28,17 @@ from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import flop_registry
 
 
+def timings(function: Callable[[], Any], repeats: int) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``function``, after one warm-up call."""
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return times
+
+
 def peak_allocated_bytes(fn: Callable[[], Any]) -> int:
     """Peak of bytes allocated and not yet freed while ``fn()`` runs (CPU allocator events)."""
     from torch.profiler import ProfilerActivity, profile
