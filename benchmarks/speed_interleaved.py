@@ -188,7 +188,7 @@ def markdown(results: dict, header: str) -> str:
                 cells.append(f"{r['median_s']:.3f}, {r['speed_vs_base']:.2f}x "
                              f"({r['round_ratio_min']:.2f}-{r['round_ratio_max']:.2f})")
             memory, base_memory = case["memory"][impl], case["memory"][base]
-            lines.append(f"| {name} | {impl} | {' | '.join(cells)} | {memory:.0f} "
+            lines.append(f"| {name} | {impl} | {' | '.join(cells)} | {memory:.3g} "
                          f"({memory / max(base_memory, 1e-9):.2f}x) | "
                          f"{case['check'][impl]['max_rel_diff']:.1e} |")
     compiled = [(t, r["metalab-vmap-compiled"]) for case in results.values()
