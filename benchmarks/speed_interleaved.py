@@ -37,7 +37,9 @@ import argparse
 import functools
 import gc
 import json
+import os
 import statistics
+import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -113,9 +115,11 @@ def report(times: dict[str, list[float]], base: str) -> None:
               f"max {r['round_ratio_max']:.2f})", flush=True)
 
 
-def timed_case(case: speed.Case, impls: list[str], base: str, args: argparse.Namespace) -> dict:
+def timed_case(case: speed.Case, impls: list[str], base: str, args: argparse.Namespace
+               ) -> tuple[dict, dict, object]:
     """One case timed in turn at the current thread count; the first step's time of each
-    implementation (compilation for the compiled one) comes with it."""
+    implementation (compilation for the compiled one) comes with it. Also returns the
+    (warm) variants and the batch."""
     variants = {impl: build(case, impl, args.reference_conv4) for impl in impls}
     batch = speed.build_batch(case, torch.float32)
     started = {}
@@ -130,22 +134,16 @@ def timed_case(case: speed.Case, impls: list[str], base: str, args: argparse.Nam
     for impl in impls:
         summary[impl]["first_step_s"] = started[impl]
     report(timed, base)
-    return summary
+    return summary, variants, batch
 
 
-def peak_tensor_memory(case: speed.Case, impls: list[str], args: argparse.Namespace
-                       ) -> dict[str, float]:
-    """MiB of tensors alive at the peak of one meta-iteration (after a warm-up one), from
-    the allocator's events (`metalab.profiling.peak_allocated_bytes`): exact, and the same
-    whatever the C allocator does with freed pages (peak RSS moved by +-30 MiB between
+def peak_tensor_memory(variants: dict, batch) -> dict[str, float]:
+    """MiB of tensors alive at the peak of one more meta-iteration of each (warm) variant,
+    from the allocator's events (`metalab.profiling.peak_allocated_bytes`): exact, and the
+    same whatever the C allocator does with freed pages (peak RSS moved by +-30 MiB between
     identical runs on the shared machine)."""
-    batch = speed.build_batch(case, torch.float32)
-    peaks = {}
-    for impl in impls:
-        variant = build(case, impl, args.reference_conv4)
-        iterate(variant, batch)
-        peaks[impl] = peak_allocated_bytes(functools.partial(iterate, variant, batch)) / 2**20
-    return peaks
+    return {impl: peak_allocated_bytes(functools.partial(iterate, variant, batch)) / 2**20
+            for impl, variant in variants.items()}
 
 
 def table_case(name: str, impls: list[str], base: str, args: argparse.Namespace) -> dict:
@@ -161,10 +159,11 @@ def table_case(name: str, impls: list[str], base: str, args: argparse.Namespace)
     for threads in args.threads:
         torch.set_num_threads(threads)
         print(f"-- {threads} thread(s)", flush=True)
-        result["threads"][threads] = timed_case(case, impls, base, args)
+        result["threads"][threads], variants, batch = timed_case(case, impls, base, args)
+    result["memory"] = peak_tensor_memory(variants, batch)
     check = speed.run_in_fresh_process(speed.gradient_check, case, impls, args.check_tasks,
                                        args.reference_conv4)
-    result["memory"], result["check"] = peak_tensor_memory(case, impls, args), check
+    result["check"] = check
     for impl in impls:
         print(f"   {impl:>22}: float64 meta-gradient vs {check[impl]['reference']} "
               f"{check[impl]['max_rel_diff']:.1e} relative; peak tensor memory "
@@ -201,6 +200,8 @@ def markdown(results: dict, header: str) -> str:
 
 
 def run_table(args: argparse.Namespace) -> None:
+    # the compile time a new user pays: no compiled kernels from earlier runs on the disk
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="speed-table-"))
     started = time.perf_counter()
     results = {}
     for name, impls, base in TABLE:
@@ -213,7 +214,8 @@ def run_table(args: argparse.Namespace) -> None:
     header = (f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']}, "
               f"learn2learn {machine.get('learn2learn', 'absent')}, higher "
               f"{machine.get('higher', 'absent')}; allocator: {args.allocator}; "
-              f"{args.rounds} rounds timed in turn after {args.warmup} warm-up; speed: base "
+              f"{args.rounds} rounds timed in turn after the first step and {args.warmup} "
+              f"warm-up round(s); speed: base "
               f"median / median (> 1 is faster); peak: MiB of tensors alive at the peak of "
               f"one meta-iteration; "
               f"{time.perf_counter() - started:.0f} s in all.")
@@ -237,7 +239,9 @@ def main() -> None:
     parser.add_argument("--reference-conv4", choices=["metalab", "torch"], default="torch")
     parser.add_argument("--rounds", type=int, default=None,
                         help="timed rounds (default 6; with --table 4)")
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed rounds (default 1; with --table 0: the first step, "
+                             "timed apart, is the warm-up)")
     parser.add_argument("--allocator", choices=["keep-freed", "glibc"], default="keep-freed")
     parser.add_argument("--table", action="store_true", help="the whole issue-18 table")
     parser.add_argument("--cases", nargs="+", choices=[name for name, _, _ in TABLE],
@@ -251,6 +255,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.rounds is None:
         args.rounds = 1 if args.quick else 4 if args.table else 6
+    if args.warmup is None:
+        args.warmup = 0 if args.table else 1
     if args.allocator == "keep-freed":
         keep_freed_memory()
     if args.table:
