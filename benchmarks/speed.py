@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from metalab.algorithms import MAML, ProtoNet
 from metalab.nn import MLP, Conv4
 from metalab.tasks import Sinusoid, TaskBatch
+from metalab.train.allocator import keep_freed_memory
 
 WAYS, SHOTS, QUERIES_PER_CLASS = 5, 1, 15
 BENCH_EXTRA = ('install the optional "bench" extra to compare: see benchmarks/README.md '
@@ -316,9 +317,12 @@ class RssSampler(threading.Thread):
 
 
 def measure(case: Case, impl: str, threads: int, memory_limit: int,
-            reference_conv4: str = "metalab") -> dict:
-    """Time ``case.iterations`` meta-iterations of ``impl`` (run in a fresh process)."""
+            reference_conv4: str = "metalab", keep_freed: bool = False) -> dict:
+    """Time ``case.iterations`` meta-iterations of ``impl`` (run in a fresh process);
+    ``keep_freed``: glibc keeps freed memory for reuse (`metalab.train.allocator`)."""
     torch.set_num_threads(threads)
+    if keep_freed:
+        keep_freed_memory()
     model = build_model(case, torch.float32, channels_last=_nhwc(case, impl),
                         torch_layers=_torch_layers(impl, reference_conv4))
     step = IMPLEMENTATIONS[impl](case, model)

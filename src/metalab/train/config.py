@@ -117,7 +117,10 @@ class TrainConfig(Section):
     bar; ``combiner``: a name or ``{name: ..., options}`` merging the tasks' losses or
     gradients (PCGrad, group DRO ...), ``null`` for the mean loss; ``combine_params``:
     ``all`` or ``shared`` (the parameters the combiner acts on); ``diagnostics``: log the
-    task-gradient statistics and the curvature along the update on every logged step.
+    task-gradient statistics and the curvature along the update on every logged step;
+    ``keep_freed_memory``: keep freed memory in the process for reuse instead of returning it
+    to the kernel and faulting it in again every task (`metalab.train.allocator`; glibc
+    only, the same values).
     """
 
     section: typing.ClassVar[str] = "train"
@@ -144,6 +147,7 @@ class TrainConfig(Section):
     combiner: str | dict[str, Any] | None = None
     combine_params: CombineParams = "all"
     diagnostics: bool = False
+    keep_freed_memory: bool = True
 
     @model_validator(mode="after")
     def _step_schedule_has_a_period(self) -> TrainConfig:

@@ -32,6 +32,7 @@ from metalab.algorithms import MetaLearner
 from metalab.combiners import build_combiner
 from metalab.tasks import TaskSource
 from metalab.train import distributed
+from metalab.train.allocator import keep_freed_memory
 from metalab.train.backward import BackwardStep, MeanBackward
 from metalab.train.checkpoint import (
     CHECKPOINT,
@@ -281,6 +282,8 @@ class Trainer:
         metrics so far are dropped), which is what an uninterrupted run does.
         """
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.config.keep_freed_memory:
+            keep_freed_memory()
         restored = resume and (self.run_dir / CHECKPOINT).is_file()
         if restored:
             self.load_state_dict(load_checkpoint(self.run_dir))
