@@ -39,13 +39,18 @@ def read_records(run: Path) -> list[dict]:
 
 
 def evaluate_checkpoint(run: Path, checkpoint: Path) -> dict:
-    """`evaluate_run` on a scratch directory with ``run``'s config and ``checkpoint``."""
+    """`evaluate_run` on a scratch directory with ``run``'s config and ``checkpoint``
+    (kept next to it as ``.json``; an existing one is read instead)."""
+    cached = checkpoint.with_suffix(".json")
+    if cached.is_file():
+        return json.loads(cached.read_text())
     state = torch.load(checkpoint, weights_only=False, map_location="cpu")
     with tempfile.TemporaryDirectory() as scratch:
         shutil.copy(run / "config.yaml", Path(scratch) / "config.yaml")
         shutil.copy(checkpoint, Path(scratch) / "checkpoint.pt")
         result = evaluate_run(scratch)
     result["env_steps"] = state["learner"]["_extra_state"]["env_steps"]
+    atomic_write_text(cached, json.dumps(result, indent=1) + "\n")
     return result
 
 
@@ -74,7 +79,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="evaluate the checkpoint copies (cached) and stop")
     args = parser.parse_args()
+    if args.evaluate_only:
+        for run in args.runs:
+            for checkpoint in sorted(run.glob("ckpt-*.pt")):
+                print(run.name, evaluate_checkpoint(run, checkpoint)["step"], flush=True)
+        return
     summary = {"runs": {}}
     for run in args.runs:
         checkpoints = sorted(run.glob("ckpt-*.pt"))

@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from helpers import interrupted_then_resumed
 from metalab.algorithms.pearl import PEARL
 from metalab.cli.main import main, resolve_config_path
 from metalab.rl import EnvironmentTaskSource, Navigation2D
@@ -241,38 +242,31 @@ TINY = ["model.hidden=[8]", "model.encoder_hidden=[8]", "data.horizon=5", "data.
         "eval.batch_size=2"]
 
 
-def train(tmp_path, name, *overrides, resume=False):
-    out = tmp_path / name
-    args = ["train", "pearl-nav2d", "--out", str(out), *TINY, *overrides]
-    if resume:
-        args = ["train", "--resume", str(out), "train.progress=false", *overrides]
-    assert main(args) == 0
-    return out
-
-
-def records(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
-
-
-@pytest.mark.slow  # 7 s: two tiny runs, a resume and an evaluation
+@pytest.mark.slow  # 7 s: a run straight through, an interrupted and resumed one, an eval
 def test_resume_is_bit_identical_and_eval_reports_the_adaptation_curve(tmp_path):
-    full = train(tmp_path, "full", "train.steps=7")
-    part = train(tmp_path, "part", "train.steps=3")
-    train(tmp_path, "part", "train.steps=7", resume=True)
-    a = torch.load(full / "checkpoint.pt", weights_only=False)["learner"]
-    b = torch.load(part / "checkpoint.pt", weights_only=False)["learner"]
-    extra_a, extra_b = a.pop("_extra_state"), b.pop("_extra_state")
-    for name, value in a.items():
-        assert torch.equal(value, b[name]), name
+    config = load_config(resolve_config_path("pearl-nav2d"), [*TINY, "train.steps=7"])
+    straight, resumed = interrupted_then_resumed(config, tmp_path, interrupt_at=5)
+    a, b = straight.learner, resumed.learner
+    for (name, value), other in zip(a.state_dict().items(), b.state_dict().values(),
+                                    strict=True):
+        if name.endswith("_extra_state"):
+            continue
+        assert torch.equal(value, other), name
     for buffer in ("replay", "encoder_replay"):
-        for key, value in extra_a[buffer]["data"].items():
-            assert torch.equal(value, extra_b[buffer]["data"][key]), (buffer, key)
-        assert torch.equal(extra_a[buffer]["sizes"], extra_b[buffer]["sizes"])
-    assert extra_a["env_steps"] == extra_b["env_steps"] > 0
-    assert records(full) == records(part)
-    assert main(["eval", str(full)]) == 0
-    result = json.loads((full / "eval.json").read_text())
+        first, second = getattr(a, buffer).state_dict(), getattr(b, buffer).state_dict()
+        for key, value in first["data"].items():
+            assert torch.equal(value, second["data"][key]), (buffer, key)
+        assert torch.equal(first["sizes"], second["sizes"])
+    assert a.env_steps == b.env_steps > 0 and a.gradient_steps == b.gradient_steps == 7
+
+    def records(run_dir):
+        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in lines]
+
+    assert records(tmp_path / "straight") == records(tmp_path / "broken")
+    assert main(["eval", str(tmp_path / "straight")]) == 0
+    result = json.loads((tmp_path / "straight" / "eval.json").read_text())
     assert result["metric"] == "return" and result["episodes"] == 4
     assert {"return_episode1", "return_episode2", "return_episode3"} <= set(result)
 
