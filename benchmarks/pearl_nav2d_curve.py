@@ -54,12 +54,23 @@ def evaluate_checkpoint(run: Path, checkpoint: Path) -> dict:
     return result
 
 
+def test_goals(config: dict, tasks: int = 40) -> torch.Tensor:
+    """The goals `metalab eval` draws (its test source, ``eval.seed``)."""
+    seed = config.get("eval", {}).get("seed", 1234)
+    return build_task_source(config, "test", tasks, seed=seed).sample().tasks.double()
+
+
+def staying_return(config: dict) -> float:
+    """The return of the goal-blind policy that stays at the origin: ``-H ||g||``, mean
+    over the test goals (the best a policy that ignores the task can do is near it)."""
+    goals = test_goals(config)
+    return (-config["data"].get("horizon", 100) * goals.norm(dim=-1)).mean().item()
+
+
 def random_policy_return(config: dict, tasks: int = 40, runs: int = 4, seed: int = 0
                          ) -> tuple[float, float]:
     """Mean and 95% CI over the test tasks of a uniformly random policy's return."""
-    evaluation = config.get("eval", {})
-    source = build_task_source(config, "test", tasks, seed=evaluation.get("seed", 1234))
-    goals = source.sample().tasks.double()
+    goals = test_goals(config, tasks)
     env = PointNavigation(config["data"].get("horizon", 100))
     generator = torch.Generator().manual_seed(seed)
     positions = env.initial_positions(goals, runs)
@@ -93,11 +104,13 @@ def main() -> None:
         evaluations = sorted((evaluate_checkpoint(run, c) for c in checkpoints),
                              key=lambda r: r["step"])
         records = read_records(run)
-        summary["runs"][run.name] = {"evaluations": evaluations, "train": records,
+        summary["runs"][run.name] = {"evaluations": evaluations,
+                                     "train_steps": records[-1]["step"],
                                      "seconds": records[-1]["seconds"]}
     config = yaml.safe_load((args.runs[0] / "config.yaml").read_text())
     summary["random_policy"] = dict(zip(("mean", "ci95"), random_policy_return(config),
                                         strict=True))
+    summary["stay_at_origin"] = staying_return(config)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
     lines = ["| run | gradient steps | env steps | test return ep. 1 (prior) | ep. 2 "
@@ -108,7 +121,8 @@ def main() -> None:
             lines.append(f"| {name} | {r['step']} | {r['env_steps']} | {cells} |")
     random = summary["random_policy"]
     lines.append(f"\nUniformly random policy on the same 40 test tasks: "
-                 f"{random['mean']:.1f} ± {random['ci95']:.1f}.")
+                 f"{random['mean']:.1f} ± {random['ci95']:.1f}; staying at the origin "
+                 f"(goal-blind): {summary['stay_at_origin']:.1f}.")
     atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     plot(summary, args.out.with_suffix(".png"))
     print("\n".join(lines))
@@ -131,6 +145,8 @@ def plot(summary: dict, path: Path) -> None:
                 axis.plot(xs, ys, styles[key], color=color, markersize=3,
                           label=f"{name} {key.replace('return_', '')}")
     axis.axhline(summary["random_policy"]["mean"], color="gray", lw=1, label="random policy")
+    axis.axhline(summary["stay_at_origin"], color="black", lw=1, ls=":",
+                 label="stay at the origin")
     axis.set_xlabel("environment steps")
     axis.set_ylabel("meta-test return (40 tasks)")
     axis.set_title("PEARL, 2-D navigation")

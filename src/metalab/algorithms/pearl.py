@@ -73,15 +73,15 @@ def episode_returns(episodes: dict[str, Tensor]) -> Tensor:
 
 
 class PEARL(PolicyLearner, name="pearl"):
-    """PEARL on a `PEARLAgent` (the config's model). Options (module docstring; the
-    paper's values in brackets): ``train_tasks`` [100 for cheetah-vel], ``gamma`` [0.99],
-    ``tau`` [0.005], ``alpha`` (fixed, or the initial value with ``learn_alpha``) [1, with
-    reward scale 5], ``target_entropy`` (default ``-action_dim``), ``kl_weight`` beta [0.1],
-    ``reward_scale``, ``batch_size`` [256 transitions per task], ``context_size`` [100],
-    ``replay_capacity`` [1e6], ``initial_episodes``, ``collect_every`` [2000],
-    ``collect_tasks`` [5], ``prior_episodes``, ``posterior_episodes``,
-    ``extra_posterior_episodes``, ``eval_episodes``, ``eval_deterministic`` [true: the
-    actor's mean action at meta-test]."""
+    """PEARL on a `PEARLAgent` (the config's model). Options (module docstring; in
+    brackets the official code's defaults where we follow them): ``train_tasks``,
+    ``gamma`` [0.99], ``tau`` [0.005], ``alpha`` (fixed, or the initial value with
+    ``learn_alpha``; the official code fixes 1 and scales rewards), ``target_entropy``
+    (default ``-action_dim``), ``kl_weight`` beta [0.1], ``reward_scale``, ``batch_size``
+    (transitions per task), ``context_size`` (context transitions per task),
+    ``replay_capacity`` [1e6], ``initial_episodes``, ``collect_every``, ``collect_tasks``,
+    ``prior_episodes``, ``posterior_episodes``, ``extra_posterior_episodes``,
+    ``eval_episodes``, ``eval_deterministic`` (the actor's mean action at meta-test)."""
 
     adapt_options = ()
     adapts_by = "meta_test(family, tasks, runs)"
