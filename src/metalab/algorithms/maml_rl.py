@@ -47,7 +47,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalab.algorithms.base import MetaLearner
+from metalab.algorithms.policy_learner import PolicyLearner
 from metalab.rl import (
     ESTIMATORS,
     EpisodeBatch,
@@ -96,7 +96,7 @@ def per_task_outputs(policy: nn.Module, params: Params, observations: Tensor
     return torch.stack(means), torch.stack(log_stds)
 
 
-class MAMLRL(MetaLearner, name="maml-rl"):
+class MAMLRL(PolicyLearner, name="maml-rl"):
     """MAML-RL / E-MAML on a Gaussian policy (the config's model).
 
     Args:
@@ -122,7 +122,7 @@ class MAMLRL(MetaLearner, name="maml-rl"):
     """
 
     adapt_options = ("inner_steps",)
-    outer_update_is_loss_gradient = False
+    adapts_by = "adapt_to_tasks(family, tasks, episodes) and the family's collect(...)"
     incompatible_options: dict[str, str] = {}
 
     def __init__(self, model: nn.Module, inner_lr: float = 1e-3, inner_steps: int = 1,
@@ -159,23 +159,6 @@ class MAMLRL(MetaLearner, name="maml-rl"):
         self.normalize_advantages = bool(normalize_advantages)
         self.first_order = bool(first_order)
         self.baseline_reg = check_real("baseline_reg", baseline_reg)
-
-    # -- what the base class's facts mean here ------------------------------------------------
-    @property
-    def metric_name(self) -> str:
-        return "return"
-
-    @property
-    def loss_name(self) -> str:
-        return "negative_return"
-
-    def adapt_task(self, support_x, support_y=None, *, training, **options):
-        raise TypeError("MAMLRL adapts to environment tasks, not to a support set of "
-                        "examples: use adapt_to_tasks(family, tasks, episodes)")
-
-    def predict(self, state, x):
-        raise TypeError("MAMLRL's adapted policies act in an environment: use "
-                        "adapt_to_tasks(...) and the family's collect(...)")
 
     # -- the inner step -----------------------------------------------------------------------
     def inner_step(self, params: Params, episodes: EpisodeBatch, *, per_task: bool = False,
@@ -222,9 +205,7 @@ class MAMLRL(MetaLearner, name="maml-rl"):
         """Meta-test: ``(-return after adaptation [T], {"return": ..., "return_pre": ...})``
         over the batch's tasks (see the module docstring)."""
         self.check_batch(batch)
-        if training:
-            raise TypeError("MAMLRL trains through meta_backward (its outer step is TRPO or "
-                            "the surrogate's gradient), not through task_losses")
+        self.check_evaluation(training)
         options = self.check_adapt_options(options)
         generator = batch.generator()
         adapted, returns = self.adapt_to_tasks(batch.family, batch.tasks, batch.episodes,
@@ -235,13 +216,6 @@ class MAMLRL(MetaLearner, name="maml-rl"):
         after = final.total_returns().mean(dim=-1)
         before = returns[0] if returns else after
         return -after, {"return": after, "return_pre": before}
-
-    @staticmethod
-    def check_batch(batch) -> None:
-        if not isinstance(batch, EnvironmentTasks):
-            raise TypeError(f"MAMLRL needs a batch of environment tasks (EnvironmentTasks, "
-                            f"from a config whose data.name is an environment), got "
-                            f"{type(batch).__name__}")
 
     # -- the outer objective --------------------------------------------------------------------
     def collect_rollouts(self, batch: EnvironmentTasks) -> Rollouts:

@@ -27,8 +27,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metalab.algorithms.base import MetaLearner
 from metalab.algorithms.maml_rl import OUTER_STEPS, masked_task_mean
+from metalab.algorithms.policy_learner import PolicyLearner
 from metalab.rl import (
     EpisodeBatch,
     discounted_returns,
@@ -43,7 +43,7 @@ from metalab.rl.task_source import EnvironmentTasks
 from metalab.validation import check_choice, check_positive_int, check_real
 
 
-class RL2(MetaLearner, name="rl2"):
+class RL2(PolicyLearner, name="rl2"):
     """RL² on a recurrent Gaussian policy (the config's model, `GRUGaussianPolicy`).
 
     Args:
@@ -56,7 +56,7 @@ class RL2(MetaLearner, name="rl2"):
     """
 
     adapt_options = ()
-    outer_update_is_loss_gradient = False
+    adapts_by = "family.collect_trials(policy, params, tasks, ...)"
 
     def __init__(self, model: nn.Module, episodes_per_trial: int = 2, gamma: float = 0.99,
                  gae_lambda: float = 0.97, outer_step: str = "trpo", max_kl: float = 0.01,
@@ -74,26 +74,8 @@ class RL2(MetaLearner, name="rl2"):
                                          backtrack_ratio, max_backtracks)
         self.baseline_reg = check_real("baseline_reg", baseline_reg)
 
-    @property
-    def metric_name(self) -> str:
-        return "return"
-
-    @property
-    def loss_name(self) -> str:
-        return "negative_return"
-
-    def adapt_task(self, support_x, support_y=None, *, training, **options):
-        raise TypeError("RL2 adapts through its hidden state within a trial: use "
-                        "family.collect_trials(policy, params, tasks, ...)")
-
-    def predict(self, state, x):
-        raise TypeError("RL2's policy acts in an environment: use family.collect_trials")
-
-    @staticmethod
-    def check_batch(batch) -> None:
-        if not isinstance(batch, EnvironmentTasks):
-            raise TypeError(f"RL2 needs a batch of environment tasks (EnvironmentTasks), got "
-                            f"{type(batch).__name__}")
+    def check_batch(self, batch) -> None:
+        super().check_batch(batch)
         if not hasattr(batch.family, "collect_trials"):
             raise TypeError(f"RL2 needs a task family with collect_trials (a recurrent "
                             f"collector); {type(batch.family).__name__} has none")
@@ -116,8 +98,7 @@ class RL2(MetaLearner, name="rl2"):
         """Meta-test: per task, ``-return`` of the trial's last episode and the return of
         every episode (see the module docstring)."""
         self.check_batch(batch)
-        if training:
-            raise TypeError("RL2 trains through meta_backward, not through task_losses")
+        self.check_evaluation(training)
         self.check_adapt_options(options)
         with torch.no_grad():
             returns = self.episode_returns(self.collect(batch), batch.family.horizon)

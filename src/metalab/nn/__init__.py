@@ -32,6 +32,7 @@ from metalab.nn.norm import TaskBatchNorm
 from metalab.nn.optimizees import OptimizeeMLP
 from metalab.nn.relation import RelationEmbedding, RelationModule
 from metalab.nn.resnet12 import DropBlock, ResNet12
+from metalab.rl.pearl_agent import PEARLAgent
 from metalab.rl.policies import GaussianMLPPolicy
 from metalab.rl.recurrent import GRUGaussianPolicy
 from metalab.validation import check_choice
@@ -66,6 +67,7 @@ MODELS = {
     "optimizee-mlp": OptimizeeMLP,
     "gaussian-mlp-policy": GaussianMLPPolicy,
     "gru-gaussian-policy": GRUGaussianPolicy,
+    "pearl-agent": PEARLAgent,
 }
 
 

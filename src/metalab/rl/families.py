@@ -16,7 +16,9 @@ A task family is any object with
 A family that serves recurrent methods (RL²) also has ``collect_trials(policy, params,
 tasks, trials_per_task, episodes_per_trial, *, generator) -> EpisodeBatch``: trials of
 consecutive episodes per task with the policy's hidden state kept across the episodes of a
-trial (`metalab.rl.recurrent`).
+trial (`metalab.rl.recurrent`). One that serves PEARL has ``collect_latent(policy, z, tasks,
+*, generator, deterministic) -> transitions``: one episode per task latent ``z [T, E, z_dim]``
+of a latent-conditioned policy (`metalab.rl.latent_rollout`).
 
 Families are registered by name (`register_family`) so that a config's ``data.name`` finds
 them; `build_family` constructs one from its options. `Navigation2D` is the 2-D point
@@ -33,6 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from metalab.rl.episodes import EpisodeBatch
+from metalab.rl.latent_rollout import collect_latent_episodes
 from metalab.rl.navigation import PointNavigation
 from metalab.rl.recurrent import collect_trials
 from metalab.rl.rollout import collect_episodes
@@ -88,6 +91,14 @@ class Navigation2D:
         """RL²'s trials (`collect_trials`): the recurrent collector of this family."""
         return collect_trials(self.env, policy, params, tasks, trials_per_task,
                               episodes_per_trial, generator=generator)
+
+    def collect_latent(self, policy: nn.Module, z: Tensor, tasks: Tensor, *,
+                       generator: torch.Generator | None = None,
+                       deterministic: bool = False) -> dict[str, Tensor]:
+        """PEARL's transitions (`collect_latent_episodes`): one episode per latent
+        ``z [T, E, z_dim]``."""
+        return collect_latent_episodes(self.env, policy, z, tasks, generator=generator,
+                                       deterministic=deterministic)
 
 
 FAMILIES: dict[str, Callable[..., TaskFamily]] = {"nav2d": Navigation2D}
