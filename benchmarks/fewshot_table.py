@@ -219,9 +219,19 @@ def reusable(path: Path, budget: Budget, config: dict) -> dict | None:
     if not path.is_file():
         return None
     record = json.loads(path.read_text())
-    if record.get("budget") != _plain(asdict(budget)) or record.get("config") != _plain(config):
+    if record.get("budget") != _plain(asdict(budget)):
         return None
-    return record
+    return record if _same_settings(record.get("config"), _plain(config)) else None
+
+
+def _same_settings(recorded: Any, current: Any) -> bool:
+    """Whether ``current`` has every setting of ``recorded`` with the same value. Keys the
+    config schema gained after the record was made are not compared: a new option's
+    default keeps the behaviour the record was made with."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        return all(key in current and _same_settings(value, current[key])
+                   for key, value in recorded.items())
+    return recorded == current
 
 
 def parameter_count(run_dir: Path) -> int:

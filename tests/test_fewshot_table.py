@@ -137,3 +137,15 @@ def test_grid_is_seed_major():
     cells = ft.grid(["MAML", "ProtoNet"], ["glyphs"], ["5w1s"], [0, 1])
     assert [(m, s) for m, _, _, s in cells] == [("MAML", 0), ("ProtoNet", 0), ("MAML", 1),
                                                 ("ProtoNet", 1)]
+
+
+def test_a_record_made_before_a_new_config_key_is_reused_but_a_changed_value_is_not(tmp_path):
+    path = tmp_path / "seed0.json"
+    budget = ft.Budget(200, 4, 600)
+    old = {"train": {"steps": 200, "lr": 1e-3}, "model": {"name": "conv4"}}
+    path.write_text(json.dumps({"budget": BUDGET, "config": old}))
+    grown = {"train": {"steps": 200, "lr": 1e-3, "new_option": True}, "model": {"name": "conv4"}}
+    assert ft.reusable(path, budget, grown) is not None
+    changed = {"train": {"steps": 200, "lr": 2e-3, "new_option": True}, "model": {"name": "conv4"}}
+    assert ft.reusable(path, budget, changed) is None
+    assert ft.reusable(path, budget, {"train": {"steps": 200}, "model": {"name": "conv4"}}) is None
