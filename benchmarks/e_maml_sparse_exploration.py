@@ -16,6 +16,7 @@ goals and rollout noise for every run) and the config's episodes per task:
 - post-update episodes after one inner step on them (`MAMLRL.adapt_to_tasks`): success,
   return, closest approach.
 
+The first row is a freshly initialised policy of the first run's config (the floor).
 Each figure is the mean over tasks with the 95% interval over tasks (`mean_ci95`). It
 also summarises the training logs (first / last 5 iterations) and the runs' ``eval.json``.
 Writes OUT.json and OUT.md.
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from metalab.train.build import build_meta_learner
 from metalab.train.checkpoint import atomic_write_text, load_checkpoint
 from metalab.train.evaluator import mean_ci95
 from metalab.train.run import load_run, read_run_config
@@ -75,8 +77,15 @@ def training_summary(run: Path, step: int, window: int = 5) -> dict[str, float]:
     return result
 
 
-def measure(run: Path, tasks: int, seed: int) -> dict:
-    config, learner, step = read_run_config(run), load_run(run), load_checkpoint(run)["step"]
+def measure(run: Path, tasks: int, seed: int, initial: bool = False) -> dict:
+    """The run's last checkpoint, or with ``initial`` a freshly initialised learner of its
+    config (``torch.manual_seed(train.seed)``): the floor before any meta-training."""
+    config = read_run_config(run)
+    if initial:
+        torch.manual_seed(config["train"]["seed"])
+        learner, step = build_meta_learner(config), 0
+    else:
+        learner, step = load_run(run), load_checkpoint(run)["step"]
     source = build_task_source(config, "test", tasks, seed=seed)
     family, batch = source.family, source.sample()
     env = family.env
@@ -98,8 +107,8 @@ def measure(run: Path, tasks: int, seed: int) -> dict:
               * config["data"]["episodes"] * config["data"]["horizon"],
               "pre": summarise(episode_measures(pre, goals, env.max_action, env.goal_range)),
               "post": summarise(episode_measures(post, goals, env.max_action, env.goal_range)),
-              "training": training_summary(run, step)}
-    if (run / "eval.json").is_file():
+              "training": None if initial else training_summary(run, step)}
+    if not initial and (run / "eval.json").is_file():
         result["eval"] = json.loads((run / "eval.json").read_text())
     return result
 
@@ -111,7 +120,8 @@ def table(results: list[dict]) -> str:
     rows = ["| run | it. | pre: success | pre: closest | pre: coverage (cells) | post: success "
             "| post: closest | post: return |", "|---|---|---|---|---|---|---|---|"]
     for r in results:
-        name = f"{'E-MAML' if r['e_maml'] else 'MAML-RL (' + r['estimator'] + ')'}, seed {r['seed']}"
+        method = "E-MAML" if r["e_maml"] else f"MAML-RL ({r['estimator']})"
+        name = f"{method}, seed {r['seed']}" if r["step"] else "initial policy (no training)"
         rows.append(f"| {name} | {r['step']} | {cell(r['pre']['success'])} | "
                     f"{cell(r['pre']['closest'])} | {cell(r['pre']['coverage'], 1)} | "
                     f"{cell(r['post']['success'])} | {cell(r['post']['closest'])} | "
@@ -121,6 +131,8 @@ def table(results: list[dict]) -> str:
              "|---|---|---|"]
     for r in results:
         t = r["training"]
+        if t is None:
+            continue
         name = f"{'E-MAML' if r['e_maml'] else 'MAML-RL'}, seed {r['seed']}"
         rows.append(f"| {name} | {t['first5_success_pre']:.3f} / {t['last5_success_pre']:.3f} "
                     f"| {t['first5_success']:.3f} / {t['last5_success']:.3f} |")
@@ -135,7 +147,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    results = [measure(run, args.tasks, args.seed) for run in args.runs]
+    results = [measure(args.runs[0], args.tasks, args.seed, initial=True)]
+    results += [measure(run, args.tasks, args.seed) for run in args.runs]
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(results, indent=2) + "\n")
     atomic_write_text(args.out.with_suffix(".md"), (
         f"# E-MAML vs MAML-RL on sparse-goal 2-D navigation\n\n{args.tasks} test goals "

@@ -104,12 +104,18 @@ class SimulatorFamily:
         return {**self.__dict__, "_pool": None}  # environments are not pickled
 
 
-def locomotion_factory(name: str):
-    """``data.name: name`` builds the MuJoCo family ``name`` (options: horizon, workers, the
-    family's own, e.g. ``velocity_range``)."""
+def build_half_cheetah_vel(horizon: int = 200, velocity_range: tuple[float, float] = (0.0, 2.0),
+                           workers: int = 0) -> SimulatorFamily:
+    """``data.name: half-cheetah-vel`` (`HalfCheetahVelocity`)."""
+    return SimulatorFamily(LOCOMOTION["half-cheetah-vel"](horizon, tuple(velocity_range)),
+                           workers)
 
-    def build(workers: int = 0, **options: Any) -> SimulatorFamily:
-        return SimulatorFamily(LOCOMOTION[name](**options), workers)
+
+def direction_factory(name: str):
+    """``data.name: name`` for a direction family (options: horizon, workers)."""
+
+    def build(horizon: int = 200, workers: int = 0) -> SimulatorFamily:
+        return SimulatorFamily(LOCOMOTION[name](horizon), workers)
 
     build.__name__ = f"build_{name.replace('-', '_')}"
     return build
@@ -123,5 +129,6 @@ def build_metaworld(benchmark: str = "ML1", env_name: str | None = "reach-v3",
     return SimulatorFamily(MetaWorldTasks(benchmark, env_name, split, horizon, seed), workers)
 
 
-SIMULATOR_FAMILIES = {**{name: locomotion_factory(name) for name in LOCOMOTION},
-                      "metaworld": build_metaworld}
+SIMULATOR_FAMILIES = {"half-cheetah-vel": build_half_cheetah_vel,
+                      "half-cheetah-dir": direction_factory("half-cheetah-dir"),
+                      "ant-dir": direction_factory("ant-dir"), "metaworld": build_metaworld}
