@@ -124,3 +124,13 @@ def test_meta_world_tasks_travel_as_distinct_indices_of_their_split():
     batch = test.collect(policy, params, torch.tensor([3, 7]), 2, generator=generator(0))
     assert batch.rewards.shape == (2, 2, 5) and batch.success.shape == (2, 2)
     test.close()
+
+
+def test_locomotion_families_take_their_options_from_the_config():
+    family = build_family("half-cheetah-vel", horizon=50, velocity_range=[0.0, 3.0])
+    assert family.horizon == 50 and family.simulator.velocity_range == (0.0, 3.0)
+    velocities = family.sample_tasks(200, generator(0))
+    assert velocities.max() > 2.0, "velocity_range must reach the simulator (default [0, 2])"
+    assert build_family("ant-dir", horizon=30).simulator.horizon == 30
+    with pytest.raises(TypeError, match="velocity_range"):
+        build_family("half-cheetah-dir", velocity_range=[0.0, 1.0])
