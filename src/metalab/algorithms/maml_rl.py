@@ -36,7 +36,8 @@ How it runs through the one trainer: the outer step is not the gradient of a los
 task source, whose state the trainer checkpoints, so a resumed run is bit-identical.
 Meta-test (`task_losses` with ``training=False``, the path of `adapt_to_tasks`) reports the
 mean undiscounted return per task before adaptation (``return_pre``) and after
-``inner_steps`` steps (``return``), each step on freshly collected episodes.
+``inner_steps`` steps (``return``), each step on freshly collected episodes, and for a
+family that reports success (Meta-World) the success rates ``success_pre`` / ``success``.
 """
 
 from __future__ import annotations
@@ -85,6 +86,15 @@ class Rollouts:
 def masked_task_mean(values: Tensor, masks: Tensor) -> Tensor:
     """``[T, E, H] -> [T]``: the mean over each task's valid steps."""
     return (values * masks).sum(dim=(1, 2)) / masks.sum(dim=(1, 2)).clamp_min(1.0)
+
+
+def task_scores(batch: EpisodeBatch) -> dict[str, Tensor]:
+    """``{"return": [T]}``: the mean undiscounted return per task, and ``"success" [T]``
+    (the fraction of successful episodes) when the environment reports success."""
+    scores = {"return": batch.total_returns().mean(dim=-1)}
+    if batch.success is not None:
+        scores["success"] = batch.success.mean(dim=-1)
+    return scores
 
 
 def per_task_outputs(policy: nn.Module, params: Params, observations: Tensor
@@ -180,7 +190,8 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
         """Meta-test adaptation to ``tasks`` of ``family``: ``inner_steps`` times, collect
         ``episodes`` per task with the current (per-task) policy and take the inner step on
         them. Returns the adapted parameters ``[T, ...]`` (the meta-learned ones, stacked,
-        for 0 steps) and the mean return per task of each batch the steps were taken on."""
+        for 0 steps) and `task_scores` (mean return and success per task) of each batch the
+        steps were taken on."""
         steps = self.eval_inner_steps if inner_steps is None else check_positive_int(
             "inner_steps", inner_steps, minimum=0)
         params, per_task, returns = self.detached_parameters(), False, []
@@ -188,7 +199,7 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
             with torch.no_grad():
                 batch = family.collect(self.policy, params, tasks, episodes,
                                        generator=generator, per_task=per_task)
-            returns.append(batch.total_returns().mean(dim=-1))
+            returns.append(task_scores(batch))
             with torch.enable_grad():
                 adapted = self.inner_step(params, batch, per_task=per_task,
                                           create_graph=False)
@@ -213,9 +224,10 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
         with torch.no_grad():
             final = batch.family.collect(self.policy, adapted, batch.tasks, batch.episodes,
                                          generator=generator, per_task=True)
-        after = final.total_returns().mean(dim=-1)
+        after = task_scores(final)
         before = returns[0] if returns else after
-        return -after, {"return": after, "return_pre": before}
+        metrics = {**after, **{f"{name}_pre": value for name, value in before.items()}}
+        return -after["return"], metrics
 
     # -- the outer objective --------------------------------------------------------------------
     def collect_rollouts(self, batch: EnvironmentTasks) -> Rollouts:
@@ -294,6 +306,9 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
         leaves = [p for p in self.policy.parameters() if p.requires_grad]
         metrics = {"return_pre": rollouts.pre.mean_return().item(),
                    "return": rollouts.post.mean_return().item()}
+        if rollouts.post.success is not None:
+            metrics.update(success_pre=rollouts.pre.success.mean().item(),
+                           success=rollouts.post.success.mean().item())
         if self.outer_step == "gradient":
             surrogate, _ = self.surrogate_and_kl(dict(zip(names, leaves, strict=True)),
                                                  rollouts)

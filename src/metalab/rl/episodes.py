@@ -22,7 +22,9 @@ class EpisodeBatch:
     ``observations [T, E, H, obs_dim]`` (the observation each action was taken in),
     ``actions [T, E, H, act_dim]``, ``rewards [T, E, H]``, ``log_probs [T, E, H]`` (log-
     probabilities of the actions under the behaviour policy; a function of its parameters
-    when the collector computed them with grad), ``masks [T, E, H]``, ``task_ids [T]``.
+    when the collector computed them with grad), ``masks [T, E, H]``, ``task_ids [T]``, and
+    for environments that report success (Meta-World's ``info["success"]``) ``success
+    [T, E]``: 1 for an episode in which the environment reported success at some step.
     """
 
     observations: Tensor
@@ -31,6 +33,7 @@ class EpisodeBatch:
     log_probs: Tensor
     masks: Tensor
     task_ids: Tensor
+    success: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.rewards.dim() != 3:
@@ -49,6 +52,9 @@ class EpisodeBatch:
         if tuple(self.task_ids.shape) != steps[:1]:
             raise ValueError(f"task_ids must have shape ({steps[0]},), "
                              f"got {tuple(self.task_ids.shape)}")
+        if self.success is not None and tuple(self.success.shape) != steps[:2]:
+            raise ValueError(f"success must have shape {steps[:2]} (tasks, episodes), "
+                             f"got {tuple(self.success.shape)}")
 
     @property
     def num_tasks(self) -> int:
@@ -58,7 +64,8 @@ class EpisodeBatch:
         """The episodes of the tasks ``index`` (a slice)."""
         return EpisodeBatch(self.observations[index], self.actions[index],
                             self.rewards[index], self.log_probs[index], self.masks[index],
-                            self.task_ids[index])
+                            self.task_ids[index],
+                            None if self.success is None else self.success[index])
 
     def total_returns(self) -> Tensor:
         """Undiscounted return of every episode, ``[T, E]``."""

@@ -83,15 +83,19 @@ class MetaWorldTasks:
         """The split's environment classes by name."""
         return dict(getattr(self._benchmark(), f"{self.split}_classes"))
 
+    def sample_indices(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n`` distinct indices into ``tasks``, drawn uniformly (``n`` at most their number)."""
+        n = check_positive_int("n", n)
+        count = len(self.tasks)
+        if n > count:
+            raise ValueError(f"n must be at most the {count} {self.split} tasks of "
+                             f"{self.benchmark}, got {n}")
+        return torch.randperm(count, generator=generator)[:n]
+
     def sample_tasks(self, n: int, generator: torch.Generator | None = None) -> list:
         """``n`` distinct tasks of the split, drawn uniformly (``n`` at most their number)."""
-        n = check_positive_int("n", n)
         tasks = self.tasks
-        if n > len(tasks):
-            raise ValueError(f"n must be at most the {len(tasks)} {self.split} tasks of "
-                             f"{self.benchmark}, got {n}")
-        order = torch.randperm(len(tasks), generator=generator)[:n]
-        return [tasks[i] for i in order.tolist()]
+        return [tasks[i] for i in self.sample_indices(n, generator).tolist()]
 
     def check_task(self, task: Any) -> Any:
         if not hasattr(task, "env_name") or not hasattr(task, "data"):

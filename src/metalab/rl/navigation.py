@@ -9,6 +9,12 @@ pytorch-maml-rl); the paper's text says squared distance, we follow the code. As
 released code an episode ends early when the point is within ``goal_tolerance`` (0.01) of the
 goal in both coordinates; the horizon is 100 steps.
 
+Sparse goals (``sparse_radius=r``, the E-MAML comparison): the reward is ``1 - ||s' - g||``
+within ``r`` of the goal and 0 elsewhere (rlkit's ``SparsePointEnv`` of the PEARL paper,
+which sparsifies the negative distance the same way), so an episode that never comes within
+``r`` carries no signal; `Navigation2D` then turns the early end off (reaching the goal
+should not end the reward).
+
 Shapes: ``goals [T, 2]``, ``positions`` and ``actions [T, E, 2]`` (T tasks, E episodes per
 task), ``rewards`` and ``done [T, E]``: every task and episode is stepped at once.
 """
@@ -35,12 +41,14 @@ class PointNavigation:
     action_dim = 2
 
     def __init__(self, horizon: int = 100, goal_range: float = 0.5, max_action: float = 0.1,
-                 goal_tolerance: float | None = 0.01):
+                 goal_tolerance: float | None = 0.01, sparse_radius: float | None = None):
         self.horizon = check_positive_int("horizon", horizon)
         self.goal_range = check_real("goal_range", goal_range, inclusive=False)
         self.max_action = check_real("max_action", max_action, inclusive=False)
         self.goal_tolerance = (None if goal_tolerance is None
                                else check_real("goal_tolerance", goal_tolerance))
+        self.sparse_radius = (None if sparse_radius is None
+                              else check_real("sparse_radius", sparse_radius, inclusive=False))
 
     def sample_tasks(self, n: int, generator: torch.Generator | None = None,
                      dtype: torch.dtype = torch.float64) -> Tensor:
@@ -69,7 +77,11 @@ class PointNavigation:
                              f"got {positions.shape[0]}")
         moved = positions + actions.clamp(-self.max_action, self.max_action)
         offset = moved - goals.unsqueeze(1)
-        rewards = -offset.norm(dim=-1)
+        distance = offset.norm(dim=-1)
+        rewards = -distance
+        if self.sparse_radius is not None:
+            rewards = torch.where(distance <= self.sparse_radius, 1.0 - distance,
+                                  torch.zeros_like(distance))
         if self.goal_tolerance is None:
             done = torch.zeros_like(rewards, dtype=torch.bool)
         else:

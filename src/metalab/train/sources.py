@@ -287,11 +287,19 @@ def _stream_source(config: dict[str, Any], split: str, tasks_per_batch: int,
                         online["query"])
 
 
-def _environment_source(data: dict[str, Any], tasks_per_batch: int, seed: int
+def _environment_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed: int
                         ) -> TaskSource:
-    """Tasks of the environment family ``data.name``, ``data.episodes`` per task."""
+    """Tasks of the environment family ``data.name``, ``data.episodes`` per task. A family
+    with a task split (Meta-World) gets ``split="train"`` for training and ``"test"`` for
+    validation and meta-test (it has no validation tasks); the others differ by seed."""
+    options = _options(data)
+    if "split" in inspect.signature(FAMILIES[data["name"]]).parameters:
+        if "split" in options:
+            raise ValueError(f"data.split must not be set for {data['name']!r}: training "
+                             f"uses the train tasks and metalab eval the test tasks")
+        options["split"] = "train" if split == "train" else "test"
     try:
-        family = build_family(data["name"], **_options(data))
+        family = build_family(data["name"], **options)
     except TypeError as error:
         raise ValueError(f"data for environment {data['name']!r}: {error}") from error
     return EnvironmentTaskSource(family, tasks_per_batch, data.get("episodes", 20), seed=seed)
@@ -313,7 +321,7 @@ def build_task_source(config: dict[str, Any], split: str, tasks_per_batch: int, 
     if data["name"] in STREAM_FAMILIES:
         return _stream_source(config, split, tasks_per_batch, seed)
     if data["name"] in FAMILIES:
-        return _environment_source(data, tasks_per_batch, seed)
+        return _environment_source(data, split, tasks_per_batch, seed)
     if is_regression(config):
         return _family_source(data, split, tasks_per_batch, seed, queries)
     if "support_size" in data:
