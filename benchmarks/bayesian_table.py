@@ -8,7 +8,15 @@ their shipped configs (``FAMILY_CONFIGS``): the MAML family's sinusoid configs, 
 family with ``data.name=gaussian-process``; the neural processes' own ``*-gp`` configs.
 ``llama`` is trained by MAML's objective (its meta-parameters are MAML's), so it is the
 ``maml`` run's meta-parameters loaded into ``llama-sinusoid``'s learner, not a second run.
-MAML's point estimate is scored as ``N(f(x), --maml-noise-std^2)``.
+MAML's point estimate is scored as ``N(f(x), sigma^2)`` with the family's observation noise
+``sigma`` (``FAMILY_NOISE``: 0.1 on sinusoid and GP, as the sinusoid configs, 0.3 on the
+ambiguous family, its data noise; ``--maml-noise-std`` overrides), which is also the
+predictive noise of the ensemble, BMAML and LLAMA there.
+
+Resuming: each cell's scores (a method on a family, one seed, at these test settings) are
+written to ``scores.json`` in its run directory as soon as they are measured, and read back
+instead of measured again (``--remeasure`` ignores them), and the table files are rewritten
+after every row: a stopped invocation, run again, loses at most the cell in progress.
 
 Test tasks: per family one seeded source (seed 1234) of ``--context`` support points and 100
 query points, the same for every method and seed; ``--inner-steps`` at test for the MAML
@@ -17,6 +25,10 @@ family.
     python benchmarks/bayesian_table.py --runs /tmp/bayes-table --steps 500 \
         --methods maml maml-ensemble bmaml llama cnp np anp --families sinusoid gp \
         --seeds 0 1 2 --out benchmarks/results/bayesian_table
+    python benchmarks/bayesian_table.py --runs /tmp/bayes-table --steps 500 \
+        --methods maml maml-ensemble platipus bmaml abml llama cnp np anp \
+        --families ambiguous gp --seeds 0 1 2 --combine benchmarks/results/bayesian_table.json \
+        --out benchmarks/results/bayesian_table_all
 """
 
 from __future__ import annotations
@@ -24,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,6 +46,7 @@ from metalab.algorithms.predictive_scores import predictive_scores
 from metalab.cli.main import resolve_config_path
 from metalab.train import load_config, load_run, train_run
 from metalab.train.build import build_meta_learner
+from metalab.train.checkpoint import atomic_write_text
 from metalab.train.report import format_plain, over_seeds, write_json
 from metalab.train.run import read_run_config
 from metalab.train.sources import build_task_source
@@ -40,14 +54,19 @@ from metalab.train.sources import build_task_source
 #: (config, overrides) of each method per family.
 GP_DATA = ["data.name=gaussian-process"]
 AMBIGUOUS_DATA = ["data.name=sine-line", "data.support_width=2.0", "data.noise=0.3"]
+#: The observation noise std of the predictives without a learned one, per family.
+FAMILY_NOISE = {"sinusoid": 0.1, "gp": 0.1, "ambiguous": 0.3}
 
 
-def _family(data: list[str], own: dict[str, tuple[str, list[str]]]) -> dict:
-    """The MAML family's sinusoid configs on ``data``, and the family's own configs."""
+def _family(data: list[str], own: dict[str, tuple[str, list[str]]], noise: float = 0.1
+            ) -> dict:
+    """The MAML family's sinusoid configs on ``data`` (predictive noise ``noise``), and the
+    family's own configs."""
+    noisy = [*data, f"algorithm.noise_std={noise}"] if noise != 0.1 else data
     return {"maml": ("maml-sinusoid-5shot", data),
-            "maml-ensemble": ("maml-ensemble-sinusoid", data),
-            "bmaml": ("bmaml-sinusoid", data),
-            "bmaml-predictive": ("bmaml-sinusoid", [*data, "algorithm.meta_loss=predictive"]),
+            "maml-ensemble": ("maml-ensemble-sinusoid", noisy),
+            "bmaml": ("bmaml-sinusoid", noisy),
+            "bmaml-predictive": ("bmaml-sinusoid", [*noisy, "algorithm.meta_loss=predictive"]),
             **own}
 
 
@@ -63,12 +82,16 @@ FAMILY_CONFIGS = {
                                           "np": ("np-sinusoid", AMBIGUOUS_DATA),
                                           "anp": ("anp-sinusoid", AMBIGUOUS_DATA),
                                           "platipus": ("platipus-ambiguous", []),
-                                          "abml": ("abml-ambiguous", [])}),
+                                          "abml": ("abml-ambiguous", [])},
+                         noise=FAMILY_NOISE["ambiguous"]),
 }
 #: The test tasks' data section per family.
 TEST_CONFIGS = {"sinusoid": ("maml-sinusoid-5shot", []), "gp": ("cnp-gp", ["data.max_shots=null"]),
                 "ambiguous": ("platipus-ambiguous", [])}
-COLUMNS = ("mse", "log_likelihood", "coverage_90")
+COLUMNS = ("mse", "log_likelihood", "coverage_90", "coverage_50", "coverage_95")
+HEADERS = ("MSE", "log-lik per point", "90% coverage", "50% coverage", "95% coverage")
+#: Central intervals scored beside the 90% one.
+LEVELS = (0.5, 0.95)
 
 
 def run_dir(runs: Path, family: str, method: str, seed: int) -> Path:
@@ -91,12 +114,14 @@ def ensure_run(runs: Path, family: str, method: str, seed: int, steps: int) -> P
     return run
 
 
-def learner_of(run: Path, method: str):
-    """The run's learner; for ``llama`` MAML's meta-parameters in a LLAMA learner."""
+def learner_of(run: Path, method: str, noise_std: float = 0.1):
+    """The run's learner; for ``llama`` MAML's meta-parameters in a LLAMA learner with
+    observation noise ``noise_std``."""
     learner = load_run(run)
     if method == "llama":
         config = read_run_config(run)
-        config["algorithm"] = {**load_config(resolve_config_path("llama-sinusoid"))["algorithm"]}
+        config["algorithm"] = {**load_config(resolve_config_path("llama-sinusoid"))["algorithm"],
+                               "noise_std": noise_std}
         llama = build_meta_learner(config)
         llama.load_state_dict(learner.state_dict())
         learner = llama
@@ -132,11 +157,45 @@ def measure(learner, batch, inner_steps: int, maml_noise_std: float) -> dict[str
     for t in range(len(batch)):
         predictive = adapt(learner, batch.support_x[t], batch.support_y[t], inner_steps,
                            maml_noise_std)
-        for name, value in predictive_scores(predictive, batch.query_x[t],
-                                             batch.query_y[t]).items():
+        for name, value in predictive_scores(predictive, batch.query_x[t], batch.query_y[t],
+                                             LEVELS).items():
             scores.setdefault(name, []).append(value)
     return {name: torch.stack(values).double().mean().item()
             for name, values in scores.items()}
+
+
+def cell_key(family: str, method: str, args: argparse.Namespace, noise_std: float) -> str:
+    """What a cell's stored scores depend on besides its run."""
+    return (f"{family}/{method}: episodes={args.episodes} context={args.context} "
+            f"inner_steps={args.inner_steps} noise_std={noise_std}")
+
+
+def cell_scores(run: Path, key: str, measure_now) -> dict[str, float]:
+    """The scores stored under ``key`` in ``run/scores.json``, else ``measure_now()`` stored
+    there (atomically) first."""
+    path = run / "scores.json"
+    stored = json.loads(path.read_text()) if path.is_file() else {}
+    if key not in stored:
+        stored[key] = measure_now()
+        atomic_write_text(path, json.dumps(stored, indent=2) + "\n")
+    return stored[key]
+
+
+def measure_cell(run: Path, family: str, method: str, args: argparse.Namespace,
+                 noise_std: float, tasks: dict) -> dict[str, float]:
+    """One cell's scores on the family's test tasks (built once, kept in ``tasks``)."""
+    if family not in tasks:
+        tasks[family] = test_tasks(family, args.context, args.episodes)
+    started = time.time()
+    scores = measure(learner_of(run, method, noise_std), tasks[family], args.inner_steps,
+                     noise_std)
+    print(f"measured {family}/{method}/{run.name} in {time.time() - started:.0f} s",
+          flush=True)
+    return scores
+
+
+def cell_text(columns: dict, column: str) -> str:
+    return format_plain(columns[column]) if column in columns else "—"
 
 
 def markdown(results: dict, args: argparse.Namespace, seconds: float) -> str:
@@ -147,14 +206,17 @@ def markdown(results: dict, args: argparse.Namespace, seconds: float) -> str:
              + (f" (this invocation; rows from {len(args.combine)} earlier ones)"
                 if args.combine else ""), ""]
     for family, by_method in results.items():
-        lines += [f"## {family}", "", "| method | MSE | log-lik per point | 90% coverage |",
-                  "|---|---|---|---|"]
+        lines += [f"## {family}", "", "| method | " + " | ".join(HEADERS) + " |",
+                  "|---" * (len(HEADERS) + 1) + "|"]
         for method, columns in by_method.items():
-            lines.append(f"| {method} | " + " | ".join(format_plain(columns[c])
+            lines.append(f"| {method} | " + " | ".join(cell_text(columns, c)
                                                       for c in COLUMNS) + " |")
         lines.append("")
-    lines.append(f"MAML (point estimate): predictive N(f(x), {args.maml_noise_std}^2); "
-                 f"llama: the maml runs' meta-parameters with LLAMA's Laplace predictive.")
+    noise = {f: args.maml_noise_std or FAMILY_NOISE[f] for f in results}
+    lines.append(f"MAML (point estimate): predictive N(f(x), sigma^2), sigma by family {noise} "
+                 f"(also the ensemble's, BMAML's and LLAMA's noise); llama: the maml runs' "
+                 f"meta-parameters with LLAMA's Laplace predictive. —: not measured in the "
+                 f"invocation that made the row.")
     return "\n".join(lines)
 
 
@@ -168,7 +230,11 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100)
     parser.add_argument("--context", type=int, default=5)
     parser.add_argument("--inner-steps", type=int, default=10)
-    parser.add_argument("--maml-noise-std", type=float, default=0.1)
+    parser.add_argument("--maml-noise-std", type=float, default=None,
+                        help="the point estimate's (and LLAMA's) noise std; default the "
+                             "family's (FAMILY_NOISE)")
+    parser.add_argument("--remeasure", action="store_true",
+                        help="measure every cell again instead of reading its scores.json")
     parser.add_argument("--train-only", action="store_true")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--combine", nargs="+", type=Path, default=[],
@@ -189,31 +255,44 @@ def main() -> None:
         for family, rows in earlier["results"].items():
             results.setdefault(family, {}).update(rows)
             per_seed.setdefault(family, {}).update(earlier["per_seed"][family])
+    tasks: dict = {}
     for family in args.families:
-        batch = None if args.train_only else test_tasks(family, args.context, args.episodes)
+        noise_std = args.maml_noise_std or FAMILY_NOISE[family]
         for method in args.methods:
             values = []
             for seed in args.seeds:
                 run = ensure_run(args.runs, family, method, seed, args.steps)
-                if batch is not None:
-                    values.append(measure(learner_of(run, method), batch, args.inner_steps,
-                                          args.maml_noise_std))
-            if batch is None:
+                if args.train_only:
+                    continue
+                key = cell_key(family, method, args, noise_std)
+                if args.remeasure and (run / "scores.json").is_file():
+                    (run / "scores.json").unlink()
+                values.append(cell_scores(run, key, partial(
+                    measure_cell, run, family, method, args, noise_std, tasks)))
+            if args.train_only:
                 continue
             per_seed.setdefault(family, {})[method] = values
             results.setdefault(family, {})[method] = {
                 c: over_seeds([v[c] for v in values]) for c in COLUMNS}
             print(family, method, {c: format_plain(results[family][method][c])
                                    for c in COLUMNS}, flush=True)
+            write_tables(results, per_seed, args, time.time() - start)
     if args.train_only:
         return
-    text = markdown(results, args, time.time() - start)
-    print(text)
+    print(write_tables(results, per_seed, args, time.time() - start))
+
+
+def write_tables(results: dict, per_seed: dict, args: argparse.Namespace, seconds: float
+                 ) -> str:
+    """The markdown table (returned) and, with ``--out``, both result files (rewritten after
+    every row)."""
+    text = markdown(results, args, seconds)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.out}.md").write_text(text + "\n")
+        atomic_write_text(Path(f"{args.out}.md"), text + "\n")
         write_json(f"{args.out}.json", {"args": {k: str(v) for k, v in vars(args).items()},
                                         "results": results, "per_seed": per_seed})
+    return text
 
 
 if __name__ == "__main__":

@@ -19,14 +19,30 @@ steps at test:
   root-mean-square error on the 5 support points at most ``--fit-tolerance``, 0.6 = twice
   the noise), ``truth_covered`` (one of the functions has the task's true kind) and
   ``mean_kind`` (the predictive mean has the true kind).
+- ambiguity: a support is *ambiguous* when both hypotheses of the family fit it, a line
+  ``a x + b`` with ``a, b`` in the family's ranges and a sinusoid ``A sin(x - phi)`` with
+  ``A``, ``phi`` in its ranges, each with RMS error at most ``--fit-tolerance`` on the support
+  (best fits searched on a grid, `family_fit_rms`). ``ambiguous`` is the fraction of test
+  tasks with such a support; ``both_fitting_ambiguous`` is ``both_fitting`` over those tasks
+  only. The paper's claim (draws cover both hypotheses where the support allows both) is
+  about that subset: on a support only one hypothesis fits, drawing both is a mistake, so
+  a fraction over all tasks mixes the claim with its opposite.
+
+With ``--seeds``, each name is a directory of runs ``RUNS/<name>/seed<N>`` (the layout of
+`benchmarks/bayesian_table.py`); every seed's run is scored on the same tasks and a row is
+the mean over seeds ± the Student-t 95% half-width over seeds.
 
     python benchmarks/platipus_ambiguous.py --runs /tmp/plat-runs/amb --episodes 200 \
         --out benchmarks/results/platipus_ambiguous
+    python benchmarks/platipus_ambiguous.py --runs /tmp/bayes-table/ambiguous --seeds 0 1 2 \
+        --names maml maml-ensemble platipus bmaml abml --episodes 300 \
+        --out benchmarks/results/platipus_ambiguous_seeds
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from pathlib import Path
 
@@ -38,11 +54,37 @@ from metalab.algorithms.predictive_scores import predictive_scores
 from metalab.tasks.regression import LINE
 from metalab.train import load_run, mean_ci95
 from metalab.train.build import build_task_source
-from metalab.train.report import format_plain, write_json
+from metalab.train.checkpoint import atomic_write_text
+from metalab.train.report import format_plain, over_seeds, write_json
 from metalab.train.run import read_run_config
 
 RUNS = ("maml-ambiguous", "maml-ensemble-ambiguous", "platipus-ambiguous", "abml-ambiguous")
 INNER_STEPS, GRID = 10, torch.linspace(-5, 5, 200)[:, None]
+#: The `SineOrLine` defaults: the hypotheses' parameter ranges.
+SLOPE = INTERCEPT = (-3.0, 3.0)
+AMPLITUDE, PHASE = (0.1, 5.0), (0.0, math.pi)
+
+
+def family_fit_rms(x: torch.Tensor, y: torch.Tensor, resolution: int = 241
+                   ) -> tuple[float, float]:
+    """RMS errors on the points ``(x, y)`` (``[n]`` each) of the best line ``a x + b``
+    (``a`` in `SLOPE`, ``b`` in `INTERCEPT`) and the best sinusoid ``A sin(x - phi)`` (``A`` in
+    `AMPLITUDE`, ``phi`` in `PHASE`), each searched on a ``resolution x resolution`` grid
+    of its two parameters (both ranges included)."""
+    x, y = x.double().flatten(), y.double().flatten()
+
+    def best(first, second, curve) -> float:
+        p = torch.linspace(*first, resolution, dtype=torch.float64)[:, None, None]
+        q = torch.linspace(*second, resolution, dtype=torch.float64)[None, :, None]
+        return (curve(p, q) - y).pow(2).mean(-1).min().sqrt().item()
+
+    return (best(SLOPE, INTERCEPT, lambda a, b: a * x + b),
+            best(AMPLITUDE, PHASE, lambda a, phi: a * torch.sin(x - phi)))
+
+
+def is_ambiguous(x: torch.Tensor, y: torch.Tensor, tolerance: float) -> bool:
+    """Both a line and a sinusoid of the family fit ``(x, y)`` within RMS ``tolerance``."""
+    return max(family_fit_rms(x, y)) <= tolerance
 
 
 def point_predictive(predictor, noise_std: float) -> GaussianPredictive:
@@ -74,11 +116,14 @@ def is_line_like(functions: torch.Tensor) -> torch.Tensor:
 
 
 def measure(run: Path, tasks, episodes: int, samples: int, maml_noise_std: float,
-            fit_tolerance: float) -> dict:
+            fit_tolerance: float, ambiguous: list[bool]) -> dict:
+    """Every score's mean ± 95% CI over tasks (``both_fitting_ambiguous``: over the tasks
+    flagged in ``ambiguous``, in the order of ``tasks``)."""
     learner = load_run(run)
     learner.eval()
     options = {"inner_steps": INNER_STEPS} if "inner_steps" in learner.adapt_options else {}
     scores: dict[str, list[torch.Tensor]] = {}
+    flags = iter(ambiguous)
     for batch in tasks:
         for t in range(len(batch)):
             sx, sy = batch.support_x[t], batch.support_y[t]
@@ -98,7 +143,10 @@ def measure(run: Path, tasks, episodes: int, samples: int, maml_noise_std: float
                 "both_fitting": torch.tensor(float(fitting.any() and not fitting.all())),
                 "truth_covered": torch.tensor(float((line_like == truth_line).any())),
                 "mean_kind": torch.tensor(float(mean_line == truth_line)),
+                "ambiguous": torch.tensor(float(next(flags))),
             })
+            if values["ambiguous"]:
+                values["both_fitting_ambiguous"] = values["both_fitting"]
             for name, value in values.items():
                 scores.setdefault(name, []).append(value)
     return {name: dict(zip(("mean", "ci95"), mean_ci95(torch.stack(values)), strict=True))
@@ -116,6 +164,21 @@ def test_tasks(run: Path, episodes: int):
     return batches
 
 
+def ambiguity_flags(tasks, tolerance: float) -> list[bool]:
+    """`is_ambiguous` for every task's support, in order."""
+    return [is_ambiguous(batch.support_x[t], batch.support_y[t], tolerance)
+            for batch in tasks for t in range(len(batch))]
+
+
+def over_seed_rows(per_seed: list[dict]) -> dict:
+    """Each score's mean over seeds ± the t 95% half-width over seeds."""
+    return {name: over_seeds([r[name]["mean"] for r in per_seed]) for name in per_seed[0]}
+
+
+COLUMNS = ("mse", "log_likelihood", "coverage_90", "both", "both_fitting", "ambiguous",
+           "both_fitting_ambiguous", "truth_covered", "mean_kind")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=Path, required=True)
@@ -125,41 +188,54 @@ def main() -> None:
                         help="functions drawn per task by PLATIPUS/ABML (5: as the ensemble)")
     parser.add_argument("--maml-noise-std", type=float, default=0.3)
     parser.add_argument("--fit-tolerance", type=float, default=0.6)
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="score RUNS/<name>/seed<N> for each seed (mean over seeds)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.time()
-    runs = [args.runs / name for name in args.names if (args.runs / name).is_dir()]
-    tasks = test_tasks(runs[0], args.episodes)
-    results = {}
-    for run in runs:
-        results[run.name] = measure(run, tasks, args.episodes, args.samples,
-                                    args.maml_noise_std, args.fit_tolerance)
-        print(run.name, {k: format_plain(v) for k, v in results[run.name].items()}, flush=True)
+    seed_dirs = [None] if args.seeds is None else [f"seed{s}" for s in args.seeds]
+    names = [n for n in args.names if (args.runs / n).is_dir()]
+    first = args.runs / names[0] / (seed_dirs[0] or "")
+    tasks = test_tasks(first, args.episodes)
+    ambiguous = ambiguity_flags(tasks, args.fit_tolerance)
+    results, per_seed = {}, {}
+    for name in names:
+        per_seed[name] = [measure(args.runs / name / (d or ""), tasks, args.episodes,
+                                  args.samples, args.maml_noise_std, args.fit_tolerance,
+                                  ambiguous) for d in seed_dirs]
+        results[name] = per_seed[name][0] if args.seeds is None else over_seed_rows(
+            per_seed[name])
+        print(name, {k: format_plain(v) for k, v in results[name].items()}, flush=True)
     seconds = time.time() - start
+    spread = ("mean ± 95% CI over tasks" if args.seeds is None else
+              f"mean over seeds {args.seeds} ± t 95% CI over seeds")
     lines = [f"# Ambiguous sine/line: {args.episodes} test tasks (seed 1234), 5 support points "
-             f"in a window of width {read_run_config(runs[0])['data'].get('support_width')}, "
-             f"100 query points, {INNER_STEPS} inner steps at test, mean ± 95% CI over tasks; "
+             f"in a window of width {read_run_config(first)['data'].get('support_width')}, "
+             f"100 query points, {INNER_STEPS} inner steps at test, {spread}; "
+             f"{sum(ambiguous)} of the tasks have an ambiguous support; "
              f"measured in {seconds:.0f} s", "",
              "| run | MSE | log-lik per point | 90% coverage | both kinds drawn | "
-             "both kinds among draws fitting the support | true kind drawn | "
-             "mean has true kind |", "|---|---|---|---|---|---|---|---|"]
+             "both kinds among draws fitting the support | ambiguous supports | "
+             "both kinds among fitting draws, ambiguous supports | true kind drawn | "
+             "mean has true kind |", "|---" * 10 + "|"]
     for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(format_plain(r[k]) for k in (
-            "mse", "log_likelihood", "coverage_90", "both", "both_fitting", "truth_covered",
-            "mean_kind"))
-            + " |")
+        lines.append(f"| {name} | " + " | ".join(format_plain(r[k]) if k in r else "—"
+                                                 for k in COLUMNS) + " |")
     lines += ["", f"Functions per task: MAML 1, the ensemble its members, PLATIPUS/ABML "
               f"{args.samples} draws; a function is line-like when a least-squares line fits it "
               f"on 200 points of [-5, 5] better than c1 sin x + c2 cos x; it fits the support "
-              f"when its RMS error on the support points is <= {args.fit_tolerance}. MAML (point "
-              f"estimate): predictive N(f(x), {args.maml_noise_std}^2)."]
+              f"when its RMS error on the support points is <= {args.fit_tolerance}; a support is "
+              f"ambiguous when a line and a sinusoid of the family (parameters in its ranges) "
+              f"both fit it so. MAML (point estimate): predictive N(f(x), "
+              f"{args.maml_noise_std}^2)."]
     text = "\n".join(lines)
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        Path(f"{args.out}.md").write_text(text + "\n")
+        atomic_write_text(Path(f"{args.out}.md"), text + "\n")
         write_json(f"{args.out}.json", {"episodes": args.episodes, "samples": args.samples,
+                                        "seeds": args.seeds, "per_seed": per_seed,
                                         "fit_tolerance": args.fit_tolerance,
                                         "maml_noise_std": args.maml_noise_std,
                                         "seconds": seconds, "results": results})

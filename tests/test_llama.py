@@ -87,6 +87,23 @@ def test_samples_are_reproducible_under_a_seed():
     assert not torch.equal(first, predictive.sample(x, 4, seed=8))
 
 
+@pytest.mark.parametrize("prior_precision", [1e-6, 1.0])
+def test_variance_is_positive_and_finite_for_batch_size_one(prior_precision):
+    """One support point and one query point: the curvature of one point is singular in all
+    but one direction, the prior precision alone keeps the posterior proper; by hand for the
+    linear model, ``x^2 / (x_s^2 / sigma^2 + lambda) + 1 / (1 / sigma^2 + lambda) + sigma^2``
+    per input entry (a dropped ``+ lambda`` divides by 0 at a zero input)."""
+    x, y = data(n=1, dim=1)
+    x[0, 0] = 0.0  # a zero input: no curvature for the weight from the support
+    query = torch.tensor([[2.0]], dtype=torch.float64)
+    predictive = LLAMA(linear(dim=1), noise_std=0.1, prior_precision=prior_precision,
+                       inner_steps=1, inner_lr=0.05).adapt(x, y)
+    variance = predictive.variance(query)
+    expected = 4.0 / prior_precision + 1.0 / (1.0 / 0.01 + prior_precision) + 0.01
+    assert variance.shape == (1, 1) and torch.isfinite(variance).all() and (variance > 0).all()
+    assert variance.item() == pytest.approx(expected, rel=1e-9)
+
+
 def test_a_laplace_prefix_that_names_no_adapted_parameter_is_refused():
     with pytest.raises(ValueError, match="laplace="):
         LLAMA(linear(), laplace="head")

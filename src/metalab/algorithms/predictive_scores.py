@@ -10,6 +10,8 @@ loss stays the objective's, the MSE).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -25,13 +27,26 @@ def interval_coverage(mean: Tensor, variance: Tensor, y: Tensor, z: float = Z90)
     return ((y - mean).abs() <= z * variance.sqrt()).to(mean.dtype).mean()
 
 
-def predictive_scores(predictive: GaussianPredictive, x: Tensor, y: Tensor
-                      ) -> dict[str, Tensor]:
-    """``mse``, ``log_likelihood`` (per target entry) and ``coverage_90`` at ``(x, y)``."""
+def central_z(level: float) -> float:
+    """``z`` of the central ``level`` interval of a standard normal, ``Phi^-1((1 + level)/2)``
+    (``level`` in (0, 1); 0.9 gives `Z90`)."""
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    return math.sqrt(2.0) * torch.erfinv(torch.tensor(float(level), dtype=torch.float64)).item()
+
+
+def predictive_scores(predictive: GaussianPredictive, x: Tensor, y: Tensor,
+                      levels: tuple[float, ...] = ()) -> dict[str, Tensor]:
+    """``mse``, ``log_likelihood`` (per target entry) and ``coverage_90`` at ``(x, y)``; and
+    ``coverage_<100 level>`` for each further central-interval ``level`` (e.g. 0.5, 0.95)."""
     mean, variance = predictive.mean(x), predictive.variance(x)
-    return {"mse": ((mean - y) ** 2).mean(),
-            "log_likelihood": predictive.log_likelihood(x, y) / y.numel(),
-            "coverage_90": interval_coverage(mean, variance, y)}
+    scores = {"mse": ((mean - y) ** 2).mean(),
+              "log_likelihood": predictive.log_likelihood(x, y) / y.numel(),
+              "coverage_90": interval_coverage(mean, variance, y)}
+    for level in levels:
+        scores[f"coverage_{round(100 * level)}"] = interval_coverage(mean, variance, y,
+                                                                     central_z(level))
+    return scores
 
 
 class PredictiveScores:

@@ -136,6 +136,8 @@ PLOT_KINDS = {
     "presentations": ("metalab.cli.plot_presentations", "plot_presentations",
                       "presentations.png"),
     "stream": ("metalab.cli.plot_stream", "plot_stream", "stream.png"),
+    "reliability": ("metalab.cli.plot_calibration", "plot_reliability", "reliability.png"),
+    "coverage": ("metalab.cli.plot_calibration", "plot_coverage", "coverage.png"),
 }
 
 
@@ -156,10 +158,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
         plot = getattr(importlib.import_module(module), function)
         options = {"overrides": args.data, "context_sizes": args.contexts,
                    "tasks": args.tasks, "samples": args.samples} if kind == "predictive" else {}
+        if kind in ("reliability", "coverage"):
+            options = {"episodes": args.episodes}
         written = plot(runs, out or runs[0] / default, **options)
     elif len(runs) > 1:
         raise ValueError("several run directories need --groups, --support-sizes, --predictive, "
-                         "--presentations or --stream")
+                         "--presentations, --stream, --reliability or --coverage")
     else:
         written = plot_curves(runs[0], out)
     print(f"wrote {written}")
@@ -264,6 +268,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="online runs: examples to threshold, accuracy after a small budget "
                             "and cumulative loss against the task index, seed bands (each "
                             "run's stream.json)")
+    kinds.add_argument("--reliability", action="store_true",
+                       help="reliability diagrams of classification runs: accuracy per "
+                            "confidence bin on test episodes (the ECE's bins)")
+    kinds.add_argument("--coverage", action="store_true",
+                       help="regression runs: empirical against nominal coverage of the "
+                            "central predictive intervals on test tasks")
+    plot.add_argument("--episodes", type=int, default=100,
+                      help="with --reliability/--coverage: test tasks scored per run")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or "
                                     "FIRST_RUN/groups.png, FIRST_RUN/support_sizes.png)")
     plot.set_defaults(func=cmd_plot)

@@ -1,0 +1,103 @@
+"""The Bayesian benchmarks' own logic: the ambiguity test of the PLATIPUS experiment
+(`benchmarks/platipus_ambiguous.py`), the stored cells of the seeds table
+(`benchmarks/bayesian_table.py`) and the extra interval coverages of `predictive_scores`."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metalab.algorithms.predictive import GaussianPredictive
+from metalab.algorithms.predictive_scores import Z90, central_z, predictive_scores
+
+
+def _benchmark(name: str):
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault(name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+pa = _benchmark("platipus_ambiguous")
+bt = _benchmark("bayesian_table")
+
+
+def test_line_fit_is_exact_for_a_line_on_the_grid_and_respects_the_ranges():
+    x = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0], dtype=torch.float64)
+    line_rms, _ = pa.family_fit_rms(x, 0.5 * x + 1.0)
+    assert line_rms == pytest.approx(0.0, abs=1e-12)
+    # y = -6 at x = 0: the best intercept in [-3, 3] is -3, an error of 3 (an unbounded least
+    # squares fit would give 0; the sinusoid's amplitude is at most 5: error >= 1)
+    line_rms, sine_rms = pa.family_fit_rms(torch.zeros(3, dtype=torch.float64),
+                                           torch.full((3,), -6.0, dtype=torch.float64))
+    assert line_rms == pytest.approx(3.0, abs=1e-12)
+    assert sine_rms == pytest.approx(1.0, abs=1e-12)
+
+
+def test_a_narrow_linear_support_is_ambiguous_and_a_wide_sinusoid_is_not():
+    narrow = torch.linspace(-0.5, 0.5, 5, dtype=torch.float64)
+    # sin(x) ~ x near 0: the line y = x and the sinusoid sin(x - 0) both fit
+    assert pa.is_ambiguous(narrow, narrow, tolerance=0.05)
+    wide = torch.tensor([-4.0, -2.0, 0.0, 2.0, 4.0], dtype=torch.float64)
+    y = 4.0 * torch.sin(wide - 1.0)
+    line_rms, sine_rms = pa.family_fit_rms(wide, y)
+    # the sinusoid on the grid (amplitude step 4.9/240, phase step pi/240) is close; by hand,
+    # the best least-squares line on these five points leaves an RMS error above 2
+    assert sine_rms < 0.05
+    design = torch.stack([wide, torch.ones_like(wide)], 1)
+    residual = design @ torch.linalg.lstsq(design, y[:, None]).solution - y[:, None]
+    assert line_rms >= residual.pow(2).mean().sqrt().item() - 1e-12 > 2.0
+    assert not pa.is_ambiguous(wide, y, tolerance=0.6)
+
+
+def test_seed_rows_are_the_mean_and_t_interval_of_the_per_seed_means():
+    rows = [{"both": {"mean": m, "ci95": 9.0}} for m in (0.1, 0.2, 0.6)]
+    row = pa.over_seed_rows(rows)["both"]
+    sd = math.sqrt(((0.1 - 0.3) ** 2 + (0.2 - 0.3) ** 2 + (0.6 - 0.3) ** 2) / 2)
+    assert row["mean"] == pytest.approx(0.3)
+    assert row["ci95"] == pytest.approx(4.302652729911275 * sd / math.sqrt(3))
+
+
+def test_stored_cell_scores_are_read_back_and_keyed_by_settings(tmp_path):
+    calls = []
+
+    def measure_now():
+        calls.append(1)
+        return {"mse": float(len(calls))}
+
+    assert bt.cell_scores(tmp_path, "a", measure_now) == {"mse": 1.0}
+    assert bt.cell_scores(tmp_path, "a", measure_now) == {"mse": 1.0}  # not measured again
+    assert bt.cell_scores(tmp_path, "b", measure_now) == {"mse": 2.0}  # other settings
+    assert len(calls) == 2
+    assert bt.cell_scores(tmp_path, "a", measure_now) == {"mse": 1.0}  # "a" kept beside "b"
+
+
+def test_cell_key_names_every_setting_the_scores_depend_on():
+    class Args:
+        episodes, context, inner_steps = 100, 5, 10
+    keys = {bt.cell_key("gp", "llama", Args, 0.1), bt.cell_key("gp", "maml", Args, 0.1),
+            bt.cell_key("gp", "llama", Args, 0.3), bt.cell_key("ambiguous", "llama", Args, 0.1)}
+    assert len(keys) == 4  # llama and maml share a run directory
+
+
+def test_central_z_and_extra_coverages_by_hand():
+    assert central_z(0.9) == pytest.approx(Z90, abs=1e-12)
+    assert central_z(0.5) == pytest.approx(0.6744897501960817, abs=1e-12)
+    assert central_z(0.95) == pytest.approx(1.959963984540054, abs=1e-12)
+    with pytest.raises(ValueError, match="level"):
+        central_z(1.0)
+    # unit variance, mean 0: |y| = 0.5 is inside the 50% interval (z 0.674), 1.0 is not;
+    # 1.9 is inside the 95% interval (z 1.96), 2.5 inside none
+    y = torch.tensor([[0.5], [1.0], [1.9], [2.5]], dtype=torch.float64)
+    predictive = GaussianPredictive(lambda x, z: (torch.zeros_like(x), torch.ones_like(x)))
+    scores = predictive_scores(predictive, torch.zeros_like(y), y, (0.5, 0.95))
+    assert scores["coverage_50"].item() == pytest.approx(1 / 4)
+    assert scores["coverage_90"].item() == pytest.approx(2 / 4)
+    assert scores["coverage_95"].item() == pytest.approx(3 / 4)
