@@ -4,9 +4,10 @@ On Linux with glibc, a freed block larger than the dynamic mmap threshold goes b
 kernel (``munmap``), and so does free space above the top of the heap larger than the
 trim threshold. A meta-training step allocates and frees the same large tensors every task
 (a Conv4 query batch's first-layer activations are 15 MB), so each task faults the same
-pages in again: 12,000 minor page faults per task of a second-order Conv4 MAML step, about
+pages in again: 12,000 minor page faults per task of a second-order Conv4 inner-loop step, about
 a quarter of its CPU time on the sandboxed machines the benchmarks ran on (about 2.6 us a
-fault). FOMAML's smaller peak stays under the thresholds and faults nothing.
+fault). The first-order step's smaller peak stays under the thresholds and faults nothing
+(docs/speed.md).
 
 `keep_freed_memory` raises both thresholds (``mallopt``), so freed blocks stay in the heap
 and are reused: the same values computed in the same order, only without the faults. The
