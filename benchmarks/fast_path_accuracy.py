@@ -19,7 +19,7 @@ The fast paths switched off by ``plain`` (see `PLAIN`):
 - ``outer_channels_last``: MAML's query pass, differentiated only once, runs channels-last
   (plain: NCHW, like the support pass);
 - ``keep_freed_memory``: the trainer keeps freed memory for reuse (`metalab.train.allocator`;
-  plain: ``train.keep_freed_memory=false``, glibc's defaults).
+  plain: glibc's defaults, ``train.keep_freed_memory: false``, the default).
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def run_variant(args: argparse.Namespace) -> dict:
     switched_off = switch_off_fast_paths() if args.variant == "plain" else []
     overrides = [f"train.steps={args.steps}", f"train.meta_batch={args.meta_batch}",
                  f"train.val_every={args.steps}", "train.val_episodes=50"]
-    if switched_off:
-        overrides.append("train.keep_freed_memory=false")
+    if not switched_off:
+        overrides.append("train.keep_freed_memory=true")
     config = with_seed(load_config(resolve_config_path(args.config), overrides), args.seed)
     run_dir = args.runs / f"{args.config}-{args.variant}-seed{args.seed}"
     started = time.perf_counter()

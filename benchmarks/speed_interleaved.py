@@ -242,7 +242,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed rounds (default 1; with --table 0: the first step, "
                              "timed apart, is the warm-up)")
-    parser.add_argument("--allocator", choices=["keep-freed", "glibc"], default="keep-freed")
+    parser.add_argument("--allocator", choices=["keep-freed", "glibc"], default="glibc",
+                        help="glibc: its defaults, what every library gets out of the box; "
+                             "keep-freed: keep freed memory (train.keep_freed_memory) for all")
     parser.add_argument("--table", action="store_true", help="the whole issue-18 table")
     parser.add_argument("--cases", nargs="+", choices=[name for name, _, _ in TABLE],
                         help="with --table: only these cases")

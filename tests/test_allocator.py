@@ -53,12 +53,12 @@ def _fit(tmp_path, name, **options):
                    dtype="float64", **options).fit()
 
 
-def test_trainer_keeps_freed_memory_unless_told_not_to(tmp_path, monkeypatch):
+def test_trainer_keeps_freed_memory_only_when_told_to(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr("metalab.train.trainer.keep_freed_memory", lambda: calls.append(1))
-    kept = _fit(tmp_path, "kept")
-    assert calls == [1]
-    plain = _fit(tmp_path, "plain", keep_freed_memory=False)
+    plain = _fit(tmp_path, "plain")
+    assert calls == []
+    kept = _fit(tmp_path, "kept", keep_freed_memory=True)
     assert calls == [1]
     for (name, a), b in zip(kept.state_dict().items(), plain.state_dict().values(),
                             strict=True):

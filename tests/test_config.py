@@ -82,7 +82,7 @@ def test_defaults_are_those_old_runs_were_written_with(tmp_path):
     config = load_config(_write(tmp_path, TINY))
     # keys added since: their defaults are the behaviour old runs were trained with
     added = {"lr_schedule": "constant", "lr_final": 0.0, "lr_step_every": None,
-             "lr_gamma": 0.1, "keep_freed_memory": True}
+             "lr_gamma": 0.1, "keep_freed_memory": False}
     assert config["train"] | {"dtype": "float64"} == old["train"] | {"dtype": "float64",
                                                                      **added}
     assert {k: config["eval"][k] for k in old["eval"]} == old["eval"]

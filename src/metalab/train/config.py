@@ -147,7 +147,7 @@ class TrainConfig(Section):
     combiner: str | dict[str, Any] | None = None
     combine_params: CombineParams = "all"
     diagnostics: bool = False
-    keep_freed_memory: bool = True
+    keep_freed_memory: bool = False
 
     @model_validator(mode="after")
     def _step_schedule_has_a_period(self) -> TrainConfig:
