@@ -42,7 +42,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import speed  # noqa: E402  (the benchmark cases and builders live there)
 
-from metalab.profiling import OpCensus, OpRecord, TensorSpec  # noqa: E402
+from metalab.profiling import OpCensus, OpRecord, TensorSpec, timings  # noqa: E402
 
 # case:implementation; the sinusoid also runs compiled, as its shipped config does (train.compile)
 DEFAULT_CASES = ["conv4-maml-1step", "conv4-maml-5step", "conv4-fomaml-1step",
@@ -75,14 +75,7 @@ def build_iteration(case: speed.Case, impl: str):
 
 
 def median_seconds(fn, rounds: int, warmup: int) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(timings(fn, rounds, warmup))
 
 
 def other_layout(spec: TensorSpec) -> TensorSpec:

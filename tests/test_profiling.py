@@ -69,3 +69,13 @@ def test_timings_warm_up_once_then_time_each_repeat():
     calls = []
     times = timings(lambda: calls.append(1), 3)
     assert len(calls) == 4 and len(times) == 3 and all(t >= 0 for t in times)
+
+
+def test_timings_take_the_number_of_warm_up_calls():
+    from metalab.profiling import timings
+
+    calls = []
+    assert len(timings(lambda: calls.append(1), 2, warmup=0)) == 2 and len(calls) == 2
+    calls.clear()
+    timings(lambda: calls.append(1), 2, warmup=3)
+    assert len(calls) == 5

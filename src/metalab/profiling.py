@@ -28,9 +28,10 @@ from torch.utils._pytree import tree_map
 from torch.utils.flop_counter import flop_registry
 
 
-def timings(function: Callable[[], Any], repeats: int) -> list[float]:
-    """Wall-clock seconds of ``repeats`` calls of ``function``, after one warm-up call."""
-    function()
+def timings(function: Callable[[], Any], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``function``, after ``warmup`` calls."""
+    for _ in range(warmup):
+        function()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
