@@ -216,15 +216,16 @@ class PEARL(PolicyLearner, name="pearl"):
         dtype = self.log_alpha.dtype
         self.replay, self.encoder_replay = (
             TaskReplay(self.train_tasks, self.replay_capacity, self.agent.observation_dim,
-                       self.agent.action_dim, dtype) for _ in range(2))
-        everyone = torch.arange(self.train_tasks)
+                       self.agent.action_dim, dtype, self.log_alpha.device) for _ in range(2))
+        everyone = torch.arange(self.train_tasks, device=generator.device)
         z = self.prior_latents(self.train_tasks, self.initial_episodes, generator)
         returns = self.store(family, everyone, z, generator, (self.replay, self.encoder_replay))
         self.last_returns["return_prior"] = returns.mean().item()
 
     def collect(self, family, generator: torch.Generator) -> None:
         """One collection round of the module docstring on ``collect_tasks`` tasks."""
-        indices = torch.randperm(self.train_tasks, generator=generator)[:self.collect_tasks]
+        indices = torch.randperm(self.train_tasks, generator=generator,
+                                 device=generator.device)[:self.collect_tasks]
         for task in indices.tolist():
             self.encoder_replay.clear(task)
         both, posterior = (self.replay, self.encoder_replay), []
@@ -301,7 +302,8 @@ class PEARL(PolicyLearner, name="pearl"):
             polyak_update(self.agent.target_q2, self.agent.q2, self.tau)
         if self.gradient_steps % self.collect_every == 0:
             self.collect(batch.family, generator)
-        indices = torch.randperm(self.train_tasks, generator=generator)[:len(batch)]
+        indices = torch.randperm(self.train_tasks, generator=generator,
+                                 device=generator.device)[:len(batch)]
         losses = self.losses(indices, generator)
         for name, params in self.loss_parameters().items():
             grads = torch.autograd.grad(losses[name], params)

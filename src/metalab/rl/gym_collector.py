@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from metalab.rl.episodes import EpisodeBatch
-from metalab.rl.policies import gaussian_log_prob
+from metalab.rl.policies import gaussian_log_prob, standard_normal_like
 from metalab.rl.rollout import check_per_task, policy_outputs
 from metalab.validation import check_positive_int
 
@@ -125,6 +125,7 @@ def collect_gym_rollouts(family: Any, policy: nn.Module, params: Mapping[str, Te
     if per_task:
         check_per_task(params, len(tasks))
     dtype = first_dtype(params)
+    device = next(iter(params.values())).device
     if pool is not None and pool.family is not family:
         raise ValueError("pool must be an environment pool built for this family, got one "
                          f"for {type(pool.family).__name__}")
@@ -133,7 +134,8 @@ def collect_gym_rollouts(family: Any, policy: nn.Module, params: Mapping[str, Te
     try:
         bounds = pool.assign(tasks, episodes)
         steps = run_episodes(pool, bounds, policy, params, (len(tasks), episodes),
-                             family.horizon, dtype, generator, per_task, tuple(info_keys))
+                             family.horizon, (dtype, device), generator, per_task,
+                             tuple(info_keys))
     finally:
         if owned:
             pool.close()
@@ -141,7 +143,7 @@ def collect_gym_rollouts(family: Any, policy: nn.Module, params: Mapping[str, Te
     mean, log_std = policy_outputs(policy, params, observations, per_task)
     log_probs = gaussian_log_prob(actions, mean, log_std)
     if task_ids is None:
-        task_ids = torch.arange(len(tasks))
+        task_ids = torch.arange(len(tasks), device=device)
     batch = EpisodeBatch(observations, actions, rewards, log_probs, masks, task_ids)
     return batch, infos
 
@@ -155,22 +157,26 @@ def collect_gym_episodes(family: Any, policy: nn.Module, params: Mapping[str, Te
 
 def run_episodes(pool: Any, bounds: tuple[np.ndarray, np.ndarray], policy: nn.Module,
                  params: Mapping[str, Tensor], shape: tuple[int, int], horizon: int,
-                 dtype: torch.dtype, generator: torch.Generator | None, per_task: bool,
+                 placement: tuple[torch.dtype, torch.device],
+                 generator: torch.Generator | None, per_task: bool,
                  info_keys: tuple[str, ...]) -> tuple:
-    """Step every assigned environment for ``horizon`` steps; stacked ``[T, E, H, ...]``."""
+    """Step every assigned environment for ``horizon`` steps; stacked ``[T, E, H, ...]``,
+    with the ``(dtype, device)`` of ``placement`` (the policy's)."""
+    dtype, device = placement
     count = shape[0] * shape[1]
-    seeds = torch.randint(0, SEED_BOUND, shape, generator=generator).flatten().tolist()
+    seeds = torch.randint(0, SEED_BOUND, shape, generator=generator,
+                          device=generator.device if generator is not None else "cpu")
+    seeds = seeds.flatten().tolist()
     current = pool.reset(seeds)
     alive = np.ones(count, dtype=bool)
     observations, actions, rewards, masks = [], [], [], []
     infos = {key: [] for key in info_keys}
     with torch.no_grad():
         for _ in range(horizon):
-            obs = torch.tensor(current, dtype=dtype).reshape(*shape, -1)  # a copy: current changes
+            obs = torch.tensor(current, dtype=dtype, device=device).reshape(*shape, -1)  # a copy
             mean, log_std = policy_outputs(policy, params, obs, per_task)
-            noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-            action = mean + torch.exp(log_std) * noise
-            applied = np.clip(action.reshape(count, -1).double().numpy(), *bounds)
+            action = mean + torch.exp(log_std) * standard_normal_like(mean, generator)
+            applied = np.clip(action.reshape(count, -1).double().cpu().numpy(), *bounds)
             running = np.flatnonzero(alive)
             stepped, reward_rows, done, info_rows = pool.step(running, applied[running],
                                                               info_keys)
@@ -180,12 +186,12 @@ def run_episodes(pool: Any, bounds: tuple[np.ndarray, np.ndarray], policy: nn.Mo
                 current[running] = np.stack(stepped)
             observations.append(obs)
             actions.append(action)
-            rewards.append(torch.as_tensor(reward, dtype=dtype).reshape(shape))
-            masks.append(torch.as_tensor(alive, dtype=dtype).reshape(shape))
+            rewards.append(torch.as_tensor(reward, dtype=dtype, device=device).reshape(shape))
+            masks.append(torch.as_tensor(alive, dtype=dtype, device=device).reshape(shape))
             for key in info_keys:
                 values = np.zeros(count)
                 values[running] = info_rows[key]
-                infos[key].append(torch.as_tensor(values).reshape(shape))
+                infos[key].append(torch.as_tensor(values, device=device).reshape(shape))
             alive[running] = ~done
             if not alive.any():
                 break

@@ -54,7 +54,8 @@ class PointNavigation:
                      dtype: torch.dtype = torch.float64) -> Tensor:
         """``n`` goals uniform in ``[-goal_range, goal_range]^2``, shape ``[n, 2]``."""
         n = check_positive_int("n", n)
-        unit = torch.rand(n, 2, generator=generator, dtype=dtype)
+        unit = torch.rand(n, 2, generator=generator, dtype=dtype,
+                          device=generator.device if generator is not None else "cpu")
         return (2.0 * unit - 1.0) * self.goal_range
 
     def initial_positions(self, goals: Tensor, episodes_per_task: int) -> Tensor:

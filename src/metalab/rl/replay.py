@@ -18,20 +18,22 @@ class TaskReplay:
     """``num_tasks`` ring buffers of ``capacity`` transitions each (oldest overwritten)."""
 
     def __init__(self, num_tasks: int, capacity: int, observation_dim: int, action_dim: int,
-                 dtype: torch.dtype = torch.float32) -> None:
+                 dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"
+                 ) -> None:
         self.num_tasks = check_positive_int("num_tasks", num_tasks)
         self.capacity = check_positive_int("capacity", capacity)
         shapes = {"observations": (observation_dim,), "actions": (action_dim,),
                   "rewards": (), "next_observations": (observation_dim,), "dones": ()}
-        self.data = {k: torch.zeros(num_tasks, capacity, *shapes[k], dtype=dtype)
+        self.data = {k: torch.zeros(num_tasks, capacity, *shapes[k], dtype=dtype, device=device)
                      for k in FIELDS}
-        self.sizes = torch.zeros(num_tasks, dtype=torch.long)
-        self.positions = torch.zeros(num_tasks, dtype=torch.long)
+        self.sizes = torch.zeros(num_tasks, dtype=torch.long, device=device)
+        self.positions = torch.zeros(num_tasks, dtype=torch.long, device=device)
 
     def add(self, task: int, transitions: dict[str, Tensor]) -> None:
         """Append ``transitions`` (each field ``[n, ...]``) to task ``task``'s buffer."""
         count = transitions["rewards"].shape[0]
-        index = (self.positions[task] + torch.arange(count)) % self.capacity
+        index = (self.positions[task] + torch.arange(count, device=self.positions.device)
+                 ) % self.capacity
         for key in FIELDS:
             self.data[key][task, index] = transitions[key].to(self.data[key].dtype)
         self.positions[task] = (self.positions[task] + count) % self.capacity
@@ -50,7 +52,9 @@ class TaskReplay:
         if bool((sizes == 0).any()):
             empty = tasks[sizes == 0].tolist()
             raise ValueError(f"tasks {empty} have no transitions in the replay buffer yet")
-        uniform = torch.rand(len(tasks), count, generator=generator, dtype=torch.float64)
+        drawn_on = generator.device if generator is not None else sizes.device  # seeded values
+        uniform = torch.rand(len(tasks), count, generator=generator, dtype=torch.float64,
+                             device=drawn_on).to(sizes.device)
         index = (uniform * sizes[:, None]).long().clamp_max(sizes[:, None] - 1)
         rows = tasks[:, None].expand_as(index)
         return {key: self.data[key][rows, index] for key in FIELDS}
@@ -65,7 +69,7 @@ class TaskReplay:
         """The buffers a `state_dict` describes (their sizes read from it)."""
         observations, actions = state["data"]["observations"], state["data"]["actions"]
         replay = cls(observations.shape[0], observations.shape[1], observations.shape[2],
-                     actions.shape[2], observations.dtype)
+                     actions.shape[2], observations.dtype, observations.device)
         replay.load_state_dict(state)
         return replay
 
