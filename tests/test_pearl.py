@@ -283,3 +283,19 @@ def test_bad_configs_name_the_key(tmp_path, overrides, message):
         config = load_config(resolve_config_path("pearl-nav2d"),
                              [*TINY, "train.steps=1", *overrides])
         train_run(config, tmp_path / "bad")
+
+
+def test_point_robot_config_trains_on_half_circle_goals_of_horizon_20(tmp_path):
+    """`pearl-point-robot` (the paper's point robot): its training tasks lie on the upper
+    unit half circle and its episodes are 20 steps with no early end (caught: the family
+    options not reaching the environment, e.g. nav2d's square of goals)."""
+    config = load_config(resolve_config_path("pearl-point-robot"),
+                         [*TINY, "data.horizon=20", "train.steps=2",
+                          "algorithm.initial_episodes=1"])
+    learner = train_run(config, tmp_path / "run").learner
+    goals = learner.task_set.double()
+    assert torch.allclose(goals.norm(dim=-1), torch.ones(len(goals), dtype=D), atol=1e-6)
+    assert (goals[:, 1] >= 0).all()
+    # 4 tasks x 1 initial episode + 2 tasks x (2 prior + 2 extra posterior) episodes (one
+    # collection round in 2 steps), each the full 20 steps
+    assert learner.env_steps == 20 * (4 * 1 + 2 * 4)

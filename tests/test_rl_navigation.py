@@ -123,3 +123,25 @@ def test_adapted_per_task_parameters_are_one_policy_gradient_step_and_differenti
                             generator=torch.Generator().manual_seed(0))
     meta = torch.autograd.grad(post.log_probs.sum(), params["mean.0.weight"])[0]
     assert meta.abs().sum() > 0
+
+
+def test_half_circle_goals_lie_on_the_upper_half_of_the_circle_and_cover_it():
+    """PEARL's point robot: every goal at distance goal_range from the start, angle in
+    [0, pi] (caught: goals drawn from the square, or on the whole circle)."""
+    env = PointNavigation(goals="half-circle", goal_range=1.0, goal_tolerance=None)
+    goals = env.sample_tasks(4000, torch.Generator().manual_seed(0))
+    assert goals.shape == (4000, 2) and goals.dtype == torch.float64
+    assert torch.allclose(goals.norm(dim=-1), torch.ones(4000, dtype=torch.float64))
+    angles = torch.atan2(goals[:, 1], goals[:, 0])
+    assert angles.min() >= 0 and angles.max() <= math.pi
+    # uniform angle: a quarter of the goals in each quarter of [0, pi] (4000 draws, ~5 sigma)
+    counts = torch.histc(angles, bins=4, min=0.0, max=math.pi)
+    assert ((counts - 1000).abs() < 140).all(), counts
+    scaled = PointNavigation(goals="half-circle", goal_range=0.5).sample_tasks(
+        10, torch.Generator().manual_seed(0))
+    assert torch.allclose(scaled, 0.5 * env.sample_tasks(10, torch.Generator().manual_seed(0)))
+
+
+def test_an_unknown_goal_distribution_is_refused_by_name():
+    with pytest.raises(ValueError, match="goals must be one of"):
+        PointNavigation(goals="circle")

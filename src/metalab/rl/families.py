@@ -61,14 +61,16 @@ class TaskFamily(Protocol):
 
 class Navigation2D:
     """2-D point navigation (Finn et al. 2017) as a task family: a task is a goal in
-    ``[-goal_range, goal_range]^2``; see `PointNavigation` for the dynamics and reward.
-    Goals are drawn in float32 (the policy's dtype) unless ``dtype`` says otherwise."""
+    ``[-goal_range, goal_range]^2`` (or, ``goals: half-circle``, on the upper half of the
+    circle of radius ``goal_range``: PEARL's point robot); see `PointNavigation` for the
+    dynamics and reward. Goals are drawn in float32 (the policy's dtype) unless ``dtype``
+    says otherwise."""
 
     def __init__(self, horizon: int = 100, goal_range: float = 0.5, max_action: float = 0.1,
                  goal_tolerance: float | None = 0.01, dtype: str = "float32",
-                 sparse_radius: float | None = None) -> None:
+                 sparse_radius: float | None = None, goals: str = "square") -> None:
         self.env = PointNavigation(horizon, goal_range, max_action, goal_tolerance,
-                                   sparse_radius)
+                                   sparse_radius, goals)
         if dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = getattr(torch, dtype)

@@ -9,6 +9,13 @@ pytorch-maml-rl); the paper's text says squared distance, we follow the code. As
 released code an episode ends early when the point is within ``goal_tolerance`` (0.01) of the
 goal in both coordinates; the horizon is 100 steps.
 
+Goals on a half circle (``goals="half-circle"``): ``g = goal_range (cos theta, sin theta)``,
+``theta`` uniform in ``[0, pi]`` (the goals of PEARL's point robot, rlkit's
+``SparsePointEnv``: radius 1, the start at the origin; rlkit spaces its fixed goal set
+evenly over the half circle, we draw the angle). Every goal is ``goal_range`` from the
+start, so a policy that ignores the task cannot do well by staying put, and the goal's
+direction is what a context has to tell.
+
 Sparse goals (``sparse_radius=r``, the E-MAML comparison): the reward is ``1 - ||s' - g||``
 within ``r`` of the goal and 0 elsewhere (rlkit's ``SparsePointEnv`` of the PEARL paper,
 which sparsifies the negative distance the same way), so an episode that never comes within
@@ -20,6 +27,8 @@ task), ``rewards`` and ``done [T, E]``: every task and episode is stepped at onc
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -40,9 +49,16 @@ class PointNavigation:
     observation_dim = 2
     action_dim = 2
 
+    GOAL_DISTRIBUTIONS = ("square", "half-circle")
+
     def __init__(self, horizon: int = 100, goal_range: float = 0.5, max_action: float = 0.1,
-                 goal_tolerance: float | None = 0.01, sparse_radius: float | None = None):
+                 goal_tolerance: float | None = 0.01, sparse_radius: float | None = None,
+                 goals: str = "square"):
         self.horizon = check_positive_int("horizon", horizon)
+        if goals not in self.GOAL_DISTRIBUTIONS:
+            raise ValueError(f"goals must be one of {list(self.GOAL_DISTRIBUTIONS)}, "
+                             f"got {goals!r}")
+        self.goals = goals
         self.goal_range = check_real("goal_range", goal_range, inclusive=False)
         self.max_action = check_real("max_action", max_action, inclusive=False)
         self.goal_tolerance = (None if goal_tolerance is None
@@ -52,10 +68,14 @@ class PointNavigation:
 
     def sample_tasks(self, n: int, generator: torch.Generator | None = None,
                      dtype: torch.dtype = torch.float64) -> Tensor:
-        """``n`` goals uniform in ``[-goal_range, goal_range]^2``, shape ``[n, 2]``."""
+        """``n`` goals, shape ``[n, 2]``: uniform in ``[-goal_range, goal_range]^2``, or
+        (``goals="half-circle"``) ``goal_range (cos theta, sin theta)``, ``theta ~ U[0, pi]``."""
         n = check_positive_int("n", n)
-        unit = torch.rand(n, 2, generator=generator, dtype=dtype,
-                          device=generator.device if generator is not None else "cpu")
+        device = generator.device if generator is not None else "cpu"
+        if self.goals == "half-circle":
+            theta = math.pi * torch.rand(n, generator=generator, dtype=dtype, device=device)
+            return self.goal_range * torch.stack([theta.cos(), theta.sin()], dim=-1)
+        unit = torch.rand(n, 2, generator=generator, dtype=dtype, device=device)
         return (2.0 * unit - 1.0) * self.goal_range
 
     def initial_positions(self, goals: Tensor, episodes_per_task: int) -> Tensor:
