@@ -25,7 +25,6 @@ from pathlib import Path
 import torch
 import yaml
 
-from metalab.rl import PointNavigation
 from metalab.train import evaluate_run
 from metalab.train.checkpoint import atomic_write_text
 from metalab.train.sources import build_task_source
@@ -54,36 +53,68 @@ def evaluate_checkpoint(run: Path, checkpoint: Path) -> dict:
     return result
 
 
-def test_goals(config: dict, tasks: int = 40) -> torch.Tensor:
-    """The goals `metalab eval` draws (its test source, ``eval.seed``)."""
+def test_environment(config: dict, tasks: int = 40):
+    """The goals `metalab eval` draws (its test source, ``eval.seed``) and the family's
+    `PointNavigation` (square or half-circle goals, horizon, early end as configured)."""
     seed = config.get("eval", {}).get("seed", 1234)
-    return build_task_source(config, "test", tasks, seed=seed).sample().tasks.double()
+    batch = build_task_source(config, "test", tasks, seed=seed).sample()
+    return batch.tasks.double(), batch.family.env
 
 
-def staying_return(config: dict) -> float:
-    """The return of the goal-blind policy that stays at the origin: ``-H ||g||``, mean
-    over the test goals (the best a policy that ignores the task can do is near it)."""
-    goals = test_goals(config)
-    return (-config["data"].get("horizon", 100) * goals.norm(dim=-1)).mean().item()
-
-
-def random_policy_return(config: dict, tasks: int = 40, runs: int = 4, seed: int = 0
-                         ) -> tuple[float, float]:
-    """Mean and 95% CI over the test tasks of a uniformly random policy's return."""
-    goals = test_goals(config, tasks)
-    env = PointNavigation(config["data"].get("horizon", 100))
-    generator = torch.Generator().manual_seed(seed)
-    positions = env.initial_positions(goals, runs)
-    alive, total = torch.ones(tasks, runs, dtype=goals.dtype), 0.0
-    for _ in range(env.horizon):
-        action = (2 * torch.rand(positions.shape, generator=generator, dtype=goals.dtype)
-                  - 1) * env.max_action
-        moved, reward, done = env.step(positions, action, goals)
+def run_actions(env, goals: torch.Tensor, actions) -> torch.Tensor:
+    """``[T, runs]`` returns of the episodes whose step-``t`` actions are ``actions(t,
+    positions)`` (the environment's clipping, early end and reward)."""
+    positions = env.initial_positions(goals, 4)
+    alive, total = torch.ones(positions.shape[:2], dtype=goals.dtype), 0.0
+    for step in range(env.horizon):
+        moved, reward, done = env.step(positions, actions(step, positions), goals)
         total = total + reward * alive
         positions = torch.where(alive.bool().unsqueeze(-1), moved, positions)
         alive = alive * (~done).to(alive.dtype)
-    per_task = total.mean(dim=1)
-    return per_task.mean().item(), 1.96 * per_task.std().item() / tasks**0.5
+    return total
+
+
+def mean_ci(returns: torch.Tensor) -> tuple[float, float]:
+    per_task = returns.mean(dim=1)
+    return per_task.mean().item(), 1.96 * per_task.std().item() / len(per_task) ** 0.5
+
+
+def staying_return(config: dict) -> float:
+    """The return of the goal-blind policy that stays at the origin (``-H ||g||`` without
+    an early end), mean over the test goals."""
+    goals, env = test_environment(config)
+    return mean_ci(run_actions(env, goals, lambda t, p: torch.zeros_like(p)))[0]
+
+
+def random_policy_return(config: dict, seed: int = 0) -> tuple[float, float]:
+    """Mean and 95% CI over the test tasks of a uniformly random policy's return."""
+    goals, env = test_environment(config)
+    generator = torch.Generator().manual_seed(seed)
+    return mean_ci(run_actions(env, goals, lambda t, p: (
+        2 * torch.rand(p.shape, generator=generator, dtype=p.dtype) - 1) * env.max_action))
+
+
+def best_blind_return(config: dict, goals_fitted: int = 4000, iterations: int = 400,
+                      seed: int = 0) -> tuple[float, float]:
+    """The best goal-blind policy: on a deterministic environment that starts at the
+    origin a policy that does not know the goal is one fixed path, so this is the path of
+    ``H`` actions (``max_action tanh(w)``) that maximises the mean return over
+    ``goals_fitted`` goals of the family (Adam on ``w``, no early end), scored on the test
+    goals with the environment's own rules."""
+    _, env = test_environment(config)
+    goals = env.sample_tasks(goals_fitted, torch.Generator().manual_seed(seed))
+    w = torch.zeros(env.horizon, 2, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.Adam([w], lr=0.05)
+    for _ in range(iterations):
+        path = (env.max_action * torch.tanh(w)).cumsum(0)  # [H, 2] positions after each step
+        loss = (path[None] - goals[:, None]).norm(dim=-1).sum(1).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    actions = (env.max_action * torch.tanh(w)).detach()
+    test_goals, _ = test_environment(config)
+    return mean_ci(run_actions(env, test_goals,
+                               lambda t, p: actions[t].expand_as(p).to(p.dtype)))
 
 
 def main() -> None:
@@ -111,6 +142,8 @@ def main() -> None:
     summary["random_policy"] = dict(zip(("mean", "ci95"), random_policy_return(config),
                                         strict=True))
     summary["stay_at_origin"] = staying_return(config)
+    summary["best_goal_blind"] = dict(zip(("mean", "ci95"), best_blind_return(config),
+                                          strict=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
     lines = ["| run | gradient steps | env steps | test return ep. 1 (prior) | ep. 2 "
@@ -122,7 +155,9 @@ def main() -> None:
     random = summary["random_policy"]
     lines.append(f"\nUniformly random policy on the same 40 test tasks: "
                  f"{random['mean']:.1f} ± {random['ci95']:.1f}; staying at the origin "
-                 f"(goal-blind): {summary['stay_at_origin']:.1f}.")
+                 f"(goal-blind): {summary['stay_at_origin']:.1f}; the best goal-blind "
+                 f"path: {summary['best_goal_blind']['mean']:.1f} ± "
+                 f"{summary['best_goal_blind']['ci95']:.1f}.")
     atomic_write_text(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
     plot(summary, args.out.with_suffix(".png"))
     print("\n".join(lines))
@@ -147,9 +182,12 @@ def plot(summary: dict, path: Path) -> None:
     axis.axhline(summary["random_policy"]["mean"], color="gray", lw=1, label="random policy")
     axis.axhline(summary["stay_at_origin"], color="black", lw=1, ls=":",
                  label="stay at the origin")
+    if "best_goal_blind" in summary:
+        axis.axhline(summary["best_goal_blind"]["mean"], color="black", lw=1, ls="--",
+                     label="best goal-blind path")
     axis.set_xlabel("environment steps")
     axis.set_ylabel("meta-test return (40 tasks)")
-    axis.set_title("PEARL, 2-D navigation")
+    axis.set_title(f"PEARL, {summary.get('title', '2-D navigation')}")
     axis.legend(fontsize=6, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
