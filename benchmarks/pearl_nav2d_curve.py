@@ -121,6 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="2-D navigation")
     parser.add_argument("--evaluate-only", action="store_true",
                         help="evaluate the checkpoint copies (cached) and stop")
     args = parser.parse_args()
@@ -129,7 +130,7 @@ def main() -> None:
             for checkpoint in sorted(run.glob("ckpt-*.pt")):
                 print(run.name, evaluate_checkpoint(run, checkpoint)["step"], flush=True)
         return
-    summary = {"runs": {}}
+    summary = {"runs": {}, "title": args.title}
     for run in args.runs:
         checkpoints = sorted(run.glob("ckpt-*.pt"))
         evaluations = sorted((evaluate_checkpoint(run, c) for c in checkpoints),
