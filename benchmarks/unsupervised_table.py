@@ -50,6 +50,7 @@ from torch import Tensor, nn
 import metalab
 from metalab import datasets
 from metalab.algorithms.support_heads import fit_logistic, logistic_scores
+from metalab.tasks import unsupervised
 from metalab.tasks.embeddings import fit_embedding
 from metalab.tasks.kmeans import kmeans
 from metalab.tasks.unlabelled import UnlabelledImages
@@ -61,7 +62,7 @@ from metalab.train.sources import build_task_source
 
 CONFIG_DIR = Path(metalab.__file__).parent / "configs"
 RESULTS = Path(__file__).resolve().parent / "results" / "unsupervised_table.json"
-EMBEDDINGS = ("pca", "autoencoder")
+EMBEDDINGS = ("pca", "autoencoder", "acai", "bigan", "deepcluster")
 BASELINES = ("knn", "logistic", "mlp", "cluster-match")
 META_ROWS = ("cactus-maml", "cactus-protonet")
 OTHER_ROWS = ("umtra-protonet", "oracle-protonet", "oracle-maml")
@@ -168,6 +169,20 @@ def cluster_match(support: Tensor, labels: Tensor, query: Tensor, ways: int,
 CLASSIFIERS = {"knn": knn, "logistic": logistic, "mlp": mlp, "cluster-match": cluster_match}
 
 
+_FITTED: dict[tuple, Any] = {}
+
+
+def fit_embedding_once(name: str, images: Tensor, **options):
+    """`fit_embedding` memoised in this process, so a seed's baseline rows and its CACTUs
+    rows share one fit (a fit is a function of its images, name and options, seed
+    included); installed as `metalab.tasks.unsupervised`'s fit by `main`."""
+    key = (name, tuple(images.shape), float(images.double().sum()),
+           json.dumps(options, sort_keys=True))
+    if key not in _FITTED:
+        _FITTED[key] = fit_embedding(name, images, **options)
+    return _FITTED[key]
+
+
 def baseline_cells(embedding: str, seed: int, ways: int, rows: list[str], args
                    ) -> dict[str, float]:
     """Accuracy of each baseline row on the same test episodes the meta-learners see."""
@@ -177,7 +192,7 @@ def baseline_cells(embedding: str, seed: int, ways: int, rows: list[str], args
     data = config["data"]
     images = UnlabelledImages.of(datasets.build(data["name"], split=data["train_split"],
                                                 image_size=data["image_size"]))
-    fitted = fit_embedding(spec.embedding, images.images, dims=spec.dims, seed=spec.seed,
+    fitted = fit_embedding_once(spec.embedding, images.images, dims=spec.dims, seed=spec.seed,
                            **spec.embedding_options)
     source = build_task_source(config, "test", 20, seed=config["eval"]["seed"], queries=15)
     correct = {row: [] for row in rows}
@@ -218,6 +233,7 @@ def main() -> None:
                              "whose cells are added to --out")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    unsupervised.fit_embedding = fit_embedding_once
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = args.rows.split(",")
     embeddings = args.embeddings.split(",")
