@@ -282,7 +282,7 @@ def main() -> None:
             if not have(f"glyphs-5w1s/{row}/-/seed{seed}"):
                 for setting, value in meta_cells(row, None, seed, args).items():
                     store(f"glyphs-{setting}/{row}/-/seed{seed}", value)
-    table = summary(cells)
+    table = summary(cells) + "\n\n" + paired_summary(cells)
     args.out.with_suffix(".md").write_text(table + "\n")
     print(table)
 
@@ -304,6 +304,33 @@ def summary(cells: dict[str, dict]) -> str:
         entry = over_seeds(groups[key])
         shown = format_percent(entry) if entry["n"] > 1 else f"{100 * entry['mean']:.1f} (one seed)"
         lines.append(f"| {setting} | {row} | {embedding} | {shown} | {entry['n']} |")
+    return "\n".join(lines)
+
+
+def paired_summary(cells: dict[str, dict]) -> str:
+    """Markdown: each CACTUs row minus each baseline of the same setting and embedding, on
+    the seeds both have (the same fitted embedding), mean ± 95% CI of the differences."""
+    accuracy = {key: value["accuracy"] for key, value in cells.items()}
+    lines = ["| setting | embedding | CACTUs row | minus baseline | difference (points) | seeds |",
+             "|---|---|---|---|---|---|"]
+    groups = sorted({key.rsplit("/", 1)[0] for key in accuracy})
+    for group in groups:
+        setting, row, embedding = group.split("/")
+        if row not in META_ROWS:
+            continue
+        for baseline in BASELINES:
+            differences = [100 * (accuracy[f"{group}/{seed}"]
+                                  - accuracy[f"{setting}/{baseline}/{embedding}/{seed}"])
+                           for seed in sorted(k.rsplit("/", 1)[1] for k in accuracy
+                                              if k.startswith(group + "/"))
+                           if f"{setting}/{baseline}/{embedding}/{seed}" in accuracy]
+            if not differences:
+                continue
+            entry = over_seeds(differences)
+            shown = (f"{entry['mean']:+.1f} ± {entry['ci95']:.1f}" if entry["n"] > 1
+                     else f"{entry['mean']:+.1f} (one seed)")
+            lines.append(f"| {setting} | {embedding} | {row} | {baseline} | {shown} | "
+                         f"{entry['n']} |")
     return "\n".join(lines)
 
 
