@@ -50,6 +50,7 @@ from torch import Tensor, nn
 import metalab
 from metalab import datasets
 from metalab.algorithms.support_heads import fit_logistic, logistic_scores
+from metalab.tasks import unsupervised
 from metalab.tasks.embeddings import fit_embedding
 from metalab.tasks.kmeans import kmeans
 from metalab.tasks.unlabelled import UnlabelledImages
@@ -61,7 +62,7 @@ from metalab.train.sources import build_task_source
 
 CONFIG_DIR = Path(metalab.__file__).parent / "configs"
 RESULTS = Path(__file__).resolve().parent / "results" / "unsupervised_table.json"
-EMBEDDINGS = ("pca", "autoencoder")
+EMBEDDINGS = ("pca", "autoencoder", "acai", "bigan", "deepcluster")
 BASELINES = ("knn", "logistic", "mlp", "cluster-match")
 META_ROWS = ("cactus-maml", "cactus-protonet")
 OTHER_ROWS = ("umtra-protonet", "oracle-protonet", "oracle-maml")
@@ -168,6 +169,20 @@ def cluster_match(support: Tensor, labels: Tensor, query: Tensor, ways: int,
 CLASSIFIERS = {"knn": knn, "logistic": logistic, "mlp": mlp, "cluster-match": cluster_match}
 
 
+_FITTED: dict[tuple, Any] = {}
+
+
+def fit_embedding_once(name: str, images: Tensor, **options):
+    """`fit_embedding` memoised in this process, so a seed's baseline rows and its CACTUs
+    rows share one fit (a fit is a function of its images, name and options, seed
+    included); installed as `metalab.tasks.unsupervised`'s fit by `main`."""
+    key = (name, tuple(images.shape), float(images.double().sum()),
+           json.dumps(options, sort_keys=True))
+    if key not in _FITTED:
+        _FITTED[key] = fit_embedding(name, images, **options)
+    return _FITTED[key]
+
+
 def baseline_cells(embedding: str, seed: int, ways: int, rows: list[str], args
                    ) -> dict[str, float]:
     """Accuracy of each baseline row on the same test episodes the meta-learners see."""
@@ -177,7 +192,7 @@ def baseline_cells(embedding: str, seed: int, ways: int, rows: list[str], args
     data = config["data"]
     images = UnlabelledImages.of(datasets.build(data["name"], split=data["train_split"],
                                                 image_size=data["image_size"]))
-    fitted = fit_embedding(spec.embedding, images.images, dims=spec.dims, seed=spec.seed,
+    fitted = fit_embedding_once(spec.embedding, images.images, dims=spec.dims, seed=spec.seed,
                            **spec.embedding_options)
     source = build_task_source(config, "test", 20, seed=config["eval"]["seed"], queries=15)
     correct = {row: [] for row in rows}
@@ -218,6 +233,7 @@ def main() -> None:
                              "whose cells are added to --out")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    unsupervised.fit_embedding = fit_embedding_once
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = args.rows.split(",")
     embeddings = args.embeddings.split(",")
@@ -266,7 +282,7 @@ def main() -> None:
             if not have(f"glyphs-5w1s/{row}/-/seed{seed}"):
                 for setting, value in meta_cells(row, None, seed, args).items():
                     store(f"glyphs-{setting}/{row}/-/seed{seed}", value)
-    table = summary(cells)
+    table = summary(cells) + "\n\n" + paired_summary(cells)
     args.out.with_suffix(".md").write_text(table + "\n")
     print(table)
 
@@ -288,6 +304,33 @@ def summary(cells: dict[str, dict]) -> str:
         entry = over_seeds(groups[key])
         shown = format_percent(entry) if entry["n"] > 1 else f"{100 * entry['mean']:.1f} (one seed)"
         lines.append(f"| {setting} | {row} | {embedding} | {shown} | {entry['n']} |")
+    return "\n".join(lines)
+
+
+def paired_summary(cells: dict[str, dict]) -> str:
+    """Markdown: each CACTUs row minus each baseline of the same setting and embedding, on
+    the seeds both have (the same fitted embedding), mean ± 95% CI of the differences."""
+    accuracy = {key: value["accuracy"] for key, value in cells.items()}
+    lines = ["| setting | embedding | CACTUs row | minus baseline | difference (points) | seeds |",
+             "|---|---|---|---|---|---|"]
+    groups = sorted({key.rsplit("/", 1)[0] for key in accuracy})
+    for group in groups:
+        setting, row, embedding = group.split("/")
+        if row not in META_ROWS:
+            continue
+        for baseline in BASELINES:
+            differences = [100 * (accuracy[f"{group}/{seed}"]
+                                  - accuracy[f"{setting}/{baseline}/{embedding}/{seed}"])
+                           for seed in sorted(k.rsplit("/", 1)[1] for k in accuracy
+                                              if k.startswith(group + "/"))
+                           if f"{setting}/{baseline}/{embedding}/{seed}" in accuracy]
+            if not differences:
+                continue
+            entry = over_seeds(differences)
+            shown = (f"{entry['mean']:+.1f} ± {entry['ci95']:.1f}" if entry["n"] > 1
+                     else f"{entry['mean']:+.1f} (one seed)")
+            lines.append(f"| {setting} | {embedding} | {row} | {baseline} | {shown} | "
+                         f"{entry['n']} |")
     return "\n".join(lines)
 
 

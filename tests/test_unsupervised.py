@@ -90,6 +90,17 @@ def test_kmeans_plus_plus_draws_the_second_centre_with_probability_proportional_
     assert torch.allclose(counts / draws, expected, atol=0.03)
 
 
+def test_kmeans_with_repeated_points_returns_no_empty_cluster():
+    # three distinct points for four clusters: two centroids coincide and the nearest-centroid
+    # assignment (ties to the lowest index) empties one; the re-seeded assignment is returned
+    x = torch.tensor([[0.0], [0.0], [0.0], [0.0], [1.0], [1.0], [5.0]], dtype=torch.float64)
+    result = kmeans(x, 4, torch.Generator().manual_seed(0))
+    counts = torch.bincount(result.assignments, minlength=4)
+    assert counts.min() >= 1 and counts.sum() == 7
+    for j in range(4):  # each centroid is the mean of its points
+        assert torch.allclose(result.centroids[j], x[result.assignments == j].mean(0))
+
+
 def test_kmeans_rejects_more_clusters_than_points():
     with pytest.raises(ValueError, match="k=5 clusters but there are only 3 points"):
         kmeans(torch.zeros(3, 2), 5, torch.Generator())
@@ -275,7 +286,7 @@ def test_unsupervised_spec_errors_name_the_key():
     with pytest.raises(ValueError, match=r"keys \['clusterz'\] are unknown"):
         parse_unsupervised({"method": "cactus", "clusterz": 3})
     with pytest.raises(ValueError, match="embedding must be one of"):
-        parse_unsupervised({"method": "cactus", "embedding": "acai"})
+        parse_unsupervised({"method": "cactus", "embedding": "simclr"})
     with pytest.raises(ValueError, match="clusters must be a positive integer"):
         parse_unsupervised({"method": "cactus", "clusters": 0})
     from metalab.train.config import ConfigError, resolve
@@ -365,7 +376,9 @@ def test_validation_and_test_stay_labelled_episodes_and_umtra_refuses_double_aug
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["cactus-pca-maml-glyphs", "cactus-ae-protonet-glyphs",
-                                    "umtra-protonet-glyphs"])
+                                    "umtra-protonet-glyphs", "cactus-acai-maml-glyphs",
+                                    "cactus-bigan-protonet-glyphs",
+                                    "cactus-deepcluster-protonet-glyphs"])
 def test_shipped_unsupervised_configs_run_end_to_end_through_the_cli(config, tmp_path):
     from metalab.cli.main import main
 
@@ -373,9 +386,12 @@ def test_shipped_unsupervised_configs_run_end_to_end_through_the_cli(config, tmp
     small = ["train.steps=2", "train.meta_batch=2", "model.hidden=8",
              "data.unsupervised.partitions=2", "data.unsupervised.clusters=50",
              "data.unsupervised.iterations=3",
-             "data.unsupervised.embedding_options={hidden: 16, steps: 5}"]
+             "data.unsupervised.embedding_options.hidden=16",
+             "data.unsupervised.embedding_options.steps=5"]
     if config.startswith("umtra"):
         small = small[:3]
+    if "deepcluster" in config:
+        small.append("data.unsupervised.embedding_options.rounds=1")
     assert main(["train", config, *small, "--out", str(run)]) == 0
     assert main(["eval", str(run), "--episodes", "4"]) == 0
     assert (run / "eval.json").is_file()

@@ -10,18 +10,33 @@ unlabelled meta-training images only and is a pure function of them and its seed
 - ``random``: a Gaussian random projection ``z = R^T (x - mean) / sqrt(dims)``;
 - ``autoencoder``: the code of a small fully connected autoencoder (pixels -> ``hidden`` ->
   ``dims`` -> ``hidden`` -> pixels, ReLU, sigmoid output) trained to minimise the mean
-  squared reconstruction error with Adam. It stands in for the paper's ACAI and BiGAN
-  embeddings (adversarial, expensive to train on CPU); it is fitted like PCA's
-  eigendecomposition, once before meta-training, and is not itself a meta-learner.
+  squared reconstruction error with Adam;
+- ``acai`` (`metalab.tasks.acai`), ``bigan`` (`metalab.tasks.bigan`), ``deepcluster``
+  (`metalab.tasks.deepcluster`): the paper's learned embeddings.
+
+The learned ones are fitted once before meta-training, like PCA's eigendecomposition, by
+the one loop of `metalab.tasks.embedding_training`; none is itself a meta-learner.
+Options a fit does not take are an error naming them (`fit_embedding`).
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
+from metalab.tasks.acai import fit_acai
+from metalab.tasks.bigan import fit_bigan
+from metalab.tasks.deepcluster import fit_deepcluster
+from metalab.tasks.embedding_training import (
+    Player,
+    fit_steps,
+    frozen_encoder,
+    seeded,
+    uniform_batches,
+)
 from metalab.validation import check_positive_int
 
 EmbeddingFn = Callable[[Tensor], Tensor]
@@ -74,26 +89,19 @@ class _Autoencoder(nn.Module):
 
 
 def fit_autoencoder(images: Tensor, dims: int, seed: int = 0, hidden: int = 512,
-                    steps: int = 2000, batch_size: int = 128, lr: float = 1e-3, **_
+                    steps: int = 2000, batch_size: int = 128, lr: float = 1e-3
                     ) -> EmbeddingFn:
-    """The encoder of an autoencoder fitted by Adam on the reconstruction error."""
+    """The encoder of an autoencoder fitted by Adam on the reconstruction error (the shared
+    loop, `fit_steps`)."""
     x = images.reshape(len(images), -1).float()
-    dims, steps = check_positive_int("dims", dims), check_positive_int("steps", steps)
-    batch_size = check_positive_int("batch_size", min(batch_size, len(x)))
+    dims = check_positive_int("dims", dims)
     generator = torch.Generator().manual_seed(int(seed))
-    with torch.random.fork_rng():
-        torch.manual_seed(int(seed))
+    with seeded(seed):
         model = _Autoencoder(x.shape[1], check_positive_int("hidden", hidden), dims)
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    with torch.enable_grad():
-        for _ in range(steps):
-            batch = x[torch.randint(len(x), (batch_size,), generator=generator)]
-            loss = (model(batch) - batch).pow(2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    encoder = model.encoder.eval().requires_grad_(False)
-    return lambda new: encoder(new.reshape(len(new), -1).float())
+    loss = Player("autoencoder", torch.optim.Adam(model.parameters(), lr=lr),
+                  lambda batch: (model(batch) - batch).pow(2).mean())
+    fit_steps([loss], uniform_batches(x, batch_size, generator), steps, modules=[model])
+    return frozen_encoder(nn.Sequential(nn.Flatten(), model.encoder))
 
 
 EMBEDDINGS: dict[str, Callable[..., EmbeddingFn]] = {
@@ -101,6 +109,9 @@ EMBEDDINGS: dict[str, Callable[..., EmbeddingFn]] = {
     "pca": fit_pca,
     "random": fit_random,
     "autoencoder": fit_autoencoder,
+    "acai": fit_acai,
+    "bigan": fit_bigan,
+    "deepcluster": fit_deepcluster,
 }
 
 
@@ -108,4 +119,11 @@ def fit_embedding(name: str, images: Tensor, **options) -> EmbeddingFn:
     """The embedding ``name`` fitted on ``images`` (options: ``dims``, ``seed``, ...)."""
     if name not in EMBEDDINGS:
         raise ValueError(f"embedding must be one of {sorted(EMBEDDINGS)}, got {name!r}")
-    return EMBEDDINGS[name](images, **options)
+    fit = EMBEDDINGS[name]
+    parameters = inspect.signature(fit).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+        known = sorted(set(parameters) - {"images"})
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ValueError(f"embedding {name!r} options {unknown} are unknown; known: {known}")
+    return fit(images, **options)

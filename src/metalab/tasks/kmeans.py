@@ -9,8 +9,11 @@ It stops when no assignment changes or after ``iterations`` rounds. The centroid
 k-means++ (Arthur & Vassilvitskii 2007): the first centroid is a uniformly drawn point, each
 next one a point drawn with probability proportional to ``D(x)^2``, its squared distance to
 the nearest centroid chosen so far. A cluster that loses every point is re-seeded with the
-point farthest from its current centroid, so every partition has exactly ``k`` non-empty
-clusters. All randomness comes from the ``generator`` passed in.
+point farthest from its current centroid (that point moves to it), so every partition has
+exactly ``k`` non-empty clusters; with repeated points two centroids can coincide and the
+final nearest-centroid assignment empty one again, so the returned assignment is the
+re-seeded one then (a tie broken by moving points, as DeepCluster's splitting does).
+All randomness comes from the ``generator`` passed in.
 """
 
 from __future__ import annotations
@@ -92,5 +95,10 @@ def kmeans(x: Tensor, k: int, generator: torch.Generator, iterations: int = 100
         if torch.equal(new, assignments):
             break
         assignments = new
+    if (torch.bincount(assignments, minlength=k) == 0).any():
+        # coincident centroids (repeated points): Lloyd's assignment, ties to the lowest
+        # index, emptied a cluster again; reassign it, then take the clusters' means
+        centroids = _update(x, assignments, centroids)  # moves points into empty clusters
+        centroids = _update(x, assignments, centroids)  # the means of the new clusters
     inertia = float((x - centroids[assignments]).pow(2).sum())
     return KMeansResult(centroids, assignments, inertia, rounds)

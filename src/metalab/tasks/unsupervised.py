@@ -5,12 +5,13 @@ read from it) and turned into tasks by one of two constructions; validation and 
 use the ordinary labelled episodes of their splits.
 
 - ``method: cactus`` (`metalab.tasks.cactus`): ``embedding`` (``pixels``, ``pca``,
-  ``random``, ``autoencoder``; `metalab.tasks.embeddings`) of ``dims`` dimensions, fitted
+  ``random``, ``autoencoder``, ``acai``, ``bigan``, ``deepcluster``;
+  `metalab.tasks.embeddings`) of ``dims`` dimensions, fitted
   on the training images; ``partitions`` k-means runs of ``clusters`` clusters each (at
   most ``iterations`` Lloyd rounds), on random rescalings (``scaling``);
   ``embedding_options`` go to the embedding's fit
-  (``steps``, ``hidden`` ... of the autoencoder). ``seed`` seeds the embedding and the
-  partitions (the task draws use the run's seed).
+  (``steps``, ``hidden`` ... of a learned embedding; unknown ones are an error).
+  ``seed`` seeds the embedding and the partitions (the task draws use the run's seed).
 - ``method: umtra`` (`metalab.tasks.umtra`): ``augment`` (a preset or a mapping of
   `metalab.tasks.image_augmentation`, default ``characters``; ``none`` for the ablation)
   makes the queries.
