@@ -54,7 +54,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -156,13 +159,27 @@ def is_line_like(functions: torch.Tensor) -> torch.Tensor:
     return residuals[0] < residuals[1]
 
 
+def scale_prior_std(learner, scale: float) -> None:
+    """Multiply a PLATIPUS learner's prior standard deviations ``sigma_theta`` by ``scale``
+    (a test-time probe: how the draws change with their spread, the mean and steps kept)."""
+    if scale == 1.0:
+        return
+    if not hasattr(learner, "log_prior_std"):
+        raise ValueError(f"--prior-scales needs learners with a prior std (PLATIPUS), got "
+                         f"{type(learner).__name__}")
+    with torch.no_grad():
+        for log_std in learner.log_prior_std.values():
+            log_std.add_(math.log(scale))
+
+
 def measure(run: Path, tasks, episodes: int, samples: int, maml_noise_std: float,
-            fit_tolerance: float, ambiguous: list[bool], hypothesis_tolerance: float
-            ) -> dict:
+            fit_tolerance: float, ambiguous: list[bool], hypothesis_tolerance: float,
+            prior_scale: float = 1.0) -> dict:
     """Every score's mean ± 95% CI over tasks (``*_ambiguous``: over the tasks flagged in
     ``ambiguous``, in the order of ``tasks``)."""
     learner = load_run(run)
     learner.eval()
+    scale_prior_std(learner, prior_scale)
     options = {"inner_steps": INNER_STEPS} if "inner_steps" in learner.adapt_options else {}
     scores: dict[str, list[torch.Tensor]] = {}
     flags = iter(ambiguous)
@@ -199,6 +216,15 @@ def measure(run: Path, tasks, episodes: int, samples: int, maml_noise_std: float
                 scores.setdefault(name, []).append(value)
     return {name: dict(zip(("mean", "ci95"), mean_ci95(torch.stack(values)), strict=True))
             for name, values in scores.items()}
+
+
+def measure_cell(runs: Path, tasks, episodes: int, samples: int, maml_noise_std: float,
+                 fit_tolerance: float, ambiguous: list[bool], hypothesis_tolerance: float,
+                 cell: tuple[str, str | None, float]) -> dict:
+    """`measure` of the run ``RUNS/<name>[/<seed dir>]`` with the prior scale of ``cell``."""
+    name, seed_dir, scale = cell
+    return measure(runs / name / (seed_dir or ""), tasks, episodes, samples, maml_noise_std,
+                   fit_tolerance, ambiguous, hypothesis_tolerance, scale)
 
 
 def test_tasks(run: Path, episodes: int):
@@ -282,6 +308,13 @@ def main() -> None:
                         help="draw the functions of --names on the first --figure-tasks "
                              "ambiguous test supports (seed 0 runs) into this png")
     parser.add_argument("--figure-tasks", type=int, default=4)
+    parser.add_argument("--figure-names", nargs="+", default=None,
+                        help="the runs drawn in the figure (default: every name)")
+    parser.add_argument("--prior-scales", nargs="+", type=float, default=[],
+                        help="extra rows: every name (PLATIPUS runs) with its prior std "
+                             "sigma_theta multiplied by each of these at test")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="measure this many (name, seed) cells at once, one process each")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="score RUNS/<name>/seed<N> for each seed (mean over seeds)")
     parser.add_argument("--out", type=Path, default=None)
@@ -293,16 +326,29 @@ def main() -> None:
     first = args.runs / names[0] / (seed_dirs[0] or "")
     tasks = test_tasks(first, args.episodes)
     ambiguous = ambiguity_flags(tasks, args.fit_tolerance)
+    rows = [(name, 1.0) for name in names] + [
+        (name, c) for name in names for c in args.prior_scales]
+    cells = [(name, d, c) for name, c in rows for d in seed_dirs]
+    cell = partial(measure_cell, args.runs, tasks, args.episodes, args.samples,
+                   args.maml_noise_std, args.fit_tolerance, ambiguous,
+                   args.hypothesis_tolerance)
+    if args.jobs > 1:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(args.jobs, mp_context=context,
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            measured = dict(zip(cells, pool.map(cell, cells), strict=True))
+    else:
+        measured = {c: cell(c) for c in cells}
     results, per_seed = {}, {}
-    for name in names:
-        per_seed[name] = [measure(args.runs / name / (d or ""), tasks, args.episodes,
-                                  args.samples, args.maml_noise_std, args.fit_tolerance,
-                                  ambiguous, args.hypothesis_tolerance) for d in seed_dirs]
+    for row, c in rows:
+        name = row if c == 1.0 else f"{row} (prior std x{c:g})"
+        per_seed[name] = [measured[row, d, c] for d in seed_dirs]
         results[name] = per_seed[name][0] if args.seeds is None else over_seed_rows(
             per_seed[name])
         print(name, {k: format_plain(v) for k, v in results[name].items()}, flush=True)
     if args.figure is not None:
-        draw_figure({name: args.runs / name / (seed_dirs[0] or "") for name in names}, tasks,
+        drawn = args.figure_names or names
+        draw_figure({name: args.runs / name / (seed_dirs[0] or "") for name in drawn}, tasks,
                     ambiguous, args.samples, args.hypothesis_tolerance, args.figure_tasks,
                     args.figure)
     seconds = time.time() - start

@@ -134,3 +134,20 @@ def test_central_z_and_extra_coverages_by_hand():
     assert scores["coverage_50"].item() == pytest.approx(1 / 4)
     assert scores["coverage_90"].item() == pytest.approx(2 / 4)
     assert scores["coverage_95"].item() == pytest.approx(3 / 4)
+
+
+def test_prior_scale_multiplies_platipus_prior_std_and_refuses_other_learners():
+    from torch import nn
+
+    from metalab.algorithms.platipus import PLATIPUS
+
+    torch.manual_seed(0)
+    learner = PLATIPUS(nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1)),
+                       inner_lr=0.01, prior_std=0.1, inference_std=0.2)
+    pa.scale_prior_std(learner, 4.0)
+    for log_std in learner.log_prior_std.values():
+        assert torch.allclose(log_std.exp(), torch.full_like(log_std, 0.4))
+    for log_std in learner.log_inference_std.values():  # the inference std is untouched
+        assert torch.allclose(log_std.exp(), torch.full_like(log_std, 0.2))
+    with pytest.raises(ValueError, match="prior-scales"):
+        pa.scale_prior_std(nn.Linear(1, 1), 2.0)
