@@ -47,7 +47,7 @@ from metalab.train import load_config, load_run
 from metalab.train.build import build_meta_learner
 from metalab.train.evaluator import Evaluator
 from metalab.train.report import format_percent, format_plain, over_seeds, write_json
-from metalab.train.run import read_run_config
+from metalab.train.run import RunDirError, read_run_config
 from metalab.train.sources import build_task_source
 
 MEMBERS = 5
@@ -176,8 +176,8 @@ def main_seeds(args) -> None:
         try:
             per_seed[name] = [stored_measure(name, args.runs / f"seed{s}", args.episodes)
                               for s in args.seeds]
-        except FileNotFoundError as error:
-            missing.append(f"{name} ({error.filename})")
+        except (FileNotFoundError, RunDirError) as error:
+            missing.append(f"{name} ({error})")
             continue
         rows[name] = seed_row(per_seed[name])
         print(name, {k: format_plain(v) for k, v in rows[name].items()}, flush=True)
