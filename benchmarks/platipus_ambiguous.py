@@ -311,7 +311,7 @@ def main() -> None:
     parser.add_argument("--figure-names", nargs="+", default=None,
                         help="the runs drawn in the figure (default: every name)")
     parser.add_argument("--prior-scales", nargs="+", type=float, default=[],
-                        help="extra rows: every name (PLATIPUS runs) with its prior std "
+                        help="extra rows: every PLATIPUS name with its prior std "
                              "sigma_theta multiplied by each of these at test")
     parser.add_argument("--jobs", type=int, default=1,
                         help="measure this many (name, seed) cells at once, one process each")
@@ -326,8 +326,10 @@ def main() -> None:
     first = args.runs / names[0] / (seed_dirs[0] or "")
     tasks = test_tasks(first, args.episodes)
     ambiguous = ambiguity_flags(tasks, args.fit_tolerance)
+    probed = [n for n in names if read_run_config(args.runs / n / (seed_dirs[0] or ""))[
+        "algorithm"]["name"] == "platipus"]
     rows = [(name, 1.0) for name in names] + [
-        (name, c) for name in names for c in args.prior_scales]
+        (name, c) for name in probed for c in args.prior_scales]
     cells = [(name, d, c) for name, c in rows for d in seed_dirs]
     cell = partial(measure_cell, args.runs, tasks, args.episodes, args.samples,
                    args.maml_noise_std, args.fit_tolerance, ambiguous,
