@@ -6,7 +6,17 @@ an ensemble of 5 MAMLs, BMAML and LLAMA, each through `Evaluator` (the path of
 Runs (``RUNS/...``, trained beforehand with ``metalab train``, see docs/bayesian-methods.md):
 
 - ``maml-seed0`` .. ``maml-seed4``: ``maml-glyphs-5w1s`` with ``train.seed=0..4``;
-- ``bmaml``: ``bmaml-glyphs-5w1s`` (only for the ``bmaml`` row).
+- ``bmaml``: ``bmaml-glyphs-5w1s`` (only for the ``bmaml`` row);
+- ``maml-lr0.08``: ``maml-glyphs-5w1s`` with ``algorithm.inner_lr=0.08`` (only for the
+  ``maml (inner lr 0.08)`` row): MAML at the inner step BMAML's SVGD takes in effect (its
+  direction is the kernel-weighted *mean* over the 5 particles, so a particle's own gradient
+  enters with weight ``1/5``: 0.4 / 5 = 0.08).
+
+With ``--seeds``, ``RUNS/seed<N>`` holds one such set of runs per seed (the layout above);
+each cell (method, seed, episodes) is measured once and stored in
+``RUNS/seed<N>/glyphs-<method>-e<episodes>.json``, read back on later invocations (a stopped
+invocation loses at most the cell in progress), and a row is the mean over seeds ± the
+Student-t 95% half-width over seeds of each seed's accuracy, NLL and ECE.
 
 MAML is ``maml-seed0``. The ensemble is the five MAML runs as the members of a
 ``maml-ensemble-glyphs-5w1s`` learner: its members never interact and its meta-loss is the
@@ -18,6 +28,8 @@ MAML runs as its initial particles, without BMAML's meta-training.
 
     python benchmarks/bayesian_glyphs.py --runs /tmp/glyph-runs --episodes 600 \
         --out benchmarks/results/bayesian_glyphs
+    python benchmarks/bayesian_glyphs.py --runs /tmp/glyph-seeds --seeds 0 1 2 \
+        --episodes 100 --out benchmarks/results/bayesian_glyphs_seeds
 """
 
 from __future__ import annotations
@@ -34,8 +46,8 @@ from metalab.functional import parameter_key
 from metalab.train import load_config, load_run
 from metalab.train.build import build_meta_learner
 from metalab.train.evaluator import Evaluator
-from metalab.train.report import format_plain, write_json
-from metalab.train.run import read_run_config
+from metalab.train.report import format_percent, format_plain, over_seeds, write_json
+from metalab.train.run import RunDirError, read_run_config
 from metalab.train.sources import build_task_source
 
 MEMBERS = 5
@@ -78,10 +90,40 @@ def llama_of(runs: Path):
 
 
 LEARNERS = {"maml": lambda runs: load_run(runs / "maml-seed0"),
+            "maml (inner lr 0.08)": lambda runs: load_run(runs / "maml-lr0.08"),
             "maml-ensemble (5 MAMLs)": ensemble_of,
             "bmaml": lambda runs: load_run(runs / "bmaml"),
             "svgd on the 5 MAMLs (no BMAML meta-training)": svgd_of,
             "llama (last-layer Laplace, probit)": llama_of}
+
+
+def measure(learner_name: str, runs: Path, episodes: int) -> dict:
+    """The `Evaluator`'s result of one method on ``runs``' test episodes."""
+    config = read_run_config(runs / "maml-seed0")
+    learner = LEARNERS[learner_name](runs)
+    source = build_task_source(config, "test", config["eval"]["batch_size"],
+                               seed=config["eval"]["seed"])
+    return Evaluator(episodes).evaluate(learner, source)
+
+
+def cell_path(runs: Path, learner_name: str, episodes: int) -> Path:
+    slug = "".join(c if c.isalnum() or c in ".-" else "_" for c in learner_name)
+    return runs / f"glyphs-{slug}-e{episodes}.json"
+
+
+def stored_measure(learner_name: str, runs: Path, episodes: int) -> dict:
+    """`measure`, stored in (and read back from) `cell_path`."""
+    path = cell_path(runs, learner_name, episodes)
+    if path.exists():
+        return json.loads(path.read_text())
+    result = measure(learner_name, runs, episodes)
+    write_json(path, result)
+    return result
+
+
+def seed_row(per_seed: list[dict]) -> dict:
+    """Accuracy, NLL and ECE: the mean over seeds ± the t 95% half-width over seeds."""
+    return {key: over_seeds([r[key] for r in per_seed]) for key in ("mean", "nll", "ece")}
 
 
 def main() -> None:
@@ -89,11 +131,15 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, required=True)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--methods", nargs="+", default=list(LEARNERS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=None,
+                        help="RUNS/seed<N> per seed; rows: mean over seeds")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--combine", nargs="+", type=Path, default=None,
                         help="JSON files of earlier runs (one method each): write one table")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.seeds is not None:
+        return main_seeds(args)
     config = read_run_config(args.runs / "maml-seed0")
     results, started = {}, time.time()
     if args.combine:
@@ -103,11 +149,7 @@ def main() -> None:
             results.update(earlier["results"])
             started -= earlier["seconds"]
     for name in args.methods:
-        learner = LEARNERS[name](args.runs)
-        source = build_task_source(config, "test", config["eval"]["batch_size"],
-                                   seed=config["eval"]["seed"])
-        result = Evaluator(args.episodes).evaluate(learner, source)
-        results[name] = result
+        results[name] = result = measure(name, args.runs, args.episodes)
         print(name, {k: round(v, 4) for k, v in result.items() if isinstance(v, float)},
               flush=True)
     seconds = time.time() - started
@@ -122,13 +164,51 @@ def main() -> None:
         lines.append(f"| {name} | {100 * r['mean']:.1f} ± {100 * r['ci95']:.1f} | "
                      f"{format_plain({'mean': r['nll'], 'ci95': r['nll_ci95']})} | "
                      f"{format_plain({'mean': r['ece'], 'ci95': r['ece_ci95']})} |")
-    text = "\n".join(lines)
+    write_table(args, "\n".join(lines), {"episodes": args.episodes, "seconds": seconds,
+                                         "results": results})
+
+
+def main_seeds(args) -> None:
+    """The table over ``args.seeds`` (module doc): methods whose runs are missing for some
+    seed are left out and named."""
+    started, rows, per_seed, missing = time.time(), {}, {}, []
+    for name in args.methods:
+        try:
+            per_seed[name] = [stored_measure(name, args.runs / f"seed{s}", args.episodes)
+                              for s in args.seeds]
+        except (FileNotFoundError, RunDirError) as error:
+            missing.append(f"{name} ({error})")
+            continue
+        rows[name] = seed_row(per_seed[name])
+        print(name, {k: format_plain(v) for k, v in rows[name].items()}, flush=True)
+    seconds = time.time() - started
+    config = read_run_config(args.runs / f"seed{args.seeds[0]}" / "maml-seed0")
+    checkpoint = torch.load(args.runs / f"seed{args.seeds[0]}" / "maml-seed0" /
+                            "checkpoint.pt", weights_only=False)
+    lines = [f"# Glyphs 5-way 1-shot over training seeds {args.seeds}: {args.episodes} test "
+             f"episodes (seed {config['eval']['seed']}) per seed, {checkpoint['step']} "
+             f"meta-iterations x {config['train']['meta_batch']} tasks per run; mean over "
+             f"seeds ± Student-t 95% CI over seeds (ECE: 15 bins, pooled over the episodes "
+             f"of a seed); this invocation {seconds:.0f} s", "",
+             "| method | accuracy (%) | NLL | ECE | accuracy per seed (%) |",
+             "|---|---|---|---|---|"]
+    for name, r in rows.items():
+        values = ", ".join(f"{100 * v:.1f}" for v in r["mean"]["values"])
+        lines.append(f"| {name} | {format_percent(r['mean'])} | {format_plain(r['nll'])} | "
+                     f"{format_plain(r['ece'])} | {values} |")
+    if missing:
+        lines += ["", "Not measured (runs missing): " + "; ".join(missing)]
+    write_table(args, "\n".join(lines), {"episodes": args.episodes, "seeds": args.seeds,
+                                         "seconds": seconds, "per_seed": per_seed,
+                                         "results": rows})
+
+
+def write_table(args, text: str, payload: dict) -> None:
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         Path(f"{args.out}.md").write_text(text + "\n")
-        write_json(f"{args.out}.json", {"episodes": args.episodes, "seconds": seconds,
-                                        "results": results})
+        write_json(f"{args.out}.json", payload)
 
 
 if __name__ == "__main__":

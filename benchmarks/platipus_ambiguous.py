@@ -27,6 +27,17 @@ steps at test:
   only. The paper's claim (draws cover both hypotheses where the support allows both) is
   about that subset: on a support only one hypothesis fits, drawing both is a mistake, so
   a fraction over all tasks mixes the claim with its opposite.
+- hypotheses proper: the line-like/sine-like label above is a forced choice (every function
+  gets one, however far from both kinds). A function *is* a line of the family when its RMS
+  distance over 200 points of [-5, 5] to the nearest family line (slope, intercept in the
+  family's ranges; `family_distances`) is at most ``--hypothesis-tolerance`` (1.0) while the
+  nearest family sinusoid is farther than that, and a sinusoid the other way round
+  (`hypotheses`); a nearly flat function, near both kinds, is neither. Reported:
+  ``hypothesis_draws`` (the fraction of a method's functions that are a line or a sinusoid)
+  and ``both_hypotheses_ambiguous`` (over ambiguous supports: a function fitting the support
+  is a line and another fitting one is a sinusoid): the figure's claim, stated strictly.
+- ``--figure PNG``: the functions of every run (seed 0) on the first ``--figure-tasks``
+  ambiguous supports, coloured by `hypotheses` (`draw_figure`).
 
 With ``--seeds``, each name is a directory of runs ``RUNS/<name>/seed<N>`` (the layout of
 `benchmarks/bayesian_table.py`); every seed's run is scored on the same tasks and a row is
@@ -43,7 +54,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -82,6 +96,36 @@ def family_fit_rms(x: torch.Tensor, y: torch.Tensor, resolution: int = 241
             best(AMPLITUDE, PHASE, lambda a, phi: a * torch.sin(x - phi)))
 
 
+def family_distances(functions: torch.Tensor, x: torch.Tensor = GRID, resolution: int = 121
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([K], [K])``: RMS distances over the points ``x`` (``[m, 1]``, default `GRID`) of
+    each of ``functions`` (``[K, m]``) to the nearest line ``a x + b`` and to the nearest
+    sinusoid ``A sin(x - phi)`` of the family (parameters in its ranges, searched on a
+    ``resolution x resolution`` grid of each pair)."""
+    x, f = x.double().flatten(), functions.double()
+
+    def nearest(first, second, curve) -> torch.Tensor:
+        p = torch.linspace(*first, resolution, dtype=torch.float64)[:, None, None]
+        q = torch.linspace(*second, resolution, dtype=torch.float64)[None, :, None]
+        curves = curve(p, q).reshape(-1, len(x))  # [resolution^2, m]
+        squared = (f.pow(2).sum(1, keepdim=True) - 2 * f @ curves.T
+                   + curves.pow(2).sum(1)[None]) / len(x)
+        return squared.min(1).values.clamp_min(0).sqrt()
+
+    return (nearest(SLOPE, INTERCEPT, lambda a, b: a * x + b),
+            nearest(AMPLITUDE, PHASE, lambda a, phi: a * torch.sin(x - phi)))
+
+
+def hypotheses(functions: torch.Tensor, tolerance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([K], [K])`` bools: each function *is* a line of the family (a sinusoid of the
+    family): its RMS distance over `GRID` to the nearest family line (sinusoid) is at most
+    ``tolerance`` and to the nearest of the other kind above it. A function near neither,
+    or near both (a nearly flat one: the family has slopes and amplitudes near 0), is
+    neither: it does not stand for one hypothesis."""
+    line, sine = family_distances(functions)
+    return (line <= tolerance) & (sine > tolerance), (sine <= tolerance) & (line > tolerance)
+
+
 def is_ambiguous(x: torch.Tensor, y: torch.Tensor, tolerance: float) -> bool:
     """Both a line and a sinusoid of the family fit ``(x, y)`` within RMS ``tolerance``."""
     return max(family_fit_rms(x, y)) <= tolerance
@@ -115,12 +159,27 @@ def is_line_like(functions: torch.Tensor) -> torch.Tensor:
     return residuals[0] < residuals[1]
 
 
+def scale_prior_std(learner, scale: float) -> None:
+    """Multiply a PLATIPUS learner's prior standard deviations ``sigma_theta`` by ``scale``
+    (a test-time probe: how the draws change with their spread, the mean and steps kept)."""
+    if scale == 1.0:
+        return
+    if not hasattr(learner, "log_prior_std"):
+        raise ValueError(f"--prior-scales needs learners with a prior std (PLATIPUS), got "
+                         f"{type(learner).__name__}")
+    with torch.no_grad():
+        for log_std in learner.log_prior_std.values():
+            log_std.add_(math.log(scale))
+
+
 def measure(run: Path, tasks, episodes: int, samples: int, maml_noise_std: float,
-            fit_tolerance: float, ambiguous: list[bool]) -> dict:
-    """Every score's mean ± 95% CI over tasks (``both_fitting_ambiguous``: over the tasks
-    flagged in ``ambiguous``, in the order of ``tasks``)."""
+            fit_tolerance: float, ambiguous: list[bool], hypothesis_tolerance: float,
+            prior_scale: float = 1.0) -> dict:
+    """Every score's mean ± 95% CI over tasks (``*_ambiguous``: over the tasks flagged in
+    ``ambiguous``, in the order of ``tasks``)."""
     learner = load_run(run)
     learner.eval()
+    scale_prior_std(learner, prior_scale)
     options = {"inner_steps": INNER_STEPS} if "inner_steps" in learner.adapt_options else {}
     scores: dict[str, list[torch.Tensor]] = {}
     flags = iter(ambiguous)
@@ -135,7 +194,9 @@ def measure(run: Path, tasks, episodes: int, samples: int, maml_noise_std: float
                                      torch.cat([GRID, sx]))
             line_like = is_line_like(functions[:, : len(GRID)])
             support_rms = (functions[:, len(GRID):] - sy[:, 0]).pow(2).mean(1).sqrt()
-            fitting = line_like[support_rms <= fit_tolerance]
+            fits = support_rms <= fit_tolerance
+            fitting = line_like[fits]
+            is_line, is_sine = hypotheses(functions[:, : len(GRID)], hypothesis_tolerance)
             mean_line = is_line_like(predictive.mean(GRID).T)[0]
             truth_line = bool(batch.task_id[t] == LINE)
             values.update({
@@ -143,14 +204,27 @@ def measure(run: Path, tasks, episodes: int, samples: int, maml_noise_std: float
                 "both_fitting": torch.tensor(float(fitting.any() and not fitting.all())),
                 "truth_covered": torch.tensor(float((line_like == truth_line).any())),
                 "mean_kind": torch.tensor(float(mean_line == truth_line)),
+                "hypothesis_draws": (is_line | is_sine).double().mean(),
+                "both_hypotheses": torch.tensor(float((is_line & fits).any()
+                                                      and (is_sine & fits).any())),
                 "ambiguous": torch.tensor(float(next(flags))),
             })
             if values["ambiguous"]:
                 values["both_fitting_ambiguous"] = values["both_fitting"]
+                values["both_hypotheses_ambiguous"] = values["both_hypotheses"]
             for name, value in values.items():
                 scores.setdefault(name, []).append(value)
     return {name: dict(zip(("mean", "ci95"), mean_ci95(torch.stack(values)), strict=True))
             for name, values in scores.items()}
+
+
+def measure_cell(runs: Path, tasks, episodes: int, samples: int, maml_noise_std: float,
+                 fit_tolerance: float, ambiguous: list[bool], hypothesis_tolerance: float,
+                 cell: tuple[str, str | None, float]) -> dict:
+    """`measure` of the run ``RUNS/<name>[/<seed dir>]`` with the prior scale of ``cell``."""
+    name, seed_dir, scale = cell
+    return measure(runs / name / (seed_dir or ""), tasks, episodes, samples, maml_noise_std,
+                   fit_tolerance, ambiguous, hypothesis_tolerance, scale)
 
 
 def test_tasks(run: Path, episodes: int):
@@ -175,8 +249,47 @@ def over_seed_rows(per_seed: list[dict]) -> dict:
     return {name: over_seeds([r[name]["mean"] for r in per_seed]) for name in per_seed[0]}
 
 
+def draw_figure(runs: dict[str, Path], tasks, ambiguous: list[bool], samples: int,
+                hypothesis_tolerance: float, count: int, out: Path) -> Path:
+    """Rows: the runs; columns: the first ``count`` ambiguous test supports. Each panel: the
+    support (red), the task's query points (grey), and every function the method gives
+    (`functions_of`), orange when it is a line of the family, purple a sinusoid, grey
+    neither (`hypotheses`)."""
+    from metalab.cli.plot import _pyplot, _save
+
+    chosen = [(batch, t) for batch in tasks for t in range(len(batch))]
+    chosen = [task for task, flag in zip(chosen, ambiguous, strict=True) if flag][:count]
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(runs), len(chosen), figsize=(3.2 * len(chosen),
+                                                              2.6 * len(runs)), squeeze=False)
+    for row, (name, run) in enumerate(runs.items()):
+        learner = load_run(run)
+        learner.eval()
+        options = {"inner_steps": INNER_STEPS} if "inner_steps" in learner.adapt_options else {}
+        for column, (batch, t) in enumerate(chosen):
+            sx, sy = batch.support_x[t], batch.support_y[t]
+            functions = functions_of(learner, learner.adapt(sx, sy, **options), sx, sy,
+                                     samples, GRID)
+            is_line, is_sine = hypotheses(functions, hypothesis_tolerance)
+            axis = axes[row, column]
+            axis.scatter(batch.query_x[t, :, 0], batch.query_y[t, :, 0], s=3, color="0.6")
+            for f, line, sine in zip(functions, is_line, is_sine, strict=True):
+                color = "tab:orange" if line else "tab:purple" if sine else "0.35"
+                axis.plot(GRID[:, 0], f, color=color, linewidth=0.9, alpha=0.8)
+            axis.scatter(sx[:, 0], sy[:, 0], color="tab:red", s=16, zorder=3)
+            truth = "line" if batch.task_id[t] == LINE else "sine"
+            axis.set_title(f"{name}, task {column + 1} (a {truth})", fontsize=8)
+            axis.set_ylim(-10, 10)
+    fig.suptitle(f"functions on ambiguous supports (red): orange = a family line, purple = "
+                 f"a family sinusoid (RMS <= {hypothesis_tolerance} on [-5, 5]), grey = "
+                 f"neither; grey dots: the task's queries", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
 COLUMNS = ("mse", "log_likelihood", "coverage_90", "both", "both_fitting", "ambiguous",
-           "both_fitting_ambiguous", "truth_covered", "mean_kind")
+           "both_fitting_ambiguous", "truth_covered", "mean_kind", "hypothesis_draws",
+           "both_hypotheses_ambiguous")
 
 
 def main() -> None:
@@ -188,6 +301,20 @@ def main() -> None:
                         help="functions drawn per task by PLATIPUS/ABML (5: as the ensemble)")
     parser.add_argument("--maml-noise-std", type=float, default=0.3)
     parser.add_argument("--fit-tolerance", type=float, default=0.6)
+    parser.add_argument("--hypothesis-tolerance", type=float, default=1.0,
+                        help="RMS distance over [-5, 5] to the nearest line/sinusoid of the "
+                             "family under which a drawn function is that hypothesis")
+    parser.add_argument("--figure", type=Path, default=None,
+                        help="draw the functions of --names on the first --figure-tasks "
+                             "ambiguous test supports (seed 0 runs) into this png")
+    parser.add_argument("--figure-tasks", type=int, default=4)
+    parser.add_argument("--figure-names", nargs="+", default=None,
+                        help="the runs drawn in the figure (default: every name)")
+    parser.add_argument("--prior-scales", nargs="+", type=float, default=[],
+                        help="extra rows: every PLATIPUS name with its prior std "
+                             "sigma_theta multiplied by each of these at test")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="measure this many (name, seed) cells at once, one process each")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="score RUNS/<name>/seed<N> for each seed (mean over seeds)")
     parser.add_argument("--out", type=Path, default=None)
@@ -199,14 +326,33 @@ def main() -> None:
     first = args.runs / names[0] / (seed_dirs[0] or "")
     tasks = test_tasks(first, args.episodes)
     ambiguous = ambiguity_flags(tasks, args.fit_tolerance)
+    probed = [n for n in names if read_run_config(args.runs / n / (seed_dirs[0] or ""))[
+        "algorithm"]["name"] == "platipus"]
+    rows = [(name, 1.0) for name in names] + [
+        (name, c) for name in probed for c in args.prior_scales]
+    cells = [(name, d, c) for name, c in rows for d in seed_dirs]
+    cell = partial(measure_cell, args.runs, tasks, args.episodes, args.samples,
+                   args.maml_noise_std, args.fit_tolerance, ambiguous,
+                   args.hypothesis_tolerance)
+    if args.jobs > 1:
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(args.jobs, mp_context=context,
+                                 initializer=torch.set_num_threads, initargs=(1,)) as pool:
+            measured = dict(zip(cells, pool.map(cell, cells), strict=True))
+    else:
+        measured = {c: cell(c) for c in cells}
     results, per_seed = {}, {}
-    for name in names:
-        per_seed[name] = [measure(args.runs / name / (d or ""), tasks, args.episodes,
-                                  args.samples, args.maml_noise_std, args.fit_tolerance,
-                                  ambiguous) for d in seed_dirs]
+    for row, c in rows:
+        name = row if c == 1.0 else f"{row} (prior std x{c:g})"
+        per_seed[name] = [measured[row, d, c] for d in seed_dirs]
         results[name] = per_seed[name][0] if args.seeds is None else over_seed_rows(
             per_seed[name])
         print(name, {k: format_plain(v) for k, v in results[name].items()}, flush=True)
+    if args.figure is not None:
+        drawn = args.figure_names or names
+        draw_figure({name: args.runs / name / (seed_dirs[0] or "") for name in drawn}, tasks,
+                    ambiguous, args.samples, args.hypothesis_tolerance, args.figure_tasks,
+                    args.figure)
     seconds = time.time() - start
     spread = ("mean ± 95% CI over tasks" if args.seeds is None else
               f"mean over seeds {args.seeds} ± t 95% CI over seeds")
@@ -218,7 +364,9 @@ def main() -> None:
              "| run | MSE | log-lik per point | 90% coverage | both kinds drawn | "
              "both kinds among draws fitting the support | ambiguous supports | "
              "both kinds among fitting draws, ambiguous supports | true kind drawn | "
-             "mean has true kind |", "|---" * 10 + "|"]
+             "mean has true kind | draws that are a family line or sinusoid | "
+             "a fitting line and a fitting sinusoid drawn, ambiguous supports |",
+             "|---" * 12 + "|"]
     for name, r in results.items():
         lines.append(f"| {name} | " + " | ".join(format_plain(r[k]) if k in r else "—"
                                                  for k in COLUMNS) + " |")
@@ -227,8 +375,13 @@ def main() -> None:
               f"on 200 points of [-5, 5] better than c1 sin x + c2 cos x; it fits the support "
               f"when its RMS error on the support points is <= {args.fit_tolerance}; a support is "
               f"ambiguous when a line and a sinusoid of the family (parameters in its ranges) "
-              f"both fit it so. MAML (point estimate): predictive N(f(x), "
-              f"{args.maml_noise_std}^2)."]
+              f"both fit it so. A function *is* a line (sinusoid) of the family when its RMS "
+              f"distance over 200 points of [-5, 5] to the nearest family line (sinusoid, "
+              f"parameters in the family's ranges) is <= {args.hypothesis_tolerance} and to "
+              f"the other kind above it (a flat function, near both, is neither); the last "
+              f"column counts the ambiguous supports "
+              f"on which some draw fitting the support is a line and another a sinusoid. "
+              f"MAML (point estimate): predictive N(f(x), {args.maml_noise_std}^2)."]
     text = "\n".join(lines)
     print(text)
     if args.out is not None:
@@ -237,6 +390,7 @@ def main() -> None:
         write_json(f"{args.out}.json", {"episodes": args.episodes, "samples": args.samples,
                                         "seeds": args.seeds, "per_seed": per_seed,
                                         "fit_tolerance": args.fit_tolerance,
+                                        "hypothesis_tolerance": args.hypothesis_tolerance,
                                         "maml_noise_std": args.maml_noise_std,
                                         "seconds": seconds, "results": results})
 

@@ -57,6 +57,39 @@ def test_a_narrow_linear_support_is_ambiguous_and_a_wide_sinusoid_is_not():
     assert not pa.is_ambiguous(wide, y, tolerance=0.6)
 
 
+def test_family_distances_and_hypothesis_labels_by_hand():
+    x = pa.GRID.double()[:, 0]
+    line = 0.5 * x + 1.0  # on the parameter grid (slope and intercept steps 0.05)
+    amplitude, phase = 0.1 + 4.9 * 60 / 120, math.pi * 60 / 120  # on the grid: 2.55, pi/2
+    sine = amplitude * torch.sin(x - phase)
+    constant = torch.full_like(x, 8.0)
+    line_d, sine_d = pa.family_distances(torch.stack([line, sine, constant]))
+    assert line_d[0].item() == pytest.approx(0.0, abs=1e-6)
+    assert sine_d[1].item() == pytest.approx(0.0, abs=1e-6)
+    # the nearest in-range line to the constant 8 is the intercept 3: distance 5
+    assert line_d[2].item() == pytest.approx(5.0, abs=1e-6)
+    # no family line is nearer the sinusoid than the unbounded least-squares line
+    design = torch.stack([x, torch.ones_like(x)], 1)
+    residual = design @ torch.linalg.lstsq(design, sine[:, None]).solution - sine[:, None]
+    assert line_d[1].item() >= residual.pow(2).mean().sqrt().item() - 1e-9 > 1.0
+    # by hand: the sinusoid nearest a line y = 0.5 x + 1 leaves at least the constant's RMS
+    # of 1 (sin is odd about its phase; the mean of A sin(x - phi) over [-5, 5] is small)
+    assert sine_d[0].item() > 1.0
+    is_line, is_sine = pa.hypotheses(torch.stack([line, sine, constant]), tolerance=1.0)
+    assert is_line.tolist() == [True, False, False]
+    assert is_sine.tolist() == [False, True, False]
+    # a flat function is near both kinds (slope 0; amplitude 0.1): it is neither
+    flat = torch.full_like(x, 0.05)[None]
+    assert max(d.item() for d in pa.family_distances(flat)) < 0.2
+    assert not (pa.hypotheses(flat, 1.0)[0] | pa.hypotheses(flat, 1.0)[1]).item()
+    # 0.5 x + 3.9 is 0.9 from the nearest family line (intercept 3; on the symmetric grid a
+    # slope change only adds): a line at tolerance 1, not at 0.5
+    shifted = (0.5 * x + 3.9)[None]
+    assert pa.family_distances(shifted)[0].item() == pytest.approx(0.9, abs=1e-6)
+    assert pa.hypotheses(shifted, tolerance=1.0)[0].item()
+    assert not pa.hypotheses(shifted, tolerance=0.5)[0].item()
+
+
 def test_seed_rows_are_the_mean_and_t_interval_of_the_per_seed_means():
     rows = [{"both": {"mean": m, "ci95": 9.0}} for m in (0.1, 0.2, 0.6)]
     row = pa.over_seed_rows(rows)["both"]
@@ -101,3 +134,20 @@ def test_central_z_and_extra_coverages_by_hand():
     assert scores["coverage_50"].item() == pytest.approx(1 / 4)
     assert scores["coverage_90"].item() == pytest.approx(2 / 4)
     assert scores["coverage_95"].item() == pytest.approx(3 / 4)
+
+
+def test_prior_scale_multiplies_platipus_prior_std_and_refuses_other_learners():
+    from torch import nn
+
+    from metalab.algorithms.platipus import PLATIPUS
+
+    torch.manual_seed(0)
+    learner = PLATIPUS(nn.Sequential(nn.Linear(1, 4), nn.ReLU(), nn.Linear(4, 1)),
+                       inner_lr=0.01, prior_std=0.1, inference_std=0.2)
+    pa.scale_prior_std(learner, 4.0)
+    for log_std in learner.log_prior_std.values():
+        assert torch.allclose(log_std.exp(), torch.full_like(log_std, 0.4))
+    for log_std in learner.log_inference_std.values():  # the inference std is untouched
+        assert torch.allclose(log_std.exp(), torch.full_like(log_std, 0.2))
+    with pytest.raises(ValueError, match="prior-scales"):
+        pa.scale_prior_std(nn.Linear(1, 1), 2.0)
