@@ -473,16 +473,18 @@ def summarise(records: list[dict]) -> list[dict]:
     return rows
 
 
-def best_rows(rows: list[dict], min_seeds: int = 1) -> dict[tuple, dict]:
-    """Per (dataset, setting, budget): the row with the highest mean accuracy among rows
-    with at least ``min_seeds`` seeds (the recommended recipe of that column)."""
-    best: dict[tuple, dict] = {}
+def best_rows(rows: list[dict], min_seeds: int = 3) -> dict[tuple, dict]:
+    """Per (dataset, setting, budget): the row with the highest mean accuracy (the
+    recommended recipe of that column), among the rows with at least ``min_seeds`` seeds
+    where the column has any, else among all its rows."""
+    columns: dict[tuple, list[dict]] = {}
     for row in rows:
-        if len(row["seeds"]) < min_seeds:
-            continue
         key = (row["dataset"], row["setting"], tuple(row["budget"].values()))
-        if key not in best or row["accuracy"]["mean"] > best[key]["accuracy"]["mean"]:
-            best[key] = row
+        columns.setdefault(key, []).append(row)
+    best = {}
+    for key, members in columns.items():
+        seeded = [r for r in members if len(r["seeds"]) >= min_seeds] or members
+        best[key] = max(seeded, key=lambda r: r["accuracy"]["mean"])
     return best
 
 
@@ -540,7 +542,7 @@ def markdown(rows: list[dict]) -> str:
             "other jobs: 'load' is the 1-minute load average when the cell's training "
             "started and ended (above the core count, times are load-inflated). Parameters: "
             "all the learner's meta-parameters. 'Best': the highest mean accuracy of the "
-            "table.\n")
+            "table among its rows with 3 or more seeds (among all rows if none has 3).\n")
     return "\n".join(out) + "\n" + note
 
 

@@ -207,6 +207,11 @@ def test_the_shipped_variant_keeps_its_path_and_old_records_read_their_variant(t
     table = ft.markdown(rows)
     assert "| RFS | resnet12-w0.25 | on | 1 | 80.0 ± 1.0 (1 seed, ± over episodes) |" in table
     assert "Best: **RFS, conv4, augmentation on** (90.0 ± 1.0" in table
+    # Rows with 3 seeds are preferred to a higher single seed.
+    three = [{**_record("MAML", s, 0.7, 0.01, 0.1), "backbone": "conv4", "augment": "off"}
+             for s in range(3)]
+    [best] = ft.best_rows(ft.summarise([resnet, record, *three])).values()
+    assert (best["method"], len(best["seeds"])) == ("MAML", 3)
 
 
 @pytest.mark.slow
