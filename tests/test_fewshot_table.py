@@ -232,3 +232,17 @@ def test_a_tiny_resnet12_cell_with_augmentation_trains_and_is_recorded(tmp_path)
                 ((1, 4), (4, 10), (10, 20), (20, 40)))
     norms = sum(2 * o * 4 for o in (4, 10, 20, 40))
     assert record["parameters"] == convs + norms
+
+
+def test_the_shipped_best_glyphs_recipe_is_the_grid_cell_it_was_measured_as():
+    """`metalab train best-glyphs-5w1s` trains what the column's best cell trained."""
+    from metalab.cli.main import resolve_config_path
+    from metalab.train import load_config
+
+    best = load_config(resolve_config_path("best-glyphs-5w1s"))
+    _, _, cell = ft.cell_config("RFS", "glyphs", "5w1s", ft.Budget())
+    for section in ("algorithm", "model", "data", "eval"):
+        assert best[section] == cell[section], section
+    ignored = {"progress", "val_episodes"}  # no effect with val_every 0
+    assert {k: v for k, v in best["train"].items() if k not in ignored} == \
+        {k: v for k, v in cell["train"].items() if k not in ignored}
