@@ -240,7 +240,8 @@ def test_the_shipped_best_glyphs_recipe_is_the_grid_cell_it_was_measured_as():
     from metalab.train import load_config
 
     best = load_config(resolve_config_path("best-glyphs-5w1s"))
-    _, _, cell = ft.cell_config("RFS", "glyphs", "5w1s", ft.Budget())
+    _, _, cell = ft.cell_config("RFS", "glyphs", "5w1s", ft.Budget(), None,
+                                ft.Variant("resnet12-w0.25", "on"))
     for section in ("algorithm", "model", "data", "eval"):
         assert best[section] == cell[section], section
     ignored = {"progress", "val_episodes"}  # no effect with val_every 0
