@@ -38,6 +38,16 @@ small1 lacks; ``--omniglot-root`` the folder with the two zips). Settings: ``5w1
 ``5w5s`` (15 queries per class), ``20w1s`` (5 queries per class) and ``20w1s-within`` (20
 ways, every episode's classes from one alphabet, in training and at test; alphabets with
 fewer than 20 characters are left out).
+
+Two more dimensions (issue 19), each defaulting to the shipped config's own: ``--backbones``
+(``conv4``: Conv4-64, every shipped config's; ``resnet12``: ResNet-12, 64-160-320-640
+channels, DropBlock, per-task batch norm; ``resnet12-w<width>``, e.g. ``resnet12-w0.25``:
+the same with its channels times ``width``) and ``--augment`` (``off``: ``data.augment=null``;
+``on``: ``data.augment=characters``, affine jitter of the training tasks' images). A cell
+whose variant is its shipped config's own (MAML: conv4, off; RFS: conv4, on) keeps the path
+``<method>/seed<N>.json``; any other variant is recorded under
+``<method>/<backbone>_aug-<off|on>/seed<N>.json``. Every record names its ``backbone`` and
+``augment`` (records made before these dimensions existed are read from their config).
 """
 
 from __future__ import annotations
@@ -48,12 +58,13 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -102,6 +113,75 @@ SETTINGS = {"5w1s": Setting(5, 1, 15), "5w5s": Setting(5, 5, 15),
 # Keys counted in meta-iterations: scaled with the budget (new = old * steps / shipped steps).
 SCHEDULE_KEYS = ("algorithm.msl_anneal_steps", "algorithm.first_order_until",
                  "train.lr_step_every")
+
+
+# Backbones: ``conv4`` (the shipped configs'), ``resnet12`` or ``resnet12-w<width>``.
+BACKBONE_PATTERN = re.compile(r"^(conv4|resnet12)(?:-w(\d+(?:\.\d+)?))?$")
+AUGMENTS = ("off", "on")
+AUGMENT_PRESET = "characters"  # both datasets hold characters: affine jitter, no flips
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A cell's backbone (``conv4``, ``resnet12``, ``resnet12-w0.25``) and augmentation."""
+
+    backbone: str = "conv4"
+    augment: str = "off"
+
+    @property
+    def label(self) -> str:
+        return f"{self.backbone}_aug-{self.augment}"
+
+
+def parse_backbone(name: str) -> tuple[str, float]:
+    """``(model name, width)`` of a backbone label; a clear error for any other label."""
+    match = BACKBONE_PATTERN.match(name)
+    if match is None or (match.group(1) == "conv4" and match.group(2) is not None):
+        raise ValueError(f"backbone must be conv4, resnet12 or resnet12-w<width> (e.g. "
+                         f"resnet12-w0.25), got {name!r}")
+    width = float(match.group(2)) if match.group(2) else 1.0
+    if width <= 0:
+        raise ValueError(f"backbone {name!r}: the width must be positive")
+    return match.group(1), width
+
+
+def backbone_label(model: dict) -> str:
+    """The backbone label of a config's model section (``conv4``, ``resnet12-w0.25`` ...)."""
+    name = model.get("name", "conv4")
+    if name == "resnet12":
+        width = float(model.get("width", 1.0))
+        return "resnet12" if width == 1.0 else f"resnet12-w{width:g}"
+    return name
+
+
+def variant_of(config: dict) -> Variant:
+    """The backbone and augmentation a (shipped or cell) config trains with."""
+    augment = "on" if (config.get("data") or {}).get("augment") else "off"
+    return Variant(backbone_label(config.get("model") or {}), augment)
+
+
+def variant_overrides(shipped: dict, variant: Variant) -> list[str]:
+    """The overrides that turn the shipped config's backbone and augmentation into
+    ``variant``'s; none where they agree (so the shipped variant's config is unchanged).
+    ResNet-12 replaces the whole model section: per-task batch norm (as Conv4's), DropBlock
+    0.1 with blocks of 5 in the last two blocks, global average pooling."""
+    name, width = parse_backbone(variant.backbone)
+    if variant.augment not in AUGMENTS:
+        raise ValueError(f"augment must be one of {list(AUGMENTS)}, got {variant.augment!r}")
+    own = variant_of(shipped)
+    out = []
+    if variant.backbone != own.backbone:
+        if own.backbone != "conv4" or name != "resnet12":
+            raise ValueError(f"backbone {variant.backbone!r}: this method's shipped config "
+                             f"uses {own.backbone!r}; only a conv4 model is swapped for a "
+                             f"resnet12")
+        model = shipped["model"]
+        out.append(f"model={{name: resnet12, in_channels: {model.get('in_channels', 1)}, "
+                   f"image_size: {model.get('image_size', 28)}, width: {width:g}, "
+                   f"norm: task, drop_rate: 0.1, block_size: 5, pool: avg}}")
+    if variant.augment != own.augment:
+        out.append(f"data.augment={AUGMENT_PRESET if variant.augment == 'on' else 'null'}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -186,8 +266,10 @@ def budget_overrides(config: dict, setting: Setting, budget: Budget) -> list[str
 
 
 def cell_config(method: str, dataset: str, setting: str, budget: Budget,
-                omniglot_root: str | None = None) -> tuple[str, list[str], dict]:
-    """The shipped config's name, the overrides the grid applies, and the config."""
+                omniglot_root: str | None = None,
+                variant: Variant | None = None) -> tuple[str, list[str], dict]:
+    """The shipped config's name, the overrides the grid applies, and the config
+    (``variant``: a backbone and augmentation; ``None``: the shipped config's own)."""
     name = base_config_name(method, dataset, setting)
     path = resolve_config_path(name)
     shipped = load_config(path)
@@ -199,14 +281,23 @@ def cell_config(method: str, dataset: str, setting: str, budget: Budget,
     else:
         overrides = [o.format(root=omniglot_root) for o in DATASETS[dataset]]
         overrides += setting_overrides(shipped, SETTINGS[setting])
+    if variant is not None:
+        overrides += variant_overrides(shipped, variant)
     overrides += budget_overrides(shipped, SETTINGS[setting], budget)
     return name, overrides, load_config(path, overrides)
 
 
 # -- one cell -------------------------------------------------------------------------------
-def cell_path(results: Path, method: str, dataset: str, setting: str, seed: int) -> Path:
+def cell_path(results: Path, method: str, dataset: str, setting: str, seed: int,
+              variant: Variant | None = None, shipped: Variant | None = None) -> Path:
+    """``cells/<dataset>/<setting>/<method>/seed<N>.json`` for the shipped config's own
+    variant (``variant`` None or equal to ``shipped``), else
+    ``cells/<dataset>/<setting>/<method>/<backbone>_aug-<off|on>/seed<N>.json``."""
     safe = method.replace(" ", "_").replace("+", "p")
-    return results / "cells" / dataset / setting / safe / f"seed{seed}.json"
+    folder = results / "cells" / dataset / setting / safe
+    if variant is not None and variant != (shipped or Variant()):
+        folder = folder / variant.label
+    return folder / f"seed{seed}.json"
 
 
 def _plain(value: Any) -> Any:
@@ -273,21 +364,43 @@ def environment() -> dict:
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
 
 
-def fill(cells: list[tuple[str, str, str, int]], budget: Budget, results: Path, runs: Path,
+class Cell(NamedTuple):
+    """One cell of the grid; ``backbone`` / ``augment`` None: the shipped config's."""
+
+    method: str
+    dataset: str
+    setting: str
+    seed: int
+    backbone: str | None = None
+    augment: str | None = None
+
+
+def resolve_variant(method: str, dataset: str, setting: str, backbone: str | None,
+                    augment: str | None) -> tuple[Variant, Variant]:
+    """The cell's variant (None fields: the shipped config's) and the shipped config's."""
+    shipped = variant_of(load_config(resolve_config_path(
+        base_config_name(method, dataset, setting))))
+    return Variant(backbone or shipped.backbone, augment or shipped.augment), shipped
+
+
+def fill(cells: list[Cell], budget: Budget, results: Path, runs: Path,
          reuse: bool, omniglot_root: str | None = None) -> list[dict]:
-    """Run every (method, dataset, setting, seed) cell not already recorded (``reuse``);
-    returns the records in order."""
+    """Run every cell not already recorded (``reuse``); returns the records in order."""
     records = []
-    for method, dataset, setting, seed in cells:
-        name, overrides, config = cell_config(method, dataset, setting, budget, omniglot_root)
+    for method, dataset, setting, seed, backbone, augment in (Cell(*c) for c in cells):
+        variant, shipped = resolve_variant(method, dataset, setting, backbone, augment)
+        name, overrides, config = cell_config(method, dataset, setting, budget, omniglot_root,
+                                              variant)
         config = with_seed(config, seed)
-        path = cell_path(results, method, dataset, setting, seed)
+        path = cell_path(results, method, dataset, setting, seed, variant, shipped)
         record = reusable(path, budget, config) if reuse else None
         if record is None:
             run_dir = runs / path.relative_to(results / "cells").with_suffix("")
             if run_dir.exists():  # a run of an earlier, unrecorded attempt: start again
                 shutil.rmtree(run_dir)
+            own = variant_of(config)
             record = {"method": method, "dataset": dataset, "setting": setting, "seed": seed,
+                      "backbone": own.backbone, "augment": own.augment,
                       "shipped_config": name, "overrides": overrides,
                       "budget": asdict(budget), "environment": environment(),
                       **run_cell(config, run_dir, budget), "config": config}
@@ -295,7 +408,8 @@ def fill(cells: list[tuple[str, str, str, int]], budget: Budget, results: Path, 
             state = "ran"
         else:
             state = "reused"
-        print(f"{state} {dataset} {setting} {method} seed {seed}: "
+        print(f"{state} {dataset} {setting} {method} {variant_of(config).label} "
+              f"seed {seed}: "
               f"{100 * record['accuracy']:.1f} ± {100 * record['episode_ci95']:.1f}%, "
               f"{record['seconds_per_iteration']:.3f} s/it (load "
               f"{record['load_average_before'][0]:.1f}), {record['parameters']} params",
@@ -309,28 +423,47 @@ def read_records(results: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((results / "cells").rglob("seed*.json"))]
 
 
+def record_variant(record: dict) -> Variant:
+    """A record's backbone and augmentation: its own fields, or (a record made before the
+    grid had these dimensions) read from its config."""
+    if "backbone" in record and "augment" in record:
+        return Variant(record["backbone"], record["augment"])
+    return variant_of(record.get("config") or {})
+
+
+def _variant_order(variant: Variant) -> tuple:
+    name, width = parse_backbone(variant.backbone) if BACKBONE_PATTERN.match(
+        variant.backbone) else (variant.backbone, 0.0)
+    return (name != "conv4", name, width, AUGMENTS.index(variant.augment))
+
+
 def summarise(records: list[dict]) -> list[dict]:
-    """One row per (dataset, setting, budget, method): accuracy over seeds (mean, Student-t
-    95% half-width), the mean per-seed interval over episodes, s/iteration, load, params.
-    Rows come in METHODS order within each (dataset, setting)."""
+    """One row per (dataset, setting, budget, method, backbone, augmentation): accuracy over
+    seeds (mean, Student-t 95% half-width), the mean per-seed interval over episodes,
+    s/iteration, wall-clock, load, params. Rows come in METHODS order within each (dataset,
+    setting), conv4 before ResNet-12, augmentation off before on."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         budget = (r["budget"]["steps"], r["budget"]["meta_batch"], r["budget"]["episodes"])
-        groups.setdefault((r["dataset"], r["setting"], budget, r["method"]), []).append(r)
+        key = (r["dataset"], r["setting"], budget, r["method"], record_variant(r))
+        groups.setdefault(key, []).append(r)
     order = {m: i for i, m in enumerate(METHODS)}
     rows = []
-    for (dataset, setting, budget, method), members in sorted(
+    for (dataset, setting, budget, method, variant), members in sorted(
             groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2],
-                                            order.get(kv[0][3], len(order)))):
+                                            order.get(kv[0][3], len(order)),
+                                            _variant_order(kv[0][4]))):
         members = sorted(members, key=lambda r: r["seed"])
         n = len(members)
         rows.append({
             "dataset": dataset, "setting": setting, "method": method,
+            "backbone": variant.backbone, "augment": variant.augment,
             "budget": dict(zip(("steps", "meta_batch", "episodes"), budget, strict=True)),
             "seeds": [r["seed"] for r in members],
             "accuracy": over_seeds([r["accuracy"] for r in members]),
             "episode_ci95": math.fsum(r["episode_ci95"] for r in members) / n,
             "seconds_per_iteration": math.fsum(r["seconds_per_iteration"] for r in members) / n,
+            "train_seconds": math.fsum(r.get("train_seconds", math.nan) for r in members) / n,
             "train_steps": sorted({r["train_steps"] for r in members}),
             "load_average": math.fsum(r["load_average_before"][0] for r in members) / n,
             "load_average_after": math.fsum(
@@ -338,6 +471,21 @@ def summarise(records: list[dict]) -> list[dict]:
             "parameters": members[0]["parameters"],
         })
     return rows
+
+
+def best_rows(rows: list[dict], min_seeds: int = 3) -> dict[tuple, dict]:
+    """Per (dataset, setting, budget): the row with the highest mean accuracy (the
+    recommended recipe of that column), among the rows with at least ``min_seeds`` seeds
+    where the column has any, else among all its rows."""
+    columns: dict[tuple, list[dict]] = {}
+    for row in rows:
+        key = (row["dataset"], row["setting"], tuple(row["budget"].values()))
+        columns.setdefault(key, []).append(row)
+    best = {}
+    for key, members in columns.items():
+        seeded = [r for r in members if len(r["seeds"]) >= min_seeds] or members
+        best[key] = max(seeded, key=lambda r: r["accuracy"]["mean"])
+    return best
 
 
 def accuracy_cell(row: dict) -> str:
@@ -348,48 +496,85 @@ def accuracy_cell(row: dict) -> str:
     return format_percent(row["accuracy"])
 
 
+def _minutes(seconds: float) -> str:
+    return "—" if math.isnan(seconds) else f"{seconds / 60:.1f}"
+
+
 def markdown(rows: list[dict]) -> str:
-    """A markdown table per (dataset, setting, budget)."""
+    """A markdown table per (dataset, setting, budget), each followed by its best row."""
     out, current = [], None
+    best = best_rows(rows)
+
+    def close(key: tuple | None) -> None:
+        if key is not None and key in best:
+            b = best[key]
+            out.append(f"\nBest: **{b['method']}, {b['backbone']}, augmentation "
+                       f"{b['augment']}** ({accuracy_cell(b)}, {len(b['seeds'])} seed(s)).")
+
     for row in rows:
         key = (row["dataset"], row["setting"], tuple(row["budget"].values()))
         if key != current:
+            close(current)
             current = key
             b = row["budget"]
             out += [f"\n### {row['dataset']} {row['setting']}: {b['steps']} meta-iterations x "
                     f"{b['meta_batch']} tasks, {b['episodes']} test episodes\n",
-                    "| method | seeds | accuracy % (mean ± 95% CI over seeds) | "
-                    "± over episodes | s/iteration | load | steps | parameters |",
-                    "|---|---|---|---|---|---|---|---|"]
+                    "| method | backbone | aug | seeds | accuracy % (mean ± 95% CI over seeds) | "
+                    "± over episodes | s/iteration | train min | load | steps | parameters |",
+                    "|---|---|---|---|---|---|---|---|---|---|---|"]
         steps = "/".join(str(s) for s in row["train_steps"])
-        out.append(f"| {row['method']} | {len(row['seeds'])} | {accuracy_cell(row)} | "
+        out.append(f"| {row['method']} | {row['backbone']} | {row['augment']} | "
+                   f"{len(row['seeds'])} | {accuracy_cell(row)} | "
                    f"{100 * row['episode_ci95']:.1f} | {row['seconds_per_iteration']:.3f} | "
+                   f"{_minutes(row['train_seconds'])} | "
                    f"{row['load_average']:.0f}-{row['load_average_after']:.0f} | {steps} | "
                    f"{row['parameters']:,} |")
+    close(current)
     note = ("\nAccuracy: mean over seeds ± Student-t 95% half-width over seeds "
             "(`metalab.train.report.over_seeds`); '± over episodes': the mean of the seeds' "
-            "95% intervals over the test episodes. s/iteration: the training loop's seconds "
+            "95% intervals over the test episodes. backbone: conv4 (Conv4-64), resnet12 "
+            "(64-160-320-640), resnet12-w<x> (those channels times x); aug: affine jitter of "
+            "the training tasks' images (`data.augment: characters`). s/iteration: the "
+            "training loop's seconds "
             "per meta-iteration (per training step for the pretrained baselines, whose steps "
-            "are image-equivalent: the 'steps' column), one thread, on a machine shared with "
+            "are image-equivalent: the 'steps' column), one thread; 'train min': the wall-clock "
+            "of training (mean over seeds); on a machine shared with "
             "other jobs: 'load' is the 1-minute load average when the cell's training "
             "started and ended (above the core count, times are load-inflated). Parameters: "
-            "all the learner's meta-parameters.\n")
+            "all the learner's meta-parameters. 'Best': the highest mean accuracy of the "
+            "table among its rows with 3 or more seeds (among all rows if none has 3).\n")
     return "\n".join(out) + "\n" + note
 
 
 def write_tables(results: Path) -> list[dict]:
     rows = summarise(read_records(results))
     atomic_write_text(results / "table.md", "# Few-shot comparison table\n" + markdown(rows))
-    write_json(results / "table.json", {"rows": rows})
+    best = [{"dataset": k[0], "setting": k[1], "method": r["method"],
+             "backbone": r["backbone"], "augment": r["augment"]}
+            for k, r in best_rows(rows).items()]
+    write_json(results / "table.json", {"rows": rows, "best": best})
     return rows
 
 
-def grid(methods: list[str], datasets: list[str], settings: list[str],
-         seeds: list[int]) -> list[tuple[str, str, str, int]]:
+def grid(methods: list[str], datasets: list[str], settings: list[str], seeds: list[int],
+         backbones: list[str] | None = None, augments: list[str] | None = None) -> list[Cell]:
     """Cells in filling order: seed-major (every method's first seed before any second
-    seed), so an interrupted fill leaves a table with every method."""
-    return [(m, d, s, seed) for seed in seeds for d in datasets for s in settings
-            for m in methods]
+    seed), so an interrupted fill leaves a table with every method; within a seed, each
+    (dataset, setting, backbone, augmentation) in turn for every method. ``backbones`` /
+    ``augments`` None: each method's shipped backbone / augmentation."""
+    for backbone in backbones or []:
+        parse_backbone(backbone)
+    for augment in augments or []:
+        if augment not in AUGMENTS:
+            raise ValueError(f"augment must be one of {list(AUGMENTS)}, got {augment!r}")
+    cells = []
+    for seed in seeds:
+        for d in datasets:
+            for s in settings:
+                for backbone in backbones or [None]:
+                    for augment in augments or [None]:
+                        cells += [Cell(m, d, s, seed, backbone, augment) for m in methods]
+    return cells
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -399,6 +584,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--datasets", nargs="+", default=["glyphs"], choices=list(DATASETS))
     parser.add_argument("--settings", nargs="+", default=["5w1s"], choices=list(SETTINGS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--backbones", nargs="+", default=None,
+                        help="conv4, resnet12 or resnet12-w<width> (e.g. resnet12-w0.25); "
+                             "default: each method's shipped backbone")
+    parser.add_argument("--augment", nargs="+", default=None, choices=list(AUGMENTS),
+                        help="augmentation of the training tasks (off, on); default: each "
+                             "method's shipped setting")
     parser.add_argument("--steps", type=int, default=Budget.steps)
     parser.add_argument("--meta-batch", type=int, default=Budget.meta_batch)
     parser.add_argument("--episodes", type=int, default=Budget.episodes)
@@ -415,7 +606,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not args.table_only:
         budget = Budget(args.steps, args.meta_batch, args.episodes)
-        cells = grid(args.methods, args.datasets, args.settings, args.seeds)
+        cells = grid(args.methods, args.datasets, args.settings, args.seeds, args.backbones,
+                     args.augment)
         with tempfile.TemporaryDirectory(prefix="fewshot-table-") as tmp:
             fill(cells, budget, args.results, args.runs or Path(tmp), args.reuse,
                  args.omniglot_root)

@@ -48,9 +48,9 @@ def test_summary_is_the_hand_computed_mean_and_student_t_interval():
     assert proto["seconds_per_iteration"] == pytest.approx(0.6)
     assert proto["seeds"] == [0, 1, 2]
     table = ft.markdown(rows)
-    assert "| ProtoNet | 3 | 83.3 ± 7.6 | 1.2 | 0.600 |" in table
+    assert "| ProtoNet | conv4 | off | 3 | 83.3 ± 7.6 | 1.2 | 0.600 |" in table
     # One seed: its interval over episodes, said so.
-    assert "| MAML | 1 | 70.0 ± 2.0 (1 seed, ± over episodes) |" in table
+    assert "| MAML | conv4 | off | 1 | 70.0 ± 2.0 (1 seed, ± over episodes) |" in table
 
 
 def test_settings_and_budgets_are_separate_tables():
@@ -135,8 +135,17 @@ def test_reuse_skips_cells_already_done_and_reruns_changed_ones(tmp_path, monkey
 
 def test_grid_is_seed_major():
     cells = ft.grid(["MAML", "ProtoNet"], ["glyphs"], ["5w1s"], [0, 1])
-    assert [(m, s) for m, _, _, s in cells] == [("MAML", 0), ("ProtoNet", 0), ("MAML", 1),
-                                                ("ProtoNet", 1)]
+    assert [(c.method, c.seed) for c in cells] == [("MAML", 0), ("ProtoNet", 0), ("MAML", 1),
+                                                   ("ProtoNet", 1)]
+    assert all(c.backbone is None and c.augment is None for c in cells)  # as shipped
+    cells = ft.grid(["MAML"], ["glyphs"], ["5w1s"], [0], ["conv4", "resnet12-w0.5"],
+                    ["off", "on"])
+    assert [(c.backbone, c.augment) for c in cells] == [
+        ("conv4", "off"), ("conv4", "on"), ("resnet12-w0.5", "off"), ("resnet12-w0.5", "on")]
+    with pytest.raises(ValueError, match="backbone must be conv4, resnet12"):
+        ft.grid(["MAML"], ["glyphs"], ["5w1s"], [0], ["resnet18"])
+    with pytest.raises(ValueError, match="augment must be one of"):
+        ft.grid(["MAML"], ["glyphs"], ["5w1s"], [0], None, ["yes"])
 
 
 def test_a_record_made_before_a_new_config_key_is_reused_but_a_changed_value_is_not(tmp_path):
@@ -149,3 +158,92 @@ def test_a_record_made_before_a_new_config_key_is_reused_but_a_changed_value_is_
     changed = {"train": {"steps": 200, "lr": 2e-3, "new_option": True}, "model": {"name": "conv4"}}
     assert ft.reusable(path, budget, changed) is None
     assert ft.reusable(path, budget, {"train": {"steps": 200}, "model": {"name": "conv4"}}) is None
+
+
+def test_backbone_and_augmentation_overrides_compose_with_the_setting_and_budget():
+    budget = ft.Budget()
+    # The shipped variant adds no override: the config (and so --reuse) is unchanged.
+    _, plain, shipped = ft.cell_config("RFS", "glyphs", "5w1s", budget)
+    _, same, config = ft.cell_config("RFS", "glyphs", "5w1s", budget, None,
+                                     ft.Variant("conv4", "on"))
+    assert same == plain and config == shipped and shipped["data"]["augment"] == "characters"
+    _, _, off = ft.cell_config("RFS", "glyphs", "5w1s", budget, None, ft.Variant("conv4", "off"))
+    assert off["data"]["augment"] is None and off["train"]["steps"] == 1000
+    name, overrides, res = ft.cell_config("MAML", "omniglot-small", "20w1s-within", budget,
+                                          "/data", ft.Variant("resnet12-w0.25", "on"))
+    assert name == "maml-glyphs-5w1s"
+    assert res["model"] == {"name": "resnet12", "in_channels": 1, "image_size": 28,
+                            "width": 0.25, "norm": "task", "drop_rate": 0.1, "block_size": 5,
+                            "pool": "avg"}
+    assert res["data"]["augment"] == "characters" and res["data"]["within"] == "alphabet"
+    assert res["data"]["name"] == "omniglot" and res["data"]["ways"] == 20
+    assert (res["train"]["steps"], res["train"]["meta_batch"]) == (200, 4)
+    assert ft.variant_of(res) == ft.Variant("resnet12-w0.25", "on")
+    assert ft.variant_of(ft.cell_config("ProtoNet", "glyphs", "5w1s", budget, None,
+                                        ft.Variant("resnet12", "off"))[2]) == \
+        ft.Variant("resnet12", "off")
+    with pytest.raises(ValueError, match="only a conv4 model is swapped"):
+        ft.cell_config("Relation", "glyphs", "5w1s", budget, None, ft.Variant("resnet12", "off"))
+
+
+def test_the_shipped_variant_keeps_its_path_and_old_records_read_their_variant(tmp_path):
+    shipped = ft.Variant("conv4", "off")
+    old = ft.cell_path(tmp_path, "MAML", "glyphs", "5w1s", 0)
+    assert old == tmp_path / "cells" / "glyphs" / "5w1s" / "MAML" / "seed0.json"
+    assert ft.cell_path(tmp_path, "MAML", "glyphs", "5w1s", 0, shipped, shipped) == old
+    assert ft.cell_path(tmp_path, "MAML", "glyphs", "5w1s", 0, ft.Variant("conv4", "on"),
+                        shipped) == old.parent / "conv4_aug-on" / "seed0.json"
+    rfs = ft.Variant("conv4", "on")  # RFS ships with augmentation: that is its plain path
+    assert ft.cell_path(tmp_path, "RFS", "glyphs", "5w1s", 1, rfs, rfs).parent.name == "RFS"
+    # A record written before the grid had these dimensions: read from its config.
+    record = {**_record("RFS", 0, 0.9, 0.01, 0.1),
+              "config": {"model": {"name": "conv4"}, "data": {"augment": "characters"}}}
+    assert ft.record_variant(record) == rfs
+    resnet = {**_record("RFS", 0, 0.8, 0.01, 0.1), "backbone": "resnet12-w0.25",
+              "augment": "on"}
+    rows = ft.summarise([resnet, record])
+    assert [(r["backbone"], r["augment"]) for r in rows] == [("conv4", "on"),
+                                                             ("resnet12-w0.25", "on")]
+    table = ft.markdown(rows)
+    assert "| RFS | resnet12-w0.25 | on | 1 | 80.0 ± 1.0 (1 seed, ± over episodes) |" in table
+    assert "Best: **RFS, conv4, augmentation on** (90.0 ± 1.0" in table
+    # Rows with 3 seeds are preferred to a higher single seed.
+    three = [{**_record("MAML", s, 0.7, 0.01, 0.1), "backbone": "conv4", "augment": "off"}
+             for s in range(3)]
+    [best] = ft.best_rows(ft.summarise([resnet, record, *three])).values()
+    assert (best["method"], len(best["seeds"])) == ("MAML", 3)
+
+
+@pytest.mark.slow
+def test_a_tiny_resnet12_cell_with_augmentation_trains_and_is_recorded(tmp_path):
+    """A real cell at a tiny budget: the variant's model and augmentation reach the run."""
+    budget = ft.Budget(steps=2, meta_batch=1, episodes=2)
+    cells = ft.grid(["ProtoNet"], ["glyphs"], ["5w1s"], [0], ["resnet12-w0.0625"], ["on"])
+    [record] = ft.fill(cells, budget, tmp_path / "results", tmp_path / "runs", reuse=True)
+    assert (record["backbone"], record["augment"]) == ("resnet12-w0.0625", "on")
+    assert record["config"]["model"]["width"] == 0.0625
+    assert record["config"]["data"]["augment"] == "characters"
+    path = (tmp_path / "results" / "cells" / "glyphs" / "5w1s" / "ProtoNet"
+            / "resnet12-w0.0625_aug-on" / "seed0.json")
+    assert json.loads(path.read_text())["train_steps"] == 2
+    assert 0 <= record["accuracy"] <= 1 and record["episodes"] == 2
+    # 4, 10, 20, 40 channels: 3x3 convs, 1x1 shortcuts and two batch-norm vectors per conv
+    convs = sum(9 * i * o + 9 * o * o * 2 + i * o for i, o in
+                ((1, 4), (4, 10), (10, 20), (20, 40)))
+    norms = sum(2 * o * 4 for o in (4, 10, 20, 40))
+    assert record["parameters"] == convs + norms
+
+
+def test_the_shipped_best_glyphs_recipe_is_the_grid_cell_it_was_measured_as():
+    """`metalab train best-glyphs-5w1s` trains what the column's best cell trained."""
+    from metalab.cli.main import resolve_config_path
+    from metalab.train import load_config
+
+    best = load_config(resolve_config_path("best-glyphs-5w1s"))
+    _, _, cell = ft.cell_config("RFS", "glyphs", "5w1s", ft.Budget(), None,
+                                ft.Variant("resnet12-w0.25", "on"))
+    for section in ("algorithm", "model", "data", "eval"):
+        assert best[section] == cell[section], section
+    ignored = {"progress", "val_episodes"}  # no effect with val_every 0
+    assert {k: v for k, v in best["train"].items() if k not in ignored} == \
+        {k: v for k, v in cell["train"].items() if k not in ignored}

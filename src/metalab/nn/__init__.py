@@ -32,6 +32,7 @@ from metalab.nn.norm import TaskBatchNorm
 from metalab.nn.optimizees import OptimizeeMLP
 from metalab.nn.relation import RelationEmbedding, RelationModule
 from metalab.nn.resnet12 import DropBlock, ResNet12
+from metalab.nn.resnet18 import ResNet18
 from metalab.rl.pearl_agent import PEARLAgent
 from metalab.rl.policies import GaussianMLPPolicy
 from metalab.rl.recurrent import GRUGaussianPolicy
@@ -52,6 +53,7 @@ def body_head(body: dict[str, Any], head: dict[str, Any]) -> BodyHead:
 MODELS = {
     "conv4": Conv4,
     "resnet12": ResNet12,
+    "resnet18": ResNet18,
     "mlp": MLP,
     "body-head": body_head,
     "arm-convnet": ARMConvNet,
@@ -99,6 +101,7 @@ __all__ = [
     "RelationEmbedding",
     "RelationModule",
     "ResNet12",
+    "ResNet18",
     "TaskBatchNorm",
     "body_head",
     "build_model",

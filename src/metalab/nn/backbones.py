@@ -11,14 +11,17 @@ from torch import Tensor, nn
 
 from metalab.nn.norm import TaskBatchNorm, is_vmapped
 from metalab.nn.pool import MaxPool2d
+from metalab.validation import check_choice
+
+NORMS = ("task", "batch")
 
 
-def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+def _conv_block(in_channels: int, out_channels: int, norm: str = "task") -> nn.Sequential:
     # Pooling before the ReLU gives the same values and gradients as ReLU then pooling
     # (ReLU is monotone, so it commutes with the max), with the ReLU on 4x fewer elements.
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        TaskBatchNorm(out_channels),
+        TaskBatchNorm(out_channels) if norm == "task" else nn.BatchNorm2d(out_channels),
         MaxPool2d(2),
         nn.ReLU(),
     )
@@ -29,7 +32,10 @@ class Conv4(nn.Module):
 
     The backbone of the MAML (Finn et al. 2017) and Prototypical Networks (Snell et al.
     2017) experiments: 64 filters on 28x28 Omniglot, 32 filters on 84x84 miniImageNet.
-    Batch norm is transductive per task (`TaskBatchNorm`). With ``out_features=None`` the
+    Batch norm is transductive per task (`TaskBatchNorm`, ``norm="task"``, the default), or
+    ordinary `torch.nn.BatchNorm2d` with running statistics (``norm="batch"``: for methods
+    that do not adapt, such as the pretrained-embedding baselines). ``hidden`` is the width
+    (64 filters, or 32 ...). With ``out_features=None`` the
     head is the identity and the model returns the flattened features (an embedding).
     Each block pools before its ReLU, which computes the same function with the same
     gradients, and pools with `metalab.nn.pool.MaxPool2d` (the same results as
@@ -45,14 +51,18 @@ class Conv4(nn.Module):
     outer_channels_last = True
 
     def __init__(self, in_channels: int = 1, hidden: int = 64, out_features: int | None = 5,
-                 image_size: int = 28, channels_last: bool = False) -> None:
+                 image_size: int = 28, channels_last: bool = False,
+                 norm: str = "task") -> None:
         super().__init__()
+        check_choice("norm", norm, NORMS)
+        if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
+            raise ValueError(f"hidden (the width) must be a positive integer, got {hidden!r}")
         self.channels_last = channels_last
         self.body = nn.Sequential(
-            _conv_block(in_channels, hidden),
-            _conv_block(hidden, hidden),
-            _conv_block(hidden, hidden),
-            _conv_block(hidden, hidden),
+            _conv_block(in_channels, hidden, norm),
+            _conv_block(hidden, hidden, norm),
+            _conv_block(hidden, hidden, norm),
+            _conv_block(hidden, hidden, norm),
             nn.Flatten(),
         )
         side = image_size
