@@ -83,7 +83,7 @@ METHODS = {
     "iMAML": "imaml", "Meta-SGD": "metasgd", "ANIL": "anil", "MT-Net": "mtnet",
     "T-Net": "tnet", "Meta-Curvature": "metacurvature", "WarpGrad": "warpgrad",
     "ProtoNet": "protonet", "Matching": "matching", "Matching+FCE": "matching-fce",
-    "Relation": "relation", "Meta Networks": "metanet", "SNAIL": "snail",
+    "Relation": "relation", "Meta Networks": "metanet", "SNAIL": "snail", "MANN": "mann",
     "Baseline": "baseline", "Baseline++": "baseline-pp", "RFS": "rfs",
 }
 BASE_DATASET, BASE_SETTING = "glyphs", "5w1s"
