@@ -239,17 +239,9 @@ def test_meta_training_on_a_learned_embedding_never_reads_a_training_label(
     from metalab.train import sources
     from metalab.train.config import resolve
     from metalab.train.run import train_run
-    from test_unsupervised import UNSUPERVISED, LabelTrap
+    from test_unsupervised import UNSUPERVISED, trap_training_labels
 
-    real = sources._cached_dataset
-
-    def trapped(dataset_name, split, root, options_json):
-        dataset = real(dataset_name, split, root, options_json)
-        return LabelTrap(dataset) if split == "train" else dataset
-
-    monkeypatch.setattr(sources, "_cached_dataset", trapped)
-    sources._unlabelled.cache_clear()
-    sources._cached_partitions.cache_clear()
+    trap_training_labels(monkeypatch)
     data = dict(UNSUPERVISED["data"])
     options = {**LEARNED[name], **({"clusters": 20} if name == "deepcluster" else {})}
     data["unsupervised"] = {**data["unsupervised"], "embedding": name,

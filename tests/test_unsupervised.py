@@ -334,11 +334,10 @@ UNSUPERVISED = {
 }
 
 
-@pytest.mark.parametrize("method", ["cactus", "umtra"])
-def test_meta_training_never_reads_a_training_label(method, tmp_path, monkeypatch):
+def trap_training_labels(monkeypatch) -> None:
+    """Make every training split the trainer reads a `LabelTrap` (reading a label raises);
+    the caches that would hold an untrapped dataset are cleared."""
     from metalab.train import sources
-    from metalab.train.config import resolve
-    from metalab.train.run import train_run
 
     real = sources._cached_dataset
 
@@ -349,6 +348,15 @@ def test_meta_training_never_reads_a_training_label(method, tmp_path, monkeypatc
     monkeypatch.setattr(sources, "_cached_dataset", trapped)
     sources._unlabelled.cache_clear()
     sources._cached_partitions.cache_clear()
+
+
+@pytest.mark.parametrize("method", ["cactus", "umtra"])
+def test_meta_training_never_reads_a_training_label(method, tmp_path, monkeypatch):
+    from metalab.train import sources
+    from metalab.train.config import resolve
+    from metalab.train.run import train_run
+
+    trap_training_labels(monkeypatch)
     data = dict(UNSUPERVISED["data"])
     if method == "umtra":
         data["unsupervised"] = {"method": "umtra", "augment": "characters"}

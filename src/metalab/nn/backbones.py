@@ -9,11 +9,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from metalab.nn.norm import TaskBatchNorm, is_vmapped
+from metalab.nn.norm import BATCH_NORMS, batch_norm_2d, is_vmapped
 from metalab.nn.pool import MaxPool2d
 from metalab.validation import check_choice
-
-NORMS = ("task", "batch")
 
 
 def _conv_block(in_channels: int, out_channels: int, norm: str = "task") -> nn.Sequential:
@@ -21,7 +19,7 @@ def _conv_block(in_channels: int, out_channels: int, norm: str = "task") -> nn.S
     # (ReLU is monotone, so it commutes with the max), with the ReLU on 4x fewer elements.
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        TaskBatchNorm(out_channels) if norm == "task" else nn.BatchNorm2d(out_channels),
+        batch_norm_2d(norm, out_channels),
         MaxPool2d(2),
         nn.ReLU(),
     )
@@ -54,7 +52,7 @@ class Conv4(nn.Module):
                  image_size: int = 28, channels_last: bool = False,
                  norm: str = "task") -> None:
         super().__init__()
-        check_choice("norm", norm, NORMS)
+        check_choice("norm", norm, BATCH_NORMS)
         if not isinstance(hidden, int) or isinstance(hidden, bool) or hidden < 1:
             raise ValueError(f"hidden (the width) must be a positive integer, got {hidden!r}")
         self.channels_last = channels_last

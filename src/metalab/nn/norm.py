@@ -53,3 +53,14 @@ class TaskBatchNorm(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}, transductive=True"
+
+
+# The batch norms a convolutional backbone can be built with (``norm=`` of Conv4, ResNet-12,
+# ResNet-18): per-task transductive statistics, or ordinary running statistics.
+BATCH_NORMS = ("task", "batch")
+
+
+def batch_norm_2d(kind: str, channels: int) -> nn.Module:
+    """`TaskBatchNorm` for ``kind="task"`` (methods that adapt per task), else
+    `torch.nn.BatchNorm2d` (running statistics: methods that do not adapt)."""
+    return TaskBatchNorm(channels) if kind == "task" else nn.BatchNorm2d(channels)

@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metalab.nn.norm import TaskBatchNorm
+from metalab.nn.norm import BATCH_NORMS, batch_norm_2d
 from metalab.nn.pool import MaxPool2d
+from metalab.nn.widths import stage_channels
 from metalab.validation import check_choice
 
 CHANNELS = (64, 160, 320, 640)
-NORMS = ("task", "batch")
 POOLS = ("avg", "flatten")
 
 
@@ -72,9 +72,6 @@ class DropBlock(nn.Module):
         return f"drop_rate={self.drop_rate}, block_size={self.block_size}"
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
-    return TaskBatchNorm(channels) if kind == "task" else nn.BatchNorm2d(channels)
-
 
 def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False)
@@ -86,12 +83,13 @@ class ResidualBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, norm: str = "task",
                  drop_rate: float = 0.0, block_size: int = 5) -> None:
         super().__init__()
-        self.conv1, self.bn1 = _conv3x3(in_channels, out_channels), _norm(norm, out_channels)
-        self.conv2, self.bn2 = _conv3x3(out_channels, out_channels), _norm(norm, out_channels)
-        self.conv3, self.bn3 = _conv3x3(out_channels, out_channels), _norm(norm, out_channels)
+        self.conv1 = _conv3x3(in_channels, out_channels)
+        self.conv2 = _conv3x3(out_channels, out_channels)
+        self.conv3 = _conv3x3(out_channels, out_channels)
+        self.bn1, self.bn2, self.bn3 = (batch_norm_2d(norm, out_channels) for _ in range(3))
         self.shortcut = nn.Sequential(
             nn.Conv2d(in_channels, out_channels, kernel_size=1, bias=False),
-            _norm(norm, out_channels))
+            batch_norm_2d(norm, out_channels))
         self.pool = MaxPool2d(2)
         self.drop = DropBlock(drop_rate, block_size) if drop_rate > 0 else nn.Identity()
 
@@ -123,14 +121,9 @@ class ResNet12(nn.Module):
                  channels: Sequence[int] | None = None, norm: str = "task",
                  drop_rate: float = 0.1, block_size: int = 5, pool: str = "avg") -> None:
         super().__init__()
-        check_choice("norm", norm, NORMS)
+        check_choice("norm", norm, BATCH_NORMS)
         check_choice("pool", pool, POOLS)
-        if channels is None:
-            if width <= 0:
-                raise ValueError(f"width must be positive, got {width}")
-            channels = [max(1, round(c * width)) for c in CHANNELS]
-        if len(channels) != 4:
-            raise ValueError(f"channels must give 4 block widths, got {list(channels)}")
+        channels = stage_channels(CHANNELS, width, channels, "block")
         side = image_size
         for _ in range(4):
             side //= 2

@@ -21,16 +21,13 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
-from metalab.nn.norm import TaskBatchNorm
+from metalab.nn.norm import BATCH_NORMS, batch_norm_2d
+from metalab.nn.widths import stage_channels
 from metalab.validation import check_choice
 
 CHANNELS = (64, 128, 256, 512)
-NORMS = ("task", "batch")
 STEMS = ("7x7", "3x3")
 
-
-def _norm(kind: str, channels: int) -> nn.Module:
-    return TaskBatchNorm(channels) if kind == "task" else nn.BatchNorm2d(channels)
 
 
 class BasicBlock(nn.Module):
@@ -40,15 +37,15 @@ class BasicBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int, stride: int, norm: str) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
-        self.bn1 = _norm(norm, out_channels)
+        self.bn1 = batch_norm_2d(norm, out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
-        self.bn2 = _norm(norm, out_channels)
+        self.bn2 = batch_norm_2d(norm, out_channels)
         self.relu = nn.ReLU()
         self.shortcut = nn.Identity()
         if stride != 1 or in_channels != out_channels:
             self.shortcut = nn.Sequential(
                 nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
-                _norm(norm, out_channels))
+                batch_norm_2d(norm, out_channels))
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.relu(self.bn1(self.conv1(x)))
@@ -72,20 +69,15 @@ class ResNet18(nn.Module):
                  channels: Sequence[int] | None = None, norm: str = "batch",
                  stem: str = "7x7") -> None:
         super().__init__()
-        check_choice("norm", norm, NORMS)
+        check_choice("norm", norm, BATCH_NORMS)
         check_choice("stem", stem, STEMS)
-        if channels is None:
-            if width <= 0:
-                raise ValueError(f"width must be positive, got {width}")
-            channels = [max(1, round(c * width)) for c in CHANNELS]
-        if len(channels) != 4:
-            raise ValueError(f"channels must give 4 stage widths, got {list(channels)}")
+        channels = stage_channels(CHANNELS, width, channels, "stage")
         first = channels[0]
         if stem == "7x7":
-            head = [nn.Conv2d(in_channels, first, 7, 2, 3, bias=False), _norm(norm, first),
+            head = [nn.Conv2d(in_channels, first, 7, 2, 3, bias=False), batch_norm_2d(norm, first),
                     nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
         else:
-            head = [nn.Conv2d(in_channels, first, 3, 1, 1, bias=False), _norm(norm, first),
+            head = [nn.Conv2d(in_channels, first, 3, 1, 1, bias=False), batch_norm_2d(norm, first),
                     nn.ReLU()]
         stages, previous = [], first
         for i, c in enumerate(channels):
