@@ -31,10 +31,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from metalab.nn.norm import TaskBatchNorm
+from metalab.nn.norm import BATCH_NORMS, TaskBatchNorm, batch_norm_2d
 from metalab.validation import check_choice, check_positive_int
 
-NORMS = ("none", "batch", "task")
+NORMS = ("none", *BATCH_NORMS)
 PADDINGS = ("valid", "same")
 
 
@@ -46,11 +46,7 @@ def check_norm(norm: str) -> str:
 def make_norm(norm: str, channels: int) -> nn.Module:
     """The normalization layer ``norm`` over ``channels`` feature maps."""
     check_norm(norm)
-    if norm == "batch":
-        return nn.BatchNorm2d(channels)
-    if norm == "task":
-        return TaskBatchNorm(channels)
-    return nn.Identity()
+    return nn.Identity() if norm == "none" else batch_norm_2d(norm, channels)
 
 
 def _odd_kernel(kernel_size) -> int:
