@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -53,6 +54,10 @@ CONFIG = "maml-sinusoid-5shot"
 LR = 0.01
 METHODS = {
     "MAML": {"name": "maml", "inner_lr": LR, "inner_steps": 1, "first_order": False},
+    # MAML++'s options that apply to an MLP (no batch norm): 5 training steps, the
+    # multi-step loss annealed over the first 10% of the budget, learned per-step rates.
+    "MAML++": {"name": "maml", "inner_lr": LR, "inner_steps": 5, "first_order": False,
+               "multi_step_loss": True, "per_step_lrs": True},
     "FOMAML": {"name": "fomaml", "inner_lr": LR, "inner_steps": 1},
     "Reptile": {"name": "reptile", "inner_optimizer": "sgd", "inner_lr": LR, "inner_steps": 5},
     "iMAML": {"name": "imaml", "lam": 2.0, "inner_lr": LR, "inner_steps": 10, "cg_steps": 5},
@@ -64,7 +69,8 @@ METHODS = {
     "WarpGrad": {"name": "warpgrad", "inner_lr": LR, "inner_steps": 3},
 }
 # The outer step of a method whose meta-update is not a loss gradient (Reptile).
-OUTER = {"Reptile": {"optimizer": "sgd", "lr": 1.0, "lr_schedule": "linear", "lr_final": 0.0}}
+OUTER = {"Reptile": {"optimizer": "sgd", "lr": 1.0, "lr_schedule": "linear", "lr_final": 0.0},
+         "MAML++": {"lr_schedule": "cosine", "lr_final": 1e-5}}
 EVAL_STEPS = (1, 10)
 
 
@@ -85,6 +91,8 @@ def cell_config(method: str, budget: Budget) -> dict:
         f"train.log_every={max(1, budget.steps // 10)}", "train.progress=false",
         "train.compile=false", f"eval.episodes={budget.episodes}"])
     config["algorithm"] = {**METHODS[method], "strategy": "loop"}
+    if config["algorithm"].get("multi_step_loss"):
+        config["algorithm"]["msl_anneal_steps"] = max(1, budget.steps // 10)
     config["train"].update(OUTER.get(method, {}))
     return resolve(config)  # validated, defaults filled, as load_config does
 
@@ -160,6 +168,11 @@ def summarise(records: list[dict]) -> list[dict]:
 def mse_cell(row: dict, steps: str) -> str:
     """``1.234 ± 0.056`` over seeds; one seed shows its interval over test tasks."""
     entry = row["mse"][steps]
+    diverged = [v for v in entry["values"] if not math.isfinite(v)]
+    if diverged:  # a rate learned for fewer steps, repeated, can blow up: say so
+        finite = ", ".join(f"{v:.3f}" for v in entry["values"] if math.isfinite(v))
+        return (f"diverged in {len(diverged)} of {entry['n']} seeds"
+                + (f" (others: {finite})" if finite else ""))
     if entry["n"] == 1:
         return format_plain({"mean": entry["mean"], "ci95": row["mse_episode_ci95"][steps]}) \
             + " (1 seed, ± over tasks)"
