@@ -38,7 +38,7 @@ ORDER = ("ftml", "ftl", "toe", "scratch")
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stream", choices=("digits", "glyphs"), default="digits")
+    parser.add_argument("--stream", choices=("digits", "glyphs", "mnist"), default="digits")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--protocols", default=",".join(ORDER))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -49,6 +49,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--out", default="benchmarks/results/online_rainbow_digits")
     parser.add_argument("--from-json", dest="from_json", default=None,
                         help="only rewrite OUT.md from this benchmark JSON (no training)")
+    parser.add_argument("--merge", nargs="*", default=None, metavar="JSON",
+                        help="no training: join these benchmark JSONs (protocols run as "
+                             "separate processes) into OUT.json / OUT.md / OUT.png")
     parser.add_argument("--runs", default="/tmp/online_rainbow_runs",
                         help="where the run directories go (checkpoints: not results)")
     return parser.parse_args()
@@ -77,6 +80,29 @@ def run(args: argparse.Namespace) -> dict:
                               for t in args.thresholds.split(",")}}
             print(f"{args.stream} seed {seed} {name}: {seconds:.1f}s", flush=True)
     return {"args": vars(args), "results": results}
+
+
+def merge(reports: list[dict]) -> dict:
+    """One report from several runs of this script on the same stream and overrides, each
+    with its own protocols or seeds (protocols in ``ORDER``, seeds in order)."""
+    args = dict(reports[0]["args"])
+    for report in reports[1:]:
+        for key in ("stream", "set", "thresholds"):
+            if report["args"][key] != args[key]:
+                raise ValueError(f"--merge: the JSONs differ in {key!r}: "
+                                 f"{report['args'][key]!r} and {args[key]!r}")
+    results: dict = {}
+    for report in reports:
+        for name, per_seed in report["results"].items():
+            results.setdefault(name, {}).update(per_seed)
+    ordered = {name: dict(sorted(results[name].items(), key=lambda item: int(item[0])))
+               for name in ORDER if name in results}
+    seeds = sorted({int(s) for per in ordered.values() for s in per})
+    args.update(protocols=",".join(ordered), seeds=",".join(map(str, seeds)),
+                ftml_set=next((r["args"]["ftml_set"] for r in reports
+                               if "ftml" in r["results"]), args["ftml_set"]))
+    return {"args": args, "results": ordered,
+            "seconds": sum(r.get("seconds", 0.0) for r in reports)}
 
 
 def censored(task: dict) -> float:
@@ -145,9 +171,12 @@ def main() -> None:
         Path(args.from_json).with_name(Path(args.from_json).name[:-len(".json")] + ".md"
                                        ).write_text(summary_markdown(report))
         return
-    started = time.perf_counter()
-    report = run(args)
-    report["seconds"] = time.perf_counter() - started
+    if args.merge:
+        report = merge([json.loads(Path(p).read_text()) for p in args.merge])
+    else:
+        started = time.perf_counter()
+        report = run(args)
+        report["seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     named = {kind: out.parent / f"{out.name}.{kind}" for kind in ("json", "md", "png")}
