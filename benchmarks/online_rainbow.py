@@ -124,16 +124,19 @@ def summary_markdown(report: dict) -> str:
              "| protocol | " + " | ".join(f"area to {t}" for t in args["thresholds"].split(","))
              + f" | acc. after {budget} ex. | final acc. | cumulative loss | s/seed |",
              "|---" * (len(args["thresholds"].split(",")) + 5) + "|"]
-    key = args["thresholds"].split(",")[0]
-    trend = ["", f"Examples to {key}: mean per task over the first {half} and the last "
-             f"{tasks - half} task indices (a learner that learns to learn comes down):", "",
-             "| protocol | first half | second half | final acc., first half | final acc., "
-             "second half |", "|---|---|---|---|---|"]
+    thresholds = args["thresholds"].split(",")
+    trend = ["", f"Examples to threshold: mean per task over the first {half} and the last "
+             f"{tasks - half} task indices (a learner that learns to learn comes down; "
+             f"never = {examples + 1}), and the final accuracy:", "",
+             "| protocol | " + " | ".join(f"to {t}, first half | to {t}, second half"
+                                         for t in thresholds)
+             + " | final acc., first half | final acc., second half |",
+             "|---" * (2 * len(thresholds) + 3) + "|"]
     for name, per_seed in results.items():
         runs = list(per_seed.values())
         areas = [format_plain(over_seeds([sum(censored(t) for t in r["summaries"][k]["tasks"])
                                           for r in runs]), 0)
-                 for k in args["thresholds"].split(",")]
+                 for k in thresholds]
         any_summary = [next(iter(r["summaries"].values())) for r in runs]
         acc = over_seeds([sum(t["accuracy_at_budget"] for t in s["tasks"]) / len(s["tasks"])
                           for s in any_summary])
@@ -143,14 +146,16 @@ def summary_markdown(report: dict) -> str:
         secs = sum(r["seconds"] for r in runs) / len(runs)
         lines.append(f"| {name} | " + " | ".join(areas) + f" | {format_plain(acc, 3)} | "
                      f"{format_plain(final, 3)} | {format_plain(loss, 2)} | {secs:.0f} |")
-        per_run = [[censored(t) for t in r["summaries"][key]["tasks"]] for r in runs]
-        first = over_seeds([sum(v[:half]) / half for v in per_run])
-        second = over_seeds([sum(v[half:]) / (tasks - half) for v in per_run])
-        finals = [[t["final_accuracy"] for t in r["summaries"][key]["tasks"]] for r in runs]
-        final_first = over_seeds([sum(v[:half]) / half for v in finals])
-        final_second = over_seeds([sum(v[half:]) / (tasks - half) for v in finals])
-        trend.append(f"| {name} | {format_plain(first, 1)} | {format_plain(second, 1)} | "
-                     f"{format_plain(final_first, 3)} | {format_plain(final_second, 3)} |")
+        cells = []
+        for key in thresholds:
+            per_run = [[censored(t) for t in r["summaries"][key]["tasks"]] for r in runs]
+            cells += [format_plain(over_seeds([sum(v[:half]) / half for v in per_run]), 1),
+                      format_plain(over_seeds([sum(v[half:]) / (tasks - half)
+                                               for v in per_run]), 1)]
+        finals = [[t["final_accuracy"] for t in s["tasks"]] for s in any_summary]
+        cells += [format_plain(over_seeds([sum(v[:half]) / half for v in finals]), 3),
+                  format_plain(over_seeds([sum(v[half:]) / (tasks - half) for v in finals]), 3)]
+        trend.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += trend
     for key in args["thresholds"].split(","):
         lines += ["", f"Examples to {key} per task index (mean over seeds; "
