@@ -38,7 +38,7 @@ ORDER = ("ftml", "ftl", "toe", "scratch")
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stream", choices=("digits", "glyphs"), default="digits")
+    parser.add_argument("--stream", choices=("digits", "glyphs", "mnist"), default="digits")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--protocols", default=",".join(ORDER))
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
@@ -49,6 +49,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--out", default="benchmarks/results/online_rainbow_digits")
     parser.add_argument("--from-json", dest="from_json", default=None,
                         help="only rewrite OUT.md from this benchmark JSON (no training)")
+    parser.add_argument("--merge", nargs="*", default=None, metavar="JSON",
+                        help="no training: join these benchmark JSONs (protocols run as "
+                             "separate processes) into OUT.json / OUT.md / OUT.png")
     parser.add_argument("--runs", default="/tmp/online_rainbow_runs",
                         help="where the run directories go (checkpoints: not results)")
     return parser.parse_args()
@@ -79,6 +82,29 @@ def run(args: argparse.Namespace) -> dict:
     return {"args": vars(args), "results": results}
 
 
+def merge(reports: list[dict]) -> dict:
+    """One report from several runs of this script on the same stream and overrides, each
+    with its own protocols or seeds (protocols in ``ORDER``, seeds in order)."""
+    args = dict(reports[0]["args"])
+    for report in reports[1:]:
+        for key in ("stream", "set", "thresholds"):
+            if report["args"][key] != args[key]:
+                raise ValueError(f"--merge: the JSONs differ in {key!r}: "
+                                 f"{report['args'][key]!r} and {args[key]!r}")
+    results: dict = {}
+    for report in reports:
+        for name, per_seed in report["results"].items():
+            results.setdefault(name, {}).update(per_seed)
+    ordered = {name: dict(sorted(results[name].items(), key=lambda item: int(item[0])))
+               for name in ORDER if name in results}
+    seeds = sorted({int(s) for per in ordered.values() for s in per})
+    args.update(protocols=",".join(ordered), seeds=",".join(map(str, seeds)),
+                ftml_set=next((r["args"]["ftml_set"] for r in reports
+                               if "ftml" in r["results"]), args["ftml_set"]))
+    return {"args": args, "results": ordered,
+            "seconds": sum(r.get("seconds", 0.0) for r in reports)}
+
+
 def censored(task: dict) -> float:
     reached = task["examples_to_threshold"]
     return float(task["examples"] + 1 if reached is None else reached)
@@ -98,16 +124,19 @@ def summary_markdown(report: dict) -> str:
              "| protocol | " + " | ".join(f"area to {t}" for t in args["thresholds"].split(","))
              + f" | acc. after {budget} ex. | final acc. | cumulative loss | s/seed |",
              "|---" * (len(args["thresholds"].split(",")) + 5) + "|"]
-    key = args["thresholds"].split(",")[0]
-    trend = ["", f"Examples to {key}: mean per task over the first {half} and the last "
-             f"{tasks - half} task indices (a learner that learns to learn comes down):", "",
-             "| protocol | first half | second half | final acc., first half | final acc., "
-             "second half |", "|---|---|---|---|---|"]
+    thresholds = args["thresholds"].split(",")
+    trend = ["", f"Examples to threshold: mean per task over the first {half} and the last "
+             f"{tasks - half} task indices (a learner that learns to learn comes down; "
+             f"never = {examples + 1}), and the final accuracy:", "",
+             "| protocol | " + " | ".join(f"to {t}, first half | to {t}, second half"
+                                         for t in thresholds)
+             + " | final acc., first half | final acc., second half |",
+             "|---" * (2 * len(thresholds) + 3) + "|"]
     for name, per_seed in results.items():
         runs = list(per_seed.values())
         areas = [format_plain(over_seeds([sum(censored(t) for t in r["summaries"][k]["tasks"])
                                           for r in runs]), 0)
-                 for k in args["thresholds"].split(",")]
+                 for k in thresholds]
         any_summary = [next(iter(r["summaries"].values())) for r in runs]
         acc = over_seeds([sum(t["accuracy_at_budget"] for t in s["tasks"]) / len(s["tasks"])
                           for s in any_summary])
@@ -117,14 +146,16 @@ def summary_markdown(report: dict) -> str:
         secs = sum(r["seconds"] for r in runs) / len(runs)
         lines.append(f"| {name} | " + " | ".join(areas) + f" | {format_plain(acc, 3)} | "
                      f"{format_plain(final, 3)} | {format_plain(loss, 2)} | {secs:.0f} |")
-        per_run = [[censored(t) for t in r["summaries"][key]["tasks"]] for r in runs]
-        first = over_seeds([sum(v[:half]) / half for v in per_run])
-        second = over_seeds([sum(v[half:]) / (tasks - half) for v in per_run])
-        finals = [[t["final_accuracy"] for t in r["summaries"][key]["tasks"]] for r in runs]
-        final_first = over_seeds([sum(v[:half]) / half for v in finals])
-        final_second = over_seeds([sum(v[half:]) / (tasks - half) for v in finals])
-        trend.append(f"| {name} | {format_plain(first, 1)} | {format_plain(second, 1)} | "
-                     f"{format_plain(final_first, 3)} | {format_plain(final_second, 3)} |")
+        cells = []
+        for key in thresholds:
+            per_run = [[censored(t) for t in r["summaries"][key]["tasks"]] for r in runs]
+            cells += [format_plain(over_seeds([sum(v[:half]) / half for v in per_run]), 1),
+                      format_plain(over_seeds([sum(v[half:]) / (tasks - half)
+                                               for v in per_run]), 1)]
+        finals = [[t["final_accuracy"] for t in s["tasks"]] for s in any_summary]
+        cells += [format_plain(over_seeds([sum(v[:half]) / half for v in finals]), 3),
+                  format_plain(over_seeds([sum(v[half:]) / (tasks - half) for v in finals]), 3)]
+        trend.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += trend
     for key in args["thresholds"].split(","):
         lines += ["", f"Examples to {key} per task index (mean over seeds; "
@@ -145,9 +176,12 @@ def main() -> None:
         Path(args.from_json).with_name(Path(args.from_json).name[:-len(".json")] + ".md"
                                        ).write_text(summary_markdown(report))
         return
-    started = time.perf_counter()
-    report = run(args)
-    report["seconds"] = time.perf_counter() - started
+    if args.merge:
+        report = merge([json.loads(Path(p).read_text()) for p in args.merge])
+    else:
+        started = time.perf_counter()
+        report = run(args)
+        report["seconds"] = time.perf_counter() - started
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     named = {kind: out.parent / f"{out.name}.{kind}" for kind in ("json", "md", "png")}

@@ -40,6 +40,7 @@ COLOURS = {
 }
 SCALES = (1.0, 0.5)
 QUARTER_TURNS = (0, 1, 2, 3)
+DIGIT_SOURCES = (None, "mnist", "embedded")
 SPLIT_SEED = 0  # the fixed division of the base digits into training and held-out pools
 
 
@@ -71,15 +72,23 @@ def rainbow_transforms() -> list[dict]:
 
 
 def base_digits(root: str | os.PathLike[str] | None = None, image_size: int = 14,
-                held_out_fraction: float = 0.2) -> tuple[tuple[Tensor, Tensor],
-                                                         tuple[Tensor, Tensor]]:
+                held_out_fraction: float = 0.2, digits: str | None = None
+                ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """``((train_x, train_y), (held_x, held_y))``: grey digits ``[N, 1, S, S]`` in
-    ``[0, 1]``, MNIST's test set when ``root`` is given, else the embedded digits, divided
-    with the fixed seed ``SPLIT_SEED``."""
+    ``[0, 1]``, divided with the fixed seed ``SPLIT_SEED``. ``digits``: ``"mnist"`` (MNIST's
+    test set from ``root``, or metalab's default data folder for "mnist" without one: an
+    error naming the missing file when it is not there), ``"embedded"`` (scikit-learn's
+    digits), or ``None``: MNIST when ``root`` is given, else the embedded digits."""
     check_positive_int("image_size", image_size)
     if not 0 < held_out_fraction < 1:
         raise ValueError(f"held_out_fraction must be in (0, 1), got {held_out_fraction}")
-    dataset = MNIST("test", root=root) if root is not None else Digits("all")
+    if digits not in DIGIT_SOURCES:
+        raise ValueError(f"digits must be one of {DIGIT_SOURCES}, got {digits!r}")
+    if digits == "embedded" and root is not None:
+        raise ValueError(f"digits 'embedded' reads no files; got root {str(root)!r} "
+                         f"(set digits: mnist, or drop root)")
+    use_mnist = digits == "mnist" or (digits is None and root is not None)
+    dataset = MNIST("test", root=root) if use_mnist else Digits("all")
     images = dataset.images.to(torch.float32) / 255.0
     if images.shape[-1] != image_size:
         images = F.interpolate(images, size=image_size, mode="bilinear", align_corners=False)
@@ -93,14 +102,16 @@ def base_digits(root: str | os.PathLike[str] | None = None, image_size: int = 14
 
 def rainbow_tasks(root: str | os.PathLike[str] | None = None, *, tasks: int = 56,
                   train_per_task: int = 200, test_per_task: int = 100, image_size: int = 14,
-                  seed: int = 0, shuffle_order: bool = False) -> list[StreamTask]:
+                  seed: int = 0, shuffle_order: bool = False,
+                  digits: str | None = None) -> list[StreamTask]:
     """The first ``tasks`` Rainbow tasks (colour-major order, or shuffled by ``seed`` with
     ``shuffle_order``), each ``train_per_task`` training and ``test_per_task`` held-out
-    examples drawn from the pools of `base_digits` with a generator seeded by ``seed``."""
+    examples drawn from the pools of `base_digits` (``root``, ``digits``: which digits) with
+    a generator seeded by ``seed``."""
     transforms = rainbow_transforms()
     if not 1 <= tasks <= len(transforms):
         raise ValueError(f"tasks must be in [1, {len(transforms)}], got {tasks}")
-    (train_x, train_y), (held_x, held_y) = base_digits(root, image_size)
+    (train_x, train_y), (held_x, held_y) = base_digits(root, image_size, digits=digits)
     for name, wanted, pool in (("train_per_task", train_per_task, train_x),
                                ("test_per_task", test_per_task, held_x)):
         if not 1 <= check_positive_int(name, wanted) <= len(pool):
