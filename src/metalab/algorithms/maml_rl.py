@@ -22,8 +22,11 @@ inner step. ``outer_step: trpo`` (the paper) maximises it by TRPO on the mean KL
 ``KL(pi_old'_i || pi_theta'_i)`` of the post-update policies (`trpo_step`: conjugate
 gradient on Fisher-vector products, then a line search that keeps the actual KL within
 ``max_kl`` and requires improvement; the Fisher matrix is the Hessian of that KL through
-the sample path of the inner step, `fisher_kl`, whichever estimator the gradient uses); ``outer_step: gradient`` hands ``-grad L`` to the
-trainer's optimizer (Adam, say) instead.
+the inner step of ``estimator``: the naive step is the sample path the line search
+evaluates, DiCE's graph adds the score term, so with DiCE the quadratic model overestimates
+the KL the line search measures, ~1,000x on half-cheetah at 10 x 2 episodes and 2x on
+nav2d at 20 x 20, docs/meta-rl.md "Why the TRPO steps were tiny"); ``outer_step:
+gradient`` hands ``-grad L`` to the trainer's optimizer (Adam, say) instead.
 
 E-MAML (``e_maml: true``) maximises ``E_{D_i}[J(theta'(D_i))]`` instead: the sample-path
 (naive) inner step plus the credit of the pre-update episodes for the post-update return
@@ -267,10 +270,9 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
         credit with ``e_maml``) and the mean over tasks and valid post-update steps of
         ``KL(pi_old'_i || pi_theta'_i)``, both through the inner step from ``params``
         (``differentiable=False``: values only, the inner step without its second
-        derivatives). The differentiable KL (whose Hessian is TRPO's Fisher matrix) is
-        `fisher_kl`'s: through the sample path of the inner step, and with
-        ``fisher_tasks = k`` the mean over the first ``k`` tasks only, on a graph of its
-        own so that its products cost ``k`` tasks' double backward."""
+        derivatives). With ``fisher_tasks = k`` the differentiable KL (whose Hessian is
+        TRPO's Fisher matrix) is the mean over the first ``k`` tasks only, computed on a
+        graph of its own so that its products cost ``k`` tasks' double backward."""
         pre, post = rollouts.pre, rollouts.post
         adapted = self.inner_step(params, pre, create_graph=differentiable)
         mean, log_std = per_task_outputs(self.policy, adapted, post.observations)
@@ -282,29 +284,13 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
             returns = discounted_returns(post.rewards, post.masks, self.gamma)[..., 0]
             value = value + exploration_credit((log_probs * pre.masks).sum(dim=(1, 2)),
                                                returns.mean(dim=-1))
-        if not differentiable or (self.estimator == "naive" and self.fisher_tasks is None):
-            return value, self.kl_of(rollouts, mean, log_std, slice(None))
-        return value, self.fisher_kl(params, rollouts)
-
-    def fisher_kl(self, params: Params, rollouts: Rollouts) -> Tensor:
-        """The KL whose Hessian at ``params`` is TRPO's Fisher matrix: the line search's KL
-        (through the inner step as a function of ``theta`` on the fixed pre-update
-        episodes), on the first ``fisher_tasks`` tasks (the tasks are i.i.d.).
-
-        Its inner step is the sample path of the update, the ``"naive"`` estimator's graph,
-        whatever ``estimator`` the surrogate uses: DiCE's second derivative adds the score
-        term ``grad log p grad log p^T R`` (an estimate of how the *sampling* of the
-        pre-update episodes moves with ``theta``), which no change of ``theta`` moves on
-        fixed episodes, so the Hessian through it is not the Hessian of the KL that the
-        line search measures (measured on half-cheetah, docs/meta-rl.md: the quadratic model
-        put the full step at the bound 0.01, the line search measured 8e-6)."""
-        tasks = slice(0, self.fisher_tasks)
-        adapted = adapt_per_task(self.policy, params, rollouts.pre.select_tasks(tasks),
-                                 step_size=self.inner_lr, gamma=self.gamma,
-                                 estimator="naive", baseline_reg=self.baseline_reg)
-        mean, log_std = per_task_outputs(self.policy, adapted,
-                                         rollouts.post.observations[tasks])
-        return self.kl_of(rollouts, mean, log_std, tasks)
+        if differentiable and self.fisher_tasks is not None:  # the tasks are i.i.d.
+            tasks = slice(0, self.fisher_tasks)
+            adapted = self.inner_step(params, pre.select_tasks(tasks))
+            mean, log_std = per_task_outputs(self.policy, adapted,
+                                             post.observations[tasks])
+            return value, self.kl_of(rollouts, mean, log_std, tasks)
+        return value, self.kl_of(rollouts, mean, log_std, slice(None))
 
     @staticmethod
     def kl_of(rollouts: Rollouts, mean: Tensor, log_std: Tensor, tasks: slice) -> Tensor:
