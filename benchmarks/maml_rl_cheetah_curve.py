@@ -73,6 +73,26 @@ def across(values: list[float]) -> tuple[float, float]:
     return mean, T_975.get(n - 1, 1.96) * sd / math.sqrt(n)
 
 
+def training_summary(run_dir: Path) -> dict:
+    """From the training log: mean pre / post-update return over the first and the last 10
+    meta-iterations, iterations with post > pre, the median accepted KL and the iterations
+    without an improving step (15 backtracks)."""
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in records if r.get("split") == "train"]
+    first, last = records[:10], records[-10:]
+
+    def mean(rows, key):
+        return sum(r[key] for r in rows) / len(rows)
+
+    kls = sorted(r["kl"] for r in records if r["backtracks"] < 15)
+    return {"run": str(run_dir), "iterations": len(records),
+            "first10": (mean(first, "return_pre"), mean(first, "return")),
+            "last10": (mean(last, "return_pre"), mean(last, "return")),
+            "post_above_pre": sum(r["return"] > r["return_pre"] for r in records),
+            "median_kl": kls[len(kls) // 2] if kls else 0.0,
+            "no_step": sum(r["backtracks"] >= 15 for r in records)}
+
+
 def table(run_dirs: list[Path], out: Path | None) -> str:
     config = read_run_config(run_dirs[0])
     data, train = config["data"], TrainConfig.of(config)
@@ -99,14 +119,23 @@ def table(run_dirs: list[Path], out: Path | None) -> str:
                         "wall_seconds_max": max(walls), "seeds": len(runs),
                         "return_pre": pre, "return_post": post, "gain": gain,
                         "runs": [{"run": str(d), **r} for d, r in runs]})
+    summaries = [training_summary(d) for d in run_dirs]
+    log_rows = [f"| {Path(t['run']).name} | {t['iterations']} | {t['first10'][0]:.1f} / "
+                f"{t['first10'][1]:.1f} | {t['last10'][0]:.1f} / {t['last10'][1]:.1f} | "
+                f"{t['post_above_pre']} / {t['iterations']} | {t['median_kl']:.1e} | "
+                f"{t['no_step']} |" for t in summaries]
     text = "\n".join([
         "| meta-iteration | env steps (M) | train wall (min, slowest seed) | seeds | "
         "return before adaptation | after one step | gain | per seed: before / after "
         "(± 95% CI over test velocities) |",
-        "|---|---|---|---|---|---|---|---|", *rows])
+        "|---|---|---|---|---|---|---|---|", *rows, "",
+        "| run | meta-iterations | pre / post return, first 10 | pre / post, last 10 | "
+        "post > pre | median accepted KL | no improving step |",
+        "|---|---|---|---|---|---|---|", *log_rows])
     if out is not None:
         out.with_suffix(".md").write_text(text + "\n")
-        out.with_suffix(".json").write_text(json.dumps(records, indent=2) + "\n")
+        out.with_suffix(".json").write_text(
+            json.dumps({"meta_test": records, "training": summaries}, indent=2) + "\n")
     return text
 
 
