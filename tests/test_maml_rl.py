@@ -20,7 +20,7 @@ from metalab.rl import (
     gaussian_log_prob,
     inner_policy_gradient_step,
 )
-from metalab.rl.trpo import flat, unflat
+from metalab.rl.trpo import fisher_vector_product, flat, unflat
 from metalab.train import load_config, train_run
 from metalab.train.config import ConfigError
 
@@ -134,6 +134,35 @@ def test_kl_is_from_the_sampling_policy_to_the_new_one():
         total += (per_step * post.masks[task]).sum() / post.masks[task].sum()
     torch.testing.assert_close(kl, total / post.num_tasks)
     assert kl > 0
+
+
+def test_trpo_fisher_of_the_naive_step_is_the_hessian_of_the_kl_the_line_search_measures():
+    # v^T F v from TRPO's Fisher-vector product against the line search's KL (values only,
+    # differentiable=False) by a central second difference: KL(0) = 0 and grad KL(0) = 0,
+    # so KL(eps v) + KL(-eps v) = eps^2 v^T H v + O(eps^4). The naive step is the sample
+    # path of the update, so its graph is the function the line search evaluates (a KL
+    # through a first-order or detached inner step would miss the inner Jacobian). DiCE's
+    # graph is not (its second derivative adds the score term): docs/meta-rl.md, "Why the
+    # TRPO steps were tiny", measures what that does on half-cheetah and nav2d.
+    learner = tiny_learner(estimator="naive")
+    rollouts = tiny_rollouts(learner)
+    names = [n for n, _ in learner.policy.named_parameters()]
+    leaves = list(learner.policy.parameters())
+    _, kl = learner.surrogate_and_kl(dict(zip(names, leaves, strict=True)), rollouts)
+    product = fisher_vector_product(kl, leaves)
+    start = flat(leaves).detach()
+    torch.manual_seed(1)
+    direction = torch.randn(len(start), dtype=torch.float64)
+
+    def line_search_kl(step):
+        values = [v.requires_grad_(True) for v in unflat(start + step, leaves)]
+        return learner.surrogate_and_kl(dict(zip(names, values, strict=True)), rollouts,
+                                        differentiable=False)[1].item()
+
+    eps = 1e-4
+    second_difference = (line_search_kl(eps * direction)
+                         + line_search_kl(-eps * direction)) / eps**2
+    assert float(direction @ product(direction)) == pytest.approx(second_difference, rel=1e-4)
 
 
 # -- E-MAML's credit on the two-action bandit (as tests/test_rl_policy_gradient.py) --------

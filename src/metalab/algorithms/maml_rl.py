@@ -21,8 +21,12 @@ gradient at ``theta_old`` is the policy gradient of the post-update return throu
 inner step. ``outer_step: trpo`` (the paper) maximises it by TRPO on the mean KL
 ``KL(pi_old'_i || pi_theta'_i)`` of the post-update policies (`trpo_step`: conjugate
 gradient on Fisher-vector products, then a line search that keeps the actual KL within
-``max_kl`` and requires improvement); ``outer_step: gradient`` hands ``-grad L`` to the
-trainer's optimizer (Adam, say) instead.
+``max_kl`` and requires improvement; the Fisher matrix is the Hessian of that KL through
+the inner step of ``estimator``: the naive step is the sample path the line search
+evaluates, DiCE's graph adds the score term, so with DiCE the quadratic model overestimates
+the KL the line search measures, ~1,000x on half-cheetah at 10 x 2 episodes and 2x on
+nav2d at 20 x 20, docs/meta-rl.md "Why the TRPO steps were tiny"); ``outer_step:
+gradient`` hands ``-grad L`` to the trainer's optimizer (Adam, say) instead.
 
 E-MAML (``e_maml: true``) maximises ``E_{D_i}[J(theta'(D_i))]`` instead: the sample-path
 (naive) inner step plus the credit of the pre-update episodes for the post-update return
