@@ -20,13 +20,13 @@ batched environment (`PointNavigation`) and returns them as an `EpisodeBatch` wh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalab.rl.episodes import EpisodeBatch
+from metalab.rl.episodes import EpisodeBatch, discounted_returns, gae
 from metalab.rl.navigation import PointNavigation
 from metalab.rl.policies import gaussian_log_prob
 from metalab.rl.rollout import step_running
@@ -140,3 +140,30 @@ def collect_trials(env: PointNavigation, policy: nn.Module, params: Mapping[str,
     log_probs, _, _ = trial_log_probs(policy, params, batch, env.horizon)
     return EpisodeBatch(batch.observations, batch.actions, batch.rewards, log_probs,
                         batch.masks, batch.task_ids)
+
+
+def trial_returns_and_advantages(rewards: Tensor, values_of: Callable[[Tensor], Tensor],
+                                 masks: Tensor, gamma: float, lam: float
+                                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(returns, values, advantages) [..., K*H]`` of trials whose credit spans the trial.
+
+    The discounted return and GAE run over the trial's *valid* steps in order, so the
+    steps left masked after an episode ended early are skipped, not a cut: a step of
+    episode ``k`` is credited with the rewards of episodes ``k + 1 .. K`` (``G_t = r_t +
+    gamma G_{t'}``, ``t'`` the next valid step). `discounted_returns` and `gae` alone would
+    zero the chain at the first masked step. ``values_of(returns)`` gives the baseline
+    ``[..., K*H]`` fitted on those returns (e.g. `linear_baseline_values`).
+    """
+    order = torch.argsort(1 - masks, dim=-1, stable=True)  # valid steps first, in order
+
+    def compact(x: Tensor) -> Tensor:
+        return torch.gather(x, -1, order)
+
+    def expand(x: Tensor) -> Tensor:
+        return torch.zeros_like(x).scatter(-1, order, x)
+
+    packed_masks = compact(masks)
+    returns = expand(discounted_returns(compact(rewards), packed_masks, gamma))
+    values = values_of(returns)
+    advantages = expand(gae(compact(rewards), compact(values), packed_masks, gamma, lam))
+    return returns, values, advantages
