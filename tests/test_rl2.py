@@ -178,3 +178,18 @@ def test_ppo_outer_step_improves_its_surrogate_within_the_clip(tmp_path):
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["improvement"] > 0 for r in records)
     assert all(0 < r["kl"] < 0.5 for r in records)
+
+
+def test_action_scale_scales_the_mean_and_the_noise():
+    torch.manual_seed(0)
+    unit = GRUGaussianPolicy(2, 2, hidden=5).double()
+    scaled = GRUGaussianPolicy(2, 2, hidden=5, action_scale=0.1).double()
+    scaled.load_state_dict(unit.state_dict())
+    inputs = torch.randn(3, 4, unit.input_dim, dtype=torch.float64)
+    masks = torch.ones(3, 4, dtype=torch.float64)
+    mean, log_std, _ = unit(inputs, masks)
+    mean_scaled, log_std_scaled, _ = scaled(inputs, masks)
+    torch.testing.assert_close(mean_scaled, 0.1 * mean)
+    torch.testing.assert_close(log_std_scaled, log_std + torch.tensor(0.1).log().double())
+    with pytest.raises(ValueError, match="action_scale"):
+        GRUGaussianPolicy(2, 2, action_scale=0.0)

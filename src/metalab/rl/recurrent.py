@@ -20,6 +20,7 @@ batched environment (`PointNavigation`) and returns them as an `EpisodeBatch` wh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 
 import torch
@@ -30,16 +31,23 @@ from metalab.rl.episodes import EpisodeBatch, discounted_returns, gae
 from metalab.rl.navigation import PointNavigation
 from metalab.rl.policies import gaussian_log_prob
 from metalab.rl.rollout import step_running
-from metalab.validation import check_positive_int
+from metalab.validation import check_positive_int, check_real
 
 
 class GRUGaussianPolicy(nn.Module):
     """``forward(inputs [..., L, input_dim], masks [..., L], state=None) -> (mean, log_std,
-    state)`` over a sequence (from the zero state: a trial's start); `step` is one step."""
+    state)`` over a sequence (from the zero state: a trial's start); `step` is one step.
+
+    ``action_scale`` ``c``: the policy acts in units of ``c`` (``mean = c * head(h)``,
+    ``log_std = log_std_param + log c``), so with ``c`` the environment's action bound
+    (nav2d: 0.1) the initial policy's mean and noise are on the scale of the actions the
+    environment applies (at ``c = 1`` and ``init_log_std = 0`` the noise is ten times
+    nav2d's bound and the clipped action hardly depends on the mean)."""
 
     def __init__(self, observation_dim: int, action_dim: int, hidden: int = 64,
-                 init_log_std: float = 0.0) -> None:
+                 init_log_std: float = 0.0, action_scale: float = 1.0) -> None:
         super().__init__()
+        self.action_scale = check_real("action_scale", action_scale, inclusive=False)
         self.observation_dim = check_positive_int("observation_dim", observation_dim)
         self.action_dim = check_positive_int("action_dim", action_dim)
         self.hidden = check_positive_int("hidden", hidden)
@@ -65,8 +73,9 @@ class GRUGaussianPolicy(nn.Module):
         if mask is not None:
             keep = mask.unsqueeze(-1)
             new = keep * new + (1 - keep) * state
-        mean = self.head(new)
-        return mean, self.log_std.expand_as(mean), new
+        mean = self.action_scale * self.head(new)
+        log_std = self.log_std + math.log(self.action_scale)
+        return mean, log_std.expand_as(mean), new
 
     def forward(self, inputs: Tensor, masks: Tensor, state: Tensor | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:
