@@ -8,10 +8,10 @@ For each run's last checkpoint (`load_run`): the 40 held-out test goals `metalab
 draws (its test source, ``eval.seed``), ``data.episodes`` trials per goal, and per goal the
 mean return of every episode of the trial; episode 2 against episode 1 *paired by goal*
 (the mean difference, its 95% CI over goals, how many goals improved). Floors: a uniformly
-random policy on the same goals, staying at the origin, and the untrained GRU (the first
-training iteration's returns). How much of the goal the GRU's hidden state holds after
-episode 1: the held-out R² of a ridge regression from it to the goal (`goal_r2`). Training
-curves: each iteration's per-episode returns.
+random policy on the same goals, staying at the origin, the best goal-blind path, and the
+untrained GRU (the first training iteration's returns). How much of the goal the GRU's
+hidden state holds after episode 1: the held-out R² of a ridge regression from it to the
+goal (`goal_r2`, 400 other goals). Training curves: each iteration's per-episode returns.
 Writes OUT.md, OUT.json and OUT.png.
 """
 
@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import yaml
 from pearl_nav2d_curve import (
+    best_blind_return,
     mean_ci,
     random_policy_return,
     read_records,
@@ -43,9 +44,11 @@ def ci95(values: torch.Tensor) -> float:
     return 1.96 * values.std().item() / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
-def per_goal_returns(run: Path, tasks: int = 40) -> tuple[torch.Tensor, dict, float]:
+def per_goal_returns(run: Path, tasks: int = 40
+                     ) -> tuple[torch.Tensor, dict, float, torch.Tensor]:
     """``[goals, K]``: each test goal's mean return of every episode of the trial; the
-    config; the held-out R² of the goal decoded from the hidden state after episode 1."""
+    config; the held-out R² of the goal decoded from the hidden state after episode 1;
+    ``[goals, trials, K]``: 1 where the episode ended early (reached the goal)."""
     config = yaml.safe_load((run / "config.yaml").read_text())
     learner = load_run(run)
     batch = build_task_source(config, "test", tasks,
@@ -54,15 +57,31 @@ def per_goal_returns(run: Path, tasks: int = 40) -> tuple[torch.Tensor, dict, fl
     with torch.no_grad():
         trials = learner.collect(batch)
         returns = learner.episode_returns(trials, horizon)
+    ended = trials.masks[..., horizon - 1::horizon] == 0  # [goals, trials, K]: ended early
+    return returns.double(), config, hidden_goal_r2(learner, batch.family), ended.double()
+
+
+def hidden_goal_r2(learner, family, goals: int = 400, seed: int = 0) -> float:
+    """`goal_r2` of the hidden state after episode 1 of one trial on each of ``goals``
+    fresh goals (drawn with ``seed``, not the test goals)."""
+    generator = torch.Generator().manual_seed(seed)
+    tasks = family.sample_tasks(goals, generator)
+    horizon = family.horizon
+    policy = learner.policy
+    with torch.no_grad():
+        params = {n: p.detach() for n, p in policy.named_parameters()}
+        trials = family.collect_trials(policy, params, tasks, 1, learner.episodes_per_trial,
+                                       generator=generator)
         inputs = trial_inputs(trials.observations, trials.actions, trials.rewards, horizon)
-        _, _, state = learner.policy(inputs[..., :horizon, :], trials.masks[..., :horizon])
-    return returns.double(), config, goal_r2(state.double(), batch.tasks.double())
+        _, _, state = policy(inputs[..., :horizon, :], trials.masks[..., :horizon])
+    return goal_r2(state.double(), tasks.double())
 
 
-def goal_r2(states: torch.Tensor, goals: torch.Tensor, ridge: float = 1e-2) -> float:
+def goal_r2(states: torch.Tensor, goals: torch.Tensor, ridge: float = 0.1) -> float:
     """How much of the goal the hidden state holds at the end of episode 1: ridge
     regression ``[state, 1] -> goal`` fitted on the trials of the first half of the goals,
-    R² on the other half (``states [goals, trials, hidden]``)."""
+    R² on the other half (``states [goals, trials, hidden]``; 0: no more than the mean
+    goal)."""
     half = goals.shape[0] // 2
     features = torch.cat([states, torch.ones_like(states[..., :1])], dim=-1)
     targets = goals.unsqueeze(1).expand(-1, states.shape[1], -1)
@@ -100,11 +119,12 @@ def main() -> None:
     summary: dict = {"runs": {}}
     all_returns = []
     for run in args.runs:
-        returns, config, r2 = per_goal_returns(run)
+        returns, config, r2, ended = per_goal_returns(run)
         records = read_records(run)
         all_returns.append(returns)
         summary["runs"][run.name] = {
             **summarize(returns), "goal_r2_hidden_after_episode1": r2,
+            "episodes_ended_early": ended.mean((0, 1)).tolist(),
             "iterations": records[-1]["step"],
             "seconds": records[-1]["seconds"],
             "env_steps_per_iteration": (config["train"]["meta_batch"]
@@ -120,6 +140,8 @@ def main() -> None:
     summary["random_policy"] = dict(zip(("mean", "ci95"), random_policy_return(config),
                                         strict=True))
     summary["stay_at_origin"] = staying_return(config)
+    summary["best_goal_blind"] = dict(zip(("mean", "ci95"), best_blind_return(config),
+                                          strict=True))
     summary["goal_known"] = dict(zip(("mean", "ci95"), goal_known_return(config), strict=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
@@ -153,7 +175,9 @@ def table(summary: dict) -> list[str]:
     lines.append(f"\n40 held-out goals (`eval.seed` 1234), ± the 95% CI over goals. Floors on "
                  f"the same goals: uniformly random policy {random['mean']:.1f} ± "
                  f"{random['ci95']:.1f}; staying at the origin "
-                 f"{summary['stay_at_origin']:.1f}; the ceiling, straight to the known goal: "
+                 f"{summary['stay_at_origin']:.1f}; the best goal-blind path "
+                 f"{summary['best_goal_blind']['mean']:.1f}; the ceiling, straight to the known "
+                 f"goal: "
                  f"{summary['goal_known']['mean']:.1f}.")
     return lines
 
