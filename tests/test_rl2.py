@@ -16,9 +16,12 @@ from metalab.rl import (
     Navigation2D,
     PointNavigation,
     collect_trials,
+    discounted_returns,
     trial_inputs,
     trial_log_probs,
 )
+from metalab.rl.ppo import clipped_surrogate, minibatch_rows
+from metalab.rl.recurrent import trial_returns_and_advantages
 
 
 def tiny_policy():
@@ -111,3 +114,82 @@ def test_rl2_names_a_family_without_trials():
     learner = RL2(GRUGaussianPolicy(2, 2, hidden=3))
     with pytest.raises(TypeError, match="collect_trials"):
         learner.meta_backward(dataclasses.replace(batch, family=Feedforward()))
+
+
+def test_trial_credit_runs_on_across_an_episode_that_ended_early():
+    # one trial of two 2-step episodes; episode 1 ended after its first step (step 1 masked)
+    rewards = torch.tensor([[[1.0, 0.0, 2.0, 3.0]]], dtype=torch.float64)
+    masks = torch.tensor([[[1.0, 0.0, 1.0, 1.0]]], dtype=torch.float64)
+    values = torch.tensor([[[0.5, 0.0, 0.25, -1.0]]], dtype=torch.float64)
+    gamma, lam = 0.5, 0.8
+    seen = []
+
+    def values_of(returns):
+        seen.append(returns)
+        return values
+
+    returns, fitted, advantages = trial_returns_and_advantages(rewards, values_of, masks,
+                                                               gamma, lam)
+    # by hand over the valid steps 0, 2, 3: G_3 = 3, G_2 = 2 + 0.5 * 3, G_0 = 1 + 0.5 * G_2
+    g3, g2 = 3.0, 2.0 + 0.5 * 3.0
+    g0 = 1.0 + 0.5 * g2
+    torch.testing.assert_close(returns, torch.tensor([[[g0, 0.0, g2, g3]]], dtype=torch.float64))
+    torch.testing.assert_close(seen[0], returns)
+    torch.testing.assert_close(fitted, values)
+    d3 = 3.0 - (-1.0)
+    d2 = 2.0 + gamma * -1.0 - 0.25
+    d0 = 1.0 + gamma * 0.25 - 0.5
+    a3 = d3
+    a2 = d2 + gamma * lam * a3
+    a0 = d0 + gamma * lam * a2
+    torch.testing.assert_close(advantages,
+                               torch.tensor([[[a0, 0.0, a2, a3]]], dtype=torch.float64))
+    # the per-episode functions alone cut the credit at the masked step
+    assert discounted_returns(rewards, masks, gamma)[0, 0, 0] == 1.0
+
+
+def test_clipped_surrogate_by_hand():
+    ratios = torch.tensor([1.5, 0.5, 1.3, 0.7], dtype=torch.float64)
+    old = torch.tensor([-1.0, 0.3, 2.0, -0.4], dtype=torch.float64)
+    log_probs = (old + ratios.log()).requires_grad_(True)
+    advantages = torch.tensor([2.0, 2.0, -1.0, -1.0], dtype=torch.float64)
+    masks = torch.tensor([1.0, 1.0, 1.0, 0.0], dtype=torch.float64)
+    value = clipped_surrogate(log_probs, old, advantages, masks, clip=0.2)
+    # min(r A, clip(r) A): 1.5*2 -> 1.2*2 = 2.4 (clipped); 0.5*2 = 1.0 (< 0.8*2); 1.3*-1 =
+    # -1.3 (< 1.2*-1, the pessimistic unclipped term); the masked step is left out
+    torch.testing.assert_close(value, torch.tensor((2.4 + 1.0 - 1.3) / 3, dtype=torch.float64))
+    (grad,) = torch.autograd.grad(value, log_probs)
+    # d(r A)/d log pi = r A where the unclipped term is the minimum, 0 where clipped
+    torch.testing.assert_close(grad, torch.tensor([0.0, 1.0 / 3, -1.3 / 3, 0.0],
+                                                  dtype=torch.float64))
+
+
+def test_minibatches_partition_the_trials():
+    parts = minibatch_rows(10, 4, torch.Generator().manual_seed(0))
+    assert len(parts) == 4
+    assert sorted(torch.cat(parts).tolist()) == list(range(10))
+
+
+def test_ppo_outer_step_improves_its_surrogate_within_the_clip(tmp_path):
+    out = tmp_path / "rl2-ppo"
+    assert main(["train", "rl2-nav2d", "--out", str(out), "model.hidden=4", "data.horizon=5",
+                 "data.episodes=4", "train.meta_batch=2", "train.steps=2",
+                 "algorithm.outer_step=ppo", "train.progress=false"]) == 0
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["improvement"] > 0 for r in records)
+    assert all(0 < r["kl"] < 0.5 for r in records)
+
+
+def test_action_scale_scales_the_mean_and_the_noise():
+    torch.manual_seed(0)
+    unit = GRUGaussianPolicy(2, 2, hidden=5).double()
+    scaled = GRUGaussianPolicy(2, 2, hidden=5, action_scale=0.1).double()
+    scaled.load_state_dict(unit.state_dict())
+    inputs = torch.randn(3, 4, unit.input_dim, dtype=torch.float64)
+    masks = torch.ones(3, 4, dtype=torch.float64)
+    mean, log_std, _ = unit(inputs, masks)
+    mean_scaled, log_std_scaled, _ = scaled(inputs, masks)
+    torch.testing.assert_close(mean_scaled, 0.1 * mean)
+    torch.testing.assert_close(log_std_scaled, log_std + torch.tensor(0.1).log().double())
+    with pytest.raises(ValueError, match="action_scale"):
+        GRUGaussianPolicy(2, 2, action_scale=0.0)

@@ -10,11 +10,17 @@ Trained, as in the paper, by TRPO (`trpo_step`) on the surrogate
 
     L(theta) = mean_tasks mean_trials sum_t  pi_theta(a_t | h_t) / pi_old(a_t | h_t) * A_t
 
-(GAE advantages over the trial's ``K H`` steps, a linear feature baseline fitted per task)
-with ``KL(pi_old || pi_theta) <= max_kl`` over the valid steps; or ``outer_step:
-gradient`` for the trainer's optimizer. The task source, trainer, checkpoints and CLI are
-MAML-RL's: each meta-batch is `EnvironmentTasks` whose ``episodes`` is the number of
-trials per task, collected by the family's ``collect_trials``.
+(GAE advantages over the trial's ``K H`` steps, a linear feature baseline fitted per task;
+`trial_returns_and_advantages`: the credit runs on across an episode that ended early, so
+an action is credited with the later episodes' rewards) with ``KL(pi_old || pi_theta) <=
+max_kl`` over the valid steps; ``outer_step: ppo`` (as in the issue: RL² trained by PPO)
+takes ``ppo_epochs`` epochs of Adam steps (``ppo_lr``, a fresh Adam each outer step) on
+the clipped surrogate (`clipped_surrogate`, clip ``ppo_clip``, advantages standardised
+over the batch) over ``ppo_minibatches`` minibatches of whole trials, then writes the
+total change as the update; or ``outer_step: gradient`` for the trainer's optimizer. The
+task source, trainer, checkpoints and CLI are MAML-RL's: each meta-batch is
+`EnvironmentTasks` whose ``episodes`` is the number of trials per task, collected by the
+family's ``collect_trials``.
 
 Meta-test: each test task gets ``episodes`` trials from the trained policy (no gradient
 step); `task_losses` reports the mean return of every episode of the trial,
@@ -27,20 +33,22 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from metalab.algorithms.maml_rl import OUTER_STEPS, masked_task_mean
+from metalab.algorithms.maml_rl import masked_task_mean
 from metalab.algorithms.policy_learner import PolicyLearner
 from metalab.rl import (
     EpisodeBatch,
-    discounted_returns,
-    gae,
     gaussian_kl,
     linear_baseline_values,
     trial_log_probs,
     trpo_options,
     trpo_step,
 )
+from metalab.rl.ppo import clipped_surrogate, minibatch_rows, normalized_advantages, ppo_options
+from metalab.rl.recurrent import trial_returns_and_advantages
 from metalab.rl.task_source import EnvironmentTasks
 from metalab.validation import check_choice, check_positive_int, check_real
+
+OUTER_STEPS = ("trpo", "ppo", "gradient")
 
 
 class RL2(PolicyLearner, name="rl2"):
@@ -50,8 +58,9 @@ class RL2(PolicyLearner, name="rl2"):
         model: the GRU policy.
         episodes_per_trial: K, the episodes of a trial (the hidden state spans them).
         gamma, gae_lambda: discount over the trial's steps and GAE's lambda.
-        outer_step: ``"trpo"`` (the paper) or ``"gradient"``.
+        outer_step: ``"trpo"`` (the paper), ``"ppo"`` or ``"gradient"``.
         max_kl, cg_iterations, cg_damping, backtrack_ratio, max_backtracks: TRPO's.
+        ppo_clip, ppo_epochs, ppo_minibatches, ppo_lr: PPO's (see the module docstring).
         baseline_reg: ridge of the linear baseline.
     """
 
@@ -62,14 +71,16 @@ class RL2(PolicyLearner, name="rl2"):
                  gae_lambda: float = 0.97, outer_step: str = "trpo", max_kl: float = 0.01,
                  cg_iterations: int = 10, cg_damping: float = 1e-5,
                  backtrack_ratio: float = 0.5, max_backtracks: int = 15,
-                 baseline_reg: float = 1e-5) -> None:
+                 baseline_reg: float = 1e-5, ppo_clip: float = 0.2, ppo_epochs: int = 5,
+                 ppo_minibatches: int = 4, ppo_lr: float = 1e-3) -> None:
         super().__init__()
         self.policy = model
         self.episodes_per_trial = check_positive_int("episodes_per_trial", episodes_per_trial)
         self.gamma = check_real("gamma", gamma)
         self.gae_lambda = check_real("gae_lambda", gae_lambda)
         self.outer_step = check_choice("outer_step", outer_step, OUTER_STEPS)
-        self.writes_whole_update = self.outer_step == "trpo"
+        self.writes_whole_update = self.outer_step in ("trpo", "ppo")
+        self.ppo_options = ppo_options(ppo_clip, ppo_epochs, ppo_minibatches, ppo_lr)
         self.trpo_options = trpo_options(max_kl, cg_iterations, cg_damping,
                                          backtrack_ratio, max_backtracks)
         self.baseline_reg = check_real("baseline_reg", baseline_reg)
@@ -116,16 +127,22 @@ class RL2(PolicyLearner, name="rl2"):
         divergence = gaussian_kl(old_mean, old_log_std, mean, log_std)
         return value, masked_task_mean(divergence, trials.masks).mean()
 
+    def advantages(self, trials: EpisodeBatch) -> Tensor:
+        """GAE over each trial's valid steps with the per-task linear baseline."""
+        def baseline(returns: Tensor) -> Tensor:
+            return linear_baseline_values(trials.observations, returns, trials.masks,
+                                          self.baseline_reg)
+
+        return trial_returns_and_advantages(trials.rewards, baseline, trials.masks,
+                                            self.gamma, self.gae_lambda)[2]
+
     def meta_backward(self, batch: EnvironmentTasks, task_chunk: int | None = None,
                       scale: float = 1.0) -> dict[str, float]:
-        """Collect trials, then write ``-(TRPO step)`` (or ``-grad L``) into ``.grad``."""
+        """Collect trials, then write ``-(TRPO or PPO step)`` (or ``-grad L``) into ``.grad``."""
         self.check_batch(batch)
         horizon = batch.family.horizon
         trials = self.collect(batch)
-        returns = discounted_returns(trials.rewards, trials.masks, self.gamma)
-        values = linear_baseline_values(trials.observations, returns, trials.masks,
-                                        self.baseline_reg)
-        advantages = gae(trials.rewards, values, trials.masks, self.gamma, self.gae_lambda)
+        advantages = self.advantages(trials)
         names = [n for n, p in self.policy.named_parameters() if p.requires_grad]
         leaves = [p for p in self.policy.parameters() if p.requires_grad]
         with torch.no_grad():
@@ -134,6 +151,12 @@ class RL2(PolicyLearner, name="rl2"):
         episode_returns = self.episode_returns(trials, horizon).mean(0)
         metrics = {f"return_episode{k + 1}": value.item()
                    for k, value in enumerate(episode_returns)}
+        if self.outer_step == "ppo":
+            generator = torch.Generator().manual_seed((batch.seed + 1) % 2**63)
+            steps, ppo_metrics = self.ppo_steps(names, leaves, trials, advantages, old[0],
+                                                horizon, generator)
+            write_update(leaves, steps, scale)
+            return {**metrics, **ppo_metrics}
 
         def evaluate(values: list[Tensor], differentiable: bool = True):
             return self.surrogate_and_kl(dict(zip(names, values, strict=True)), trials,
@@ -145,9 +168,78 @@ class RL2(PolicyLearner, name="rl2"):
             return {**metrics, "loss": -surrogate.item()}
         result = trpo_step(evaluate, leaves, **self.trpo_options)
         start = 0
+        steps = []
         for p in leaves:
-            step = result.step[start:start + p.numel()].view_as(p)
+            steps.append(result.step[start:start + p.numel()].view_as(p))
             start += p.numel()
-            p.grad = -scale * step if p.grad is None else p.grad - scale * step
+        write_update(leaves, steps, scale)
         return {**metrics, "loss": -result.surrogate_before, "kl": result.kl,
                 "improvement": result.surrogate_after - result.surrogate_before}
+
+    def ppo_steps(self, names: list[str], leaves: list[Tensor], trials: EpisodeBatch,
+                  advantages: Tensor, old_log_probs: Tensor, horizon: int,
+                  generator: torch.Generator) -> tuple[list[Tensor], dict[str, float]]:
+        """PPO's epochs on copies of ``leaves``; returns the change of each and metrics
+        (the clipped surrogate before / after, the mean KL from the sampling policy)."""
+        options = self.ppo_options
+        rows = flatten_trials(trials, normalized_advantages(advantages, trials.masks),
+                              old_log_probs)
+        params = [p.detach().clone().requires_grad_(True) for p in leaves]
+        optimizer = torch.optim.Adam(params, lr=options["lr"])
+
+        def objective(index: Tensor | slice) -> Tensor:
+            batch, advantage, old_rows = (value[index] for value in rows)
+            log_probs, _, _ = trial_log_probs(self.policy, dict(zip(names, params, strict=True)),
+                                              batch, horizon)
+            return clipped_surrogate(log_probs, old_rows, advantage, batch.masks,
+                                     options["clip"])
+
+        with torch.no_grad():
+            before = objective(slice(None)).item()
+        for _ in range(options["epochs"]):
+            for index in minibatch_rows(rows[1].shape[0], options["minibatches"], generator):
+                optimizer.zero_grad()
+                (-objective(index)).backward()
+                optimizer.step()
+        with torch.no_grad():
+            after = objective(slice(None)).item()
+            values = dict(zip(names, params, strict=True))
+            _, mean, log_std = trial_log_probs(self.policy, values, trials, horizon)
+            _, old_mean, old_log_std = trial_log_probs(
+                self.policy, dict(zip(names, leaves, strict=True)), trials, horizon)
+            kl = masked_task_mean(gaussian_kl(old_mean, old_log_std, mean, log_std),
+                                  trials.masks).mean().item()
+        steps = [new.detach() - p.detach() for new, p in zip(params, leaves, strict=True)]
+        return steps, {"loss": -before, "improvement": after - before, "kl": kl}
+
+
+class TrialRows:
+    """Trials ``[T, N, L]`` as rows ``[T N, 1, L]`` (an `EpisodeBatch` of one trial per row,
+    so a minibatch of whole trials is an index)."""
+
+    def __init__(self, trials: EpisodeBatch) -> None:
+        self.trials = trials
+
+    def __getitem__(self, index: Tensor | slice) -> EpisodeBatch:
+        def rows(x: Tensor) -> Tensor:
+            return x.flatten(0, 1)[index].unsqueeze(1)
+
+        t = self.trials
+        selected = rows(t.rewards)
+        return EpisodeBatch(rows(t.observations), rows(t.actions), selected,
+                            rows(t.log_probs), rows(t.masks),
+                            torch.arange(selected.shape[0], device=selected.device))
+
+
+def flatten_trials(trials: EpisodeBatch, advantages: Tensor, old_log_probs: Tensor
+                   ) -> tuple[TrialRows, Tensor, Tensor]:
+    """``(trials, advantages, old log-probabilities)`` indexable by rows of whole trials."""
+    return (TrialRows(trials), advantages.flatten(0, 1).unsqueeze(1),
+            old_log_probs.flatten(0, 1).unsqueeze(1))
+
+
+def write_update(leaves: list[Tensor], steps: list[Tensor], scale: float) -> None:
+    """Add ``-scale * step`` to each leaf's ``.grad`` (the trainer's sgd at lr 1 applies
+    ``+step``)."""
+    for p, step in zip(leaves, steps, strict=True):
+        p.grad = -scale * step if p.grad is None else p.grad - scale * step

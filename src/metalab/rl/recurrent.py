@@ -20,26 +20,34 @@ batched environment (`PointNavigation`) and returns them as an `EpisodeBatch` wh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalab.rl.episodes import EpisodeBatch
+from metalab.rl.episodes import EpisodeBatch, discounted_returns, gae
 from metalab.rl.navigation import PointNavigation
 from metalab.rl.policies import gaussian_log_prob
 from metalab.rl.rollout import step_running
-from metalab.validation import check_positive_int
+from metalab.validation import check_positive_int, check_real
 
 
 class GRUGaussianPolicy(nn.Module):
     """``forward(inputs [..., L, input_dim], masks [..., L], state=None) -> (mean, log_std,
-    state)`` over a sequence (from the zero state: a trial's start); `step` is one step."""
+    state)`` over a sequence (from the zero state: a trial's start); `step` is one step.
+
+    ``action_scale`` ``c``: the policy acts in units of ``c`` (``mean = c * head(h)``,
+    ``log_std = log_std_param + log c``), so with ``c`` the environment's action bound
+    (nav2d: 0.1) the initial policy's mean and noise are on the scale of the actions the
+    environment applies (at ``c = 1`` and ``init_log_std = 0`` the noise is ten times
+    nav2d's bound and the clipped action hardly depends on the mean)."""
 
     def __init__(self, observation_dim: int, action_dim: int, hidden: int = 64,
-                 init_log_std: float = 0.0) -> None:
+                 init_log_std: float = 0.0, action_scale: float = 1.0) -> None:
         super().__init__()
+        self.action_scale = check_real("action_scale", action_scale, inclusive=False)
         self.observation_dim = check_positive_int("observation_dim", observation_dim)
         self.action_dim = check_positive_int("action_dim", action_dim)
         self.hidden = check_positive_int("hidden", hidden)
@@ -65,8 +73,9 @@ class GRUGaussianPolicy(nn.Module):
         if mask is not None:
             keep = mask.unsqueeze(-1)
             new = keep * new + (1 - keep) * state
-        mean = self.head(new)
-        return mean, self.log_std.expand_as(mean), new
+        mean = self.action_scale * self.head(new)
+        log_std = self.log_std + math.log(self.action_scale)
+        return mean, log_std.expand_as(mean), new
 
     def forward(self, inputs: Tensor, masks: Tensor, state: Tensor | None = None
                 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -140,3 +149,30 @@ def collect_trials(env: PointNavigation, policy: nn.Module, params: Mapping[str,
     log_probs, _, _ = trial_log_probs(policy, params, batch, env.horizon)
     return EpisodeBatch(batch.observations, batch.actions, batch.rewards, log_probs,
                         batch.masks, batch.task_ids)
+
+
+def trial_returns_and_advantages(rewards: Tensor, values_of: Callable[[Tensor], Tensor],
+                                 masks: Tensor, gamma: float, lam: float
+                                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """``(returns, values, advantages) [..., K*H]`` of trials whose credit spans the trial.
+
+    The discounted return and GAE run over the trial's *valid* steps in order, so the
+    steps left masked after an episode ended early are skipped, not a cut: a step of
+    episode ``k`` is credited with the rewards of episodes ``k + 1 .. K`` (``G_t = r_t +
+    gamma G_{t'}``, ``t'`` the next valid step). `discounted_returns` and `gae` alone would
+    zero the chain at the first masked step. ``values_of(returns)`` gives the baseline
+    ``[..., K*H]`` fitted on those returns (e.g. `linear_baseline_values`).
+    """
+    order = torch.argsort(1 - masks, dim=-1, stable=True)  # valid steps first, in order
+
+    def compact(x: Tensor) -> Tensor:
+        return torch.gather(x, -1, order)
+
+    def expand(x: Tensor) -> Tensor:
+        return torch.zeros_like(x).scatter(-1, order, x)
+
+    packed_masks = compact(masks)
+    returns = expand(discounted_returns(compact(rewards), packed_masks, gamma))
+    values = values_of(returns)
+    advantages = expand(gae(compact(rewards), compact(values), packed_masks, gamma, lam))
+    return returns, values, advantages
