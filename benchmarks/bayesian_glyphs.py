@@ -1,7 +1,10 @@
 """Glyphs 5-way 1-shot: accuracy, negative log-likelihood and expected calibration error
 (15 equal-width bins, pooled over every query; 95% CI by a bootstrap over episodes) of MAML,
-an ensemble of 5 MAMLs, BMAML and LLAMA, each through `Evaluator` (the path of
-`metalab eval`) on the same seeded test episodes.
+an ensemble of 5 MAMLs, BMAML, LLAMA, PLATIPUS and amortized Bayesian MAML (ABML), each
+through `Evaluator` (the path of `metalab eval`) on the same seeded test episodes; with
+``--seeds`` also the signed gap ``confidence - accuracy`` (the mean top-class probability
+minus the accuracy, pooled over the queries: positive = over-confident, negative =
+under-confident; the ECE says how far, the gap which way).
 
 Runs (``RUNS/...``, trained beforehand with ``metalab train``, see docs/bayesian-methods.md):
 
@@ -11,6 +14,17 @@ Runs (``RUNS/...``, trained beforehand with ``metalab train``, see docs/bayesian
   ``maml (inner lr 0.08)`` row): MAML at the inner step BMAML's SVGD takes in effect (its
   direction is the kernel-weighted *mean* over the 5 particles, so a particle's own gradient
   enters with weight ``1/5``: 0.4 / 5 = 0.08).
+
+The matched-step rows (every method at the effective inner step 0.08, so that the table
+compares the Bayesian treatments and not step sizes):
+
+- ``maml-lr0.08-m1`` .. ``m4``: ``maml-glyphs-5w1s`` with ``algorithm.inner_lr=0.08`` and
+  ``train.seed`` one to four above ``maml-lr0.08``'s: with ``maml-lr0.08`` the members of
+  ``maml-ensemble (5 MAMLs, inner lr 0.08)``; ``llama (...; inner lr 0.08)`` is
+  ``maml-lr0.08``'s meta-parameters with LLAMA's predictive;
+- ``bmaml`` (inner lr 0.4 over 5 particles, the effective 0.08);
+- ``platipus``: ``platipus-glyphs-5w1s``; ``abml``: ``abml-glyphs-5w1s`` (both at inner lr
+  0.08, 5 drawn classifiers per task).
 
 With ``--seeds``, ``RUNS/seed<N>`` holds one such set of runs per seed (the layout above);
 each cell (method, seed, episodes) is measured once and stored in
@@ -30,6 +44,11 @@ MAML runs as its initial particles, without BMAML's meta-training.
         --out benchmarks/results/bayesian_glyphs
     python benchmarks/bayesian_glyphs.py --runs /tmp/glyph-seeds --seeds 0 1 2 \
         --episodes 100 --out benchmarks/results/bayesian_glyphs_seeds
+    python benchmarks/bayesian_glyphs.py --runs /tmp/glyph-seeds --seeds 0 1 2 \
+        --episodes 100 --methods "maml (inner lr 0.08)" \
+        "maml-ensemble (5 MAMLs, inner lr 0.08)" bmaml platipus abml \
+        "llama (last-layer Laplace, probit; inner lr 0.08)" \
+        --out benchmarks/results/bayesian_glyphs_table
 """
 
 from __future__ import annotations
@@ -53,17 +72,23 @@ from metalab.train.sources import build_task_source
 MEMBERS = 5
 
 
-def with_algorithm(run: Path, config_name: str) -> dict:
-    """``run``'s config with the algorithm section of ``config_name``."""
+def with_algorithm(run: Path, config_name: str, inner_lr: float | None = None) -> dict:
+    """``run``'s config with the algorithm section of ``config_name`` (its inner lr replaced
+    by ``inner_lr`` when given)."""
     config = read_run_config(run)
     config["algorithm"] = dict(load_config(resolve_config_path(config_name))["algorithm"])
+    if inner_lr is not None:
+        config["algorithm"]["inner_lr"] = inner_lr
     return config
 
 
-def ensemble_of(runs: Path):
-    members = [load_run(runs / f"maml-seed{s}") for s in range(MEMBERS)]
-    ensemble = build_meta_learner(with_algorithm(runs / "maml-seed0",
-                                                 "maml-ensemble-glyphs-5w1s"))
+def ensemble_of(runs: Path, members: list[str] | None = None, inner_lr: float | None = None):
+    """The runs ``members`` (default ``maml-seed0..4``) as the members of a
+    ``maml-ensemble-glyphs-5w1s`` learner (inner lr ``inner_lr``, default the config's)."""
+    names = members or [f"maml-seed{s}" for s in range(MEMBERS)]
+    members = [load_run(runs / name) for name in names]
+    ensemble = build_meta_learner(with_algorithm(runs / names[0],
+                                                 "maml-ensemble-glyphs-5w1s", inner_lr))
     with torch.no_grad():
         for name in ensemble.names:
             for m, member in enumerate(members):
@@ -82,19 +107,37 @@ def svgd_of(runs: Path):
     return bmaml
 
 
-def llama_of(runs: Path):
-    maml = load_run(runs / "maml-seed0")
-    llama = build_meta_learner(with_algorithm(runs / "maml-seed0", "llama-glyphs-5w1s"))
+def llama_of(runs: Path, run: str = "maml-seed0", inner_lr: float | None = None):
+    """``run``'s MAML meta-parameters in a ``llama-glyphs-5w1s`` learner (inner lr
+    ``inner_lr``, default the config's 0.4)."""
+    maml = load_run(runs / run)
+    llama = build_meta_learner(with_algorithm(runs / run, "llama-glyphs-5w1s", inner_lr))
     llama.load_state_dict(maml.state_dict())
     return llama
 
 
+#: The members of the ensemble at inner lr 0.08: ``maml-lr0.08`` and four more runs of it
+#: (``maml-lr0.08-m1..4``, ``train.seed`` one to four above ``maml-lr0.08``'s).
+MEMBERS_008 = ["maml-lr0.08"] + [f"maml-lr0.08-m{k}" for k in range(1, MEMBERS)]
+
 LEARNERS = {"maml": lambda runs: load_run(runs / "maml-seed0"),
             "maml (inner lr 0.08)": lambda runs: load_run(runs / "maml-lr0.08"),
             "maml-ensemble (5 MAMLs)": ensemble_of,
+            "maml-ensemble (5 MAMLs, inner lr 0.08)":
+                lambda runs: ensemble_of(runs, MEMBERS_008, inner_lr=0.08),
             "bmaml": lambda runs: load_run(runs / "bmaml"),
             "svgd on the 5 MAMLs (no BMAML meta-training)": svgd_of,
-            "llama (last-layer Laplace, probit)": llama_of}
+            "llama (last-layer Laplace, probit)": llama_of,
+            "llama (last-layer Laplace, probit; inner lr 0.08)":
+                lambda runs: llama_of(runs, "maml-lr0.08", inner_lr=0.08),
+            "platipus": lambda runs: load_run(runs / "platipus"),
+            "abml": lambda runs: load_run(runs / "abml")}
+
+#: Each row's effective inner step: SGD's lr, or for BMAML's SVGD the lr over the number of
+#: particles (0.4 / 5, module doc); PLATIPUS and ABML adapt at their configs' 0.08.
+EFFECTIVE_STEP = {"maml": 0.4, "maml-ensemble (5 MAMLs)": 0.4,
+                  "llama (last-layer Laplace, probit)": 0.4,
+                  "svgd on the 5 MAMLs (no BMAML meta-training)": 0.08}
 
 
 def measure(learner_name: str, runs: Path, episodes: int) -> dict:
@@ -122,8 +165,13 @@ def stored_measure(learner_name: str, runs: Path, episodes: int) -> dict:
 
 
 def seed_row(per_seed: list[dict]) -> dict:
-    """Accuracy, NLL and ECE: the mean over seeds ± the t 95% half-width over seeds."""
-    return {key: over_seeds([r[key] for r in per_seed]) for key in ("mean", "nll", "ece")}
+    """Accuracy, NLL, ECE and, when the cells have the pooled confidence, the signed gap
+    ``confidence - accuracy`` (positive: over-confident): the mean over seeds ± the t 95%
+    half-width over seeds."""
+    row = {key: over_seeds([r[key] for r in per_seed]) for key in ("mean", "nll", "ece")}
+    if all("confidence" in r for r in per_seed):
+        row["gap"] = over_seeds([r["confidence"] - r["mean"] for r in per_seed])
+    return row
 
 
 def main() -> None:
@@ -190,12 +238,14 @@ def main_seeds(args) -> None:
              f"meta-iterations x {config['train']['meta_batch']} tasks per run; mean over "
              f"seeds ± Student-t 95% CI over seeds (ECE: 15 bins, pooled over the episodes "
              f"of a seed); this invocation {seconds:.0f} s", "",
-             "| method | accuracy (%) | NLL | ECE | accuracy per seed (%) |",
-             "|---|---|---|---|---|"]
+             "| method | effective inner step | accuracy (%) | NLL | ECE | confidence - "
+             "accuracy | accuracy per seed (%) |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         values = ", ".join(f"{100 * v:.1f}" for v in r["mean"]["values"])
-        lines.append(f"| {name} | {format_percent(r['mean'])} | {format_plain(r['nll'])} | "
-                     f"{format_plain(r['ece'])} | {values} |")
+        gap = format_plain(r["gap"]) if "gap" in r else "–"
+        lines.append(f"| {name} | {EFFECTIVE_STEP.get(name, 0.08)} | "
+                     f"{format_percent(r['mean'])} | {format_plain(r['nll'])} | "
+                     f"{format_plain(r['ece'])} | {gap} | {values} |")
     if missing:
         lines += ["", "Not measured (runs missing): " + "; ".join(missing)]
     write_table(args, "\n".join(lines), {"episodes": args.episodes, "seeds": args.seeds,

@@ -198,8 +198,6 @@ def test_variance_is_positive_and_finite_for_batch_size_one():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="regression only"):
-        ABML(linear(), loss="cross_entropy")
     with pytest.raises(ValueError, match="noise_std must be a finite number > 0"):
         ABML(linear(), noise_std=0.0)
     with pytest.raises(ValueError, match="does not take the adaptation option"):

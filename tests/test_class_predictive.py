@@ -157,5 +157,7 @@ def test_evaluator_reports_nll_and_the_pooled_ece():
     assert result["ece"] == pytest.approx(expected_calibration_error(
         torch.cat(probs), batch.query_y.reshape(-1)).item())
     assert result["ece_ci95"] >= 0
+    confidence = torch.cat(probs).max(dim=1).values.mean()  # every query's top probability
+    assert result["confidence"] == pytest.approx(confidence.item())
     assert "calibration_bins" not in result
     assert "NLL" in format_result(result) and "ECE" in format_result(result)

@@ -210,8 +210,6 @@ def test_mixture_log_likelihood_by_hand():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="regression only"):
-        PLATIPUS(MLP(1, hidden=[3]), loss="cross_entropy")
     with pytest.raises(ValueError, match="prior_std must be a finite number > 0"):
         PLATIPUS(MLP(1, hidden=[3]), prior_std=0.0)
     model = learner()

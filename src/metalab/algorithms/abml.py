@@ -27,7 +27,11 @@ divided by the number of query points. The meta-gradient runs through the inner 
 Predictive: ``K`` (``samples``) weights ``w_k ~ q_phi_K`` from a seeded generator, the mixture
 of ``N(f(x; w_k), sigma^2)`` (`SampledPredictive`). With zero steps the posterior is the
 initialisation (tested); one step matches a hand computation on a linear model (tested).
-Regression (``loss: mse``) only.
+
+Classification (``loss: cross_entropy``): ``NLL(D | w)`` is the cross-entropy summed over
+``D`` (the categorical likelihood; ``noise_std`` unused), and the predictive is the mixture
+of the ``K`` drawn classifiers, the mean of their softmax probabilities
+(`sampled_classifier`).
 """
 
 from __future__ import annotations
@@ -36,13 +40,19 @@ import math
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalab.algorithms.base import MetaLearner, detached, evaluation_mode
+from metalab.algorithms.base import (
+    CategoricalPredictive,
+    MetaLearner,
+    detached,
+    evaluation_mode,
+)
 from metalab.algorithms.platipus import gaussian_kl
 from metalab.algorithms.predictive_scores import PredictiveScores
-from metalab.algorithms.sampled_predictive import SampledPredictive
+from metalab.algorithms.sampled_predictive import SampledPredictive, sampled_classifier
 from metalab.functional import (
     SGD,
     autograd_gradients,
@@ -81,9 +91,6 @@ class ABML(PredictiveScores, MetaLearner, name="abml"):
                  first_order: bool = False, noise_std: float = 0.1, kl_weight: float = 1.0,
                  prior_std: float = 0.1, samples: int = 10, loss: str = "mse",
                  strategy: str = "loop") -> None:
-        if loss != "mse":
-            raise ValueError(f"abml is implemented for regression only: loss must be 'mse', "
-                             f"got {loss!r}")
         super().__init__(loss, strategy)
         self.model = model
         self.inner_lr = check_real("inner_lr", inner_lr)
@@ -117,8 +124,12 @@ class ABML(PredictiveScores, MetaLearner, name="abml"):
         return torch.randn(like.shape, generator=generator, dtype=like.dtype).to(like.device)
 
     def nll(self, weights: Params, x: Tensor, y: Tensor) -> Tensor:
-        """``sum_i (y_i - f(x_i; w))^2 / (2 sigma^2) + 1/2 log(2 pi sigma^2)``."""
-        residual = functional_call(self.model, weights, (x,)) - y
+        """``sum_i (y_i - f(x_i; w))^2 / (2 sigma^2) + 1/2 log(2 pi sigma^2)``; for
+        classification ``sum_i -log softmax(f(x_i; w))_{y_i}``."""
+        outputs = functional_call(self.model, weights, (x,))
+        if self.loss_name != "mse":
+            return F.cross_entropy(outputs, y, reduction="sum")
+        residual = outputs - y
         variance = self.noise_std ** 2
         return (residual ** 2 / (2 * variance) + 0.5 * math.log(2 * math.pi * variance)).sum()
 
@@ -187,8 +198,9 @@ class ABML(PredictiveScores, MetaLearner, name="abml"):
 
     # -- meta-test -----------------------------------------------------------------------------
     def adapt(self, support_x: Tensor, support_y: Tensor | None = None, **options
-              ) -> SampledPredictive:
-        """The posterior adapted on the support and its Monte Carlo mixture predictive."""
+              ) -> SampledPredictive | CategoricalPredictive:
+        """The posterior adapted on the support and its Monte Carlo mixture predictive
+        (regression: `SampledPredictive`; classification: `sampled_classifier`)."""
         options = self.check_adapt_options(options)
         samples = options.pop("samples", self.samples)
         seed = options.get("seed", 0)
@@ -202,4 +214,6 @@ class ABML(PredictiveScores, MetaLearner, name="abml"):
             with evaluation_mode(self):
                 return self.sample_outputs(weights, x)
 
+        if self.loss_name != "mse":
+            return sampled_classifier(draw, outputs, samples=samples, seed=seed)
         return SampledPredictive(draw, outputs, self.noise_std, samples=samples, seed=seed)

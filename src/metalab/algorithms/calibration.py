@@ -71,6 +71,14 @@ def expected_calibration_error(probabilities: Tensor, labels: Tensor, bins: int 
     return ece_from_bins(calibration_bins(probabilities, labels, bins))
 
 
+def pooled_confidence(tables: Tensor) -> float:
+    """The mean top-class confidence ``(1/N) sum_i c_i`` of every prediction in per-task
+    `calibration_bins` tables ``[tasks, bins, 3]`` (or one ``[bins, 3]``). Minus the pooled
+    accuracy it is the signed calibration gap: positive = over-confident."""
+    table = tables.reshape(-1, tables.shape[-1])
+    return (table[:, 1].sum() / table[:, 0].sum()).item()
+
+
 def bootstrap_ece(tables: Tensor, resamples: int = 1000, seed: int = 0) -> tuple[float, float]:
     """Pooled ECE of per-task tables ``[tasks, bins, 3]`` and the half-width of its 95%
     bootstrap interval over tasks (``(q_97.5 - q_2.5) / 2`` of ``resamples`` resamplings)."""

@@ -30,8 +30,13 @@ mixture predictive (`SampledPredictive`, observation noise ``noise_std``).
 
 With ``sigma_theta = v_q -> 0`` and ``gamma_p = gamma_q = 0`` the sample is ``mu_theta``,
 the KL vanishes and PLATIPUS is MAML: the same adapted parameters and meta-gradient
-(tested against MAML written out by hand). Regression (``loss: mse``) only; the
-distribution covers the adapted parameters (``adapt``), the others are deterministic.
+(tested against MAML written out by hand). The distribution covers the adapted parameters
+(``adapt``), the others are deterministic.
+
+Classification (``loss: cross_entropy``): ``L`` is the query cross-entropy, and the
+predictive is the mixture of the ``K`` drawn classifiers, the mean of their softmax
+probabilities (`sampled_classifier`); the paper's objective as written (log-likelihood
+summed over the query points plus the KL) is ``kl_weight = 1 / (query points)``.
 """
 
 from __future__ import annotations
@@ -42,11 +47,16 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from metalab.algorithms.base import detached, evaluation_mode, parameters_for
+from metalab.algorithms.base import (
+    CategoricalPredictive,
+    detached,
+    evaluation_mode,
+    parameters_for,
+)
 from metalab.algorithms.maml import MAML
 from metalab.algorithms.predictive import diagonal_gaussian_kl
 from metalab.algorithms.predictive_scores import PredictiveScores
-from metalab.algorithms.sampled_predictive import SampledPredictive
+from metalab.algorithms.sampled_predictive import SampledPredictive, sampled_classifier
 from metalab.functional import (
     autograd_gradients,
     func_gradients,
@@ -88,9 +98,6 @@ class PLATIPUS(PredictiveScores, MAML, name="platipus"):
                  gamma_p: float | None = None, gamma_q: float | None = None,
                  learn_gammas: bool = True, samples: int = 10, loss: str = "mse",
                  **kwargs) -> None:
-        if loss != "mse":
-            raise ValueError(f"platipus is implemented for regression only: loss must be "
-                             f"'mse', got {loss!r}")
         super().__init__(model, loss=loss, **kwargs)
         self.noise_std = check_real("noise_std", noise_std, inclusive=False)
         self.kl_weight = check_real("kl_weight", kl_weight)
@@ -199,8 +206,13 @@ class PLATIPUS(PredictiveScores, MAML, name="platipus"):
                                                          (features,)))(state)
 
     def predict(self, state: Params, x: Tensor) -> Tensor:
-        """The drawn models' mean prediction."""
-        return self.sample_outputs(state, x).mean(dim=0)
+        """Regression: the drawn models' mean prediction. Classification: the logarithm of
+        their mean softmax (log-probabilities, usable as logits)."""
+        outputs = self.sample_outputs(state, x)
+        if self.loss_name == "mse":
+            return outputs.mean(dim=0)
+        return torch.logsumexp(torch.log_softmax(outputs, dim=-1), dim=0) - math.log(
+            outputs.shape[0])
 
     # -- meta-training -------------------------------------------------------------------------
     def task_objective(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
@@ -225,8 +237,9 @@ class PLATIPUS(PredictiveScores, MAML, name="platipus"):
 
     # -- meta-test -----------------------------------------------------------------------------
     def adapt(self, support_x: Tensor, support_y: Tensor | None = None, **options
-              ) -> SampledPredictive:
-        """The mixture predictive of ``samples`` adapted models drawn under ``seed``."""
+              ) -> SampledPredictive | CategoricalPredictive:
+        """The mixture predictive of ``samples`` adapted models drawn under ``seed``
+        (regression: `SampledPredictive`; classification: `sampled_classifier`)."""
         options = self.check_adapt_options(options)
         samples = options.pop("samples", self.samples)
         seed = options.pop("seed", 0)
@@ -240,4 +253,6 @@ class PLATIPUS(PredictiveScores, MAML, name="platipus"):
             with evaluation_mode(self):
                 return self.sample_outputs(state, x)
 
+        if self.loss_name != "mse":
+            return sampled_classifier(draw, outputs, samples=samples, seed=seed)
         return SampledPredictive(draw, outputs, self.noise_std, samples=samples, seed=seed)

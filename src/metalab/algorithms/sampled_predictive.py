@@ -1,5 +1,6 @@
 """The predictive of a set of sampled models: what `adapt` returns for the methods that
-draw whole models for a task (PLATIPUS, amortized Bayesian MAML).
+draw whole models for a task (PLATIPUS, amortized Bayesian MAML), for regression
+(`SampledPredictive`) and classification (`sampled_classifier`).
 
 A `SampledPredictive` holds a way to draw ``K`` models adapted to one task,
 ``draw(K, generator) -> state``, and their outputs ``outputs(state, x) -> [K, m, out]``.
@@ -20,6 +21,9 @@ weighted mixture
 
 The ``K`` default draws (``samples``, ``seed``) are made once, on first use, and reused by
 `mean`, `variance` and `log_likelihood`, so the three describe the same mixture.
+
+For classification, `sampled_classifier` is the mixture of ``K`` drawn classifiers: the mean
+of their softmax probabilities (a `CategoricalPredictive`).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from metalab.algorithms.base import Predictor
+from metalab.algorithms.base import CategoricalPredictive, Predictor
 from metalab.algorithms.predictive import gaussian_log_density
 from metalab.validation import check_positive_int
 
@@ -111,3 +115,28 @@ class SampledPredictive(Predictor):
         variance = torch.full_like(functions, self.noise_std ** 2)
         log_densities = gaussian_log_density(y, functions, variance, dims=2)
         return torch.logsumexp(log_densities, dim=0) - math.log(functions.shape[0])
+
+
+def sampled_classifier(draw: Callable[[int, torch.Generator], Any],
+                       outputs: Callable[[Any, Tensor], Tensor], samples: int = 10,
+                       seed: int = 0) -> CategoricalPredictive:
+    """The classification counterpart of `SampledPredictive`: ``K`` drawn classifiers of one
+    task (``draw``, ``outputs`` as there, ``outputs`` giving logits ``[K, m, classes]``) and
+    their equally weighted mixture, ``p(c | x) = (1/K) sum_k softmax(f_k(x))_c``.
+    ``probabilities(x)`` is that mean softmax; calling the predictor gives its logarithm
+    (log-probabilities, whose cross-entropy is the mixture's NLL). The ``K`` draws are made
+    once (under ``seed``), on first use."""
+    samples = check_positive_int("samples", samples)
+    cache: list[Any] = []
+
+    def state() -> Any:
+        if not cache:
+            cache.append(draw(samples, seeded_generator(seed)))
+        return cache[0]
+
+    def log_probabilities(x: Tensor) -> Tensor:
+        logits = outputs(state(), x)
+        return torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0) - math.log(
+            logits.shape[0])
+
+    return CategoricalPredictive(log_probabilities, lambda x: log_probabilities(x).exp())

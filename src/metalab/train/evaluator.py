@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from metalab.algorithms import MetaLearner
-from metalab.algorithms.calibration import bootstrap_ece
+from metalab.algorithms.calibration import bootstrap_ece, pooled_confidence
 from metalab.tasks import TaskBatch, TaskSource
 from metalab.tasks.objective import lower_is_better
 
@@ -100,6 +100,7 @@ class Evaluator:
             result[name], result[f"{name}_ci95"] = mean_ci95(values[name])  # reported beside
         if "calibration_bins" in values:  # pooled over every query, CI by task bootstrap
             result["ece"], result["ece_ci95"] = bootstrap_ece(values["calibration_bins"])
+            result["confidence"] = pooled_confidence(values["calibration_bins"])
         names = group_names(source)
         if "task_id" in values and names is not None:
             result.update(group_summary(values[metric], values["task_id"], metric, names))
