@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -84,3 +88,12 @@ class FlatEmbedding(nn.Module):
 
     def forward(self, x):
         return self.linear(x.flatten(1))
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as a gzipped MNIST idx file of unsigned bytes (LeCun's format: two
+    zero bytes, type 0x08, the number of dimensions, each dimension as a big-endian int32)."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(
+        int(d).to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as handle:
+        handle.write(header + array.astype(np.uint8).tobytes())

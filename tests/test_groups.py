@@ -1,12 +1,12 @@
 """Group shift: GroupDataset, group batch samplers, rotated digits/MNIST, FEMNIST files."""
 
-import gzip
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import write_idx
 from metalab.datasets import CorruptDatasetError, MissingDatasetError
 from metalab.datasets.femnist import CLASS_NAMES, FEMNIST
 from metalab.datasets.groups import GroupDataset
@@ -310,18 +310,12 @@ def test_rotated_digits_test_holds_every_image_at_every_angle(digits_test):
     assert upright[:, :, :4].max() == 0 and upright[:, :, -4:].max() == 0  # 20-in-28 canvas
 
 
-def _write_idx(path, array):
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.astype(np.uint8).tobytes())
-
 
 def test_rotated_mnist_reads_mnist_files(tmp_path):
     rng = np.random.default_rng(0)
     for prefix, n in (("train", 200), ("t10k", 30)):
-        _write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
-        _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", rng.integers(0, 10, n))
     train = RotatedMNIST("train", root=str(tmp_path))
     assert train.group_counts().tolist() == arm_group_sizes(180)
     test = RotatedMNIST("test", root=str(tmp_path))

@@ -4,7 +4,6 @@ MNIST test set when /work/shared/data/mnist holds it and skips, saying so, when 
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import write_idx
 from metalab.cli.main import main
 from metalab.datasets.errors import MissingDatasetError
 from metalab.tasks.rainbow import COLOURS, base_digits, rainbow_tasks, rainbow_transforms
@@ -22,12 +22,6 @@ SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 PROTOCOLS = ("ftml", "ftl", "toe", "scratch")
 
 
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.astype(np.uint8).tobytes())
-
 
 @pytest.fixture(scope="module")
 def fake_mnist(tmp_path_factory) -> Path:
@@ -35,9 +29,9 @@ def fake_mnist(tmp_path_factory) -> Path:
     black), label ``i % 10``."""
     root = tmp_path_factory.mktemp("mnist")
     values = 2 * np.arange(100) + 1
-    _write_idx(root / "t10k-images-idx3-ubyte.gz",
+    write_idx(root / "t10k-images-idx3-ubyte.gz",
                np.broadcast_to(values[:, None, None], (100, 28, 28)))
-    _write_idx(root / "t10k-labels-idx1-ubyte.gz", np.arange(100) % 10)
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", np.arange(100) % 10)
     return root
 
 

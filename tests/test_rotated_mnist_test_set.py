@@ -6,23 +6,17 @@ disjoint and a pure function of the seed; the skew is ARM's rule on the training
 
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from helpers import write_idx
 from metalab.datasets.rotated import ROTATIONS, RotatedMNIST, arm_group_sizes, divide_test_set
 
 SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 
-
-def _write_idx(path: Path, array: np.ndarray) -> None:
-    header = bytes([0, 0, 8, array.ndim]) + b"".join(
-        int(d).to_bytes(4, "big") for d in array.shape)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + array.astype(np.uint8).tobytes())
 
 
 @pytest.fixture(scope="module")
@@ -30,8 +24,8 @@ def test_files(tmp_path_factory) -> Path:
     """Only the t10k files: 200 images, image ``i`` filled with the value ``i + 1``."""
     root = tmp_path_factory.mktemp("t10k")
     images = np.broadcast_to((np.arange(200) + 1)[:, None, None], (200, 28, 28))
-    _write_idx(root / "t10k-images-idx3-ubyte.gz", images)
-    _write_idx(root / "t10k-labels-idx1-ubyte.gz", np.arange(200) % 10)
+    write_idx(root / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", np.arange(200) % 10)
     return root
 
 
