@@ -10,6 +10,7 @@ from metalab.rl import (
     fit_linear_baseline,
     gae,
     linear_features,
+    standardized_advantages,
 )
 
 REWARDS = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
@@ -64,6 +65,24 @@ def hand_features(observation: np.ndarray, t: int) -> list[float]:
     o = np.clip(observation, -10, 10)
     s = t / 100.0
     return [*o, *(o**2), s, s**2, s**3, 1.0]
+
+
+def test_standardized_advantages_by_hand_over_the_batch_and_per_task():
+    advantages = torch.tensor([[[1.0, 3.0, 100.0]], [[2.0, 4.0, 6.0]]], dtype=torch.float64)
+    masks = torch.tensor([[[1.0, 1.0, 0.0]], [[1.0, 1.0, 1.0]]], dtype=torch.float64)
+    # the whole batch: valid values 1, 3, 2, 4, 6 -> mean 3.2, biased variance 2.96
+    mean, std = 3.2, 2.96 ** 0.5
+    pooled = [[[(1 - mean) / std, (3 - mean) / std, 0.0]],
+              [[(2 - mean) / std, (4 - mean) / std, (6 - mean) / std]]]
+    assert torch.allclose(standardized_advantages(advantages, masks, eps=0.0),
+                          torch.tensor(pooled, dtype=torch.float64))
+    # per task: task 0 has mean 2, std 1; task 1 mean 4, std sqrt(8/3)
+    std1 = (8 / 3) ** 0.5
+    per_task = [[[-1.0, 1.0, 0.0]], [[-2 / std1, 0.0, 2 / std1]]]
+    assert torch.allclose(standardized_advantages(advantages, masks, dims=(1, 2), eps=0.0),
+                          torch.tensor(per_task, dtype=torch.float64))
+    with pytest.raises(ValueError, match="masks must have the shape of advantages"):
+        standardized_advantages(advantages, masks[:, :, :2])
 
 
 def test_linear_baseline_fit_is_the_regularised_least_squares_solution():

@@ -64,6 +64,7 @@ from metalab.rl import (
     gaussian_log_prob,
     linear_baseline_values,
     policy_log_probs,
+    standardized_advantages,
     trpo_options,
     trpo_step,
 )
@@ -260,9 +261,7 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
         advantages = gae(post.rewards, values, post.masks, self.gamma, self.gae_lambda)
         if not self.normalize_advantages:
             return advantages
-        mean = masked_task_mean(advantages, post.masks)[:, None, None]
-        variance = masked_task_mean((advantages - mean) ** 2, post.masks)[:, None, None]
-        return (advantages - mean) / (variance.sqrt() + 1e-8) * post.masks
+        return standardized_advantages(advantages, post.masks, dims=(1, 2))
 
     def surrogate_and_kl(self, params: Params, rollouts: Rollouts, differentiable: bool = True
                          ) -> tuple[Tensor, Tensor]:

@@ -43,7 +43,8 @@ from metalab.rl import (
     trpo_options,
     trpo_step,
 )
-from metalab.rl.ppo import clipped_surrogate, minibatch_rows, normalized_advantages, ppo_options
+from metalab.rl.episodes import standardized_advantages
+from metalab.rl.ppo import clipped_surrogate, minibatch_rows, ppo_options
 from metalab.rl.recurrent import trial_returns_and_advantages
 from metalab.rl.task_source import EnvironmentTasks
 from metalab.validation import check_choice, check_positive_int, check_real
@@ -182,7 +183,7 @@ class RL2(PolicyLearner, name="rl2"):
         """PPO's epochs on copies of ``leaves``; returns the change of each and metrics
         (the clipped surrogate before / after, the mean KL from the sampling policy)."""
         options = self.ppo_options
-        rows = flatten_trials(trials, normalized_advantages(advantages, trials.masks),
+        rows = flatten_trials(trials, standardized_advantages(advantages, trials.masks),
                               old_log_probs)
         params = [p.detach().clone().requires_grad_(True) for p in leaves]
         optimizer = torch.optim.Adam(params, lr=options["lr"])

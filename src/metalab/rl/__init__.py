@@ -5,7 +5,7 @@ exploration credit, the TRPO step, task families and their task source."""
 
 from metalab.rl.adaptation import adapt_per_task
 from metalab.rl.baselines import fit_linear_baseline, linear_baseline_values, linear_features
-from metalab.rl.episodes import EpisodeBatch, discounted_returns, gae
+from metalab.rl.episodes import EpisodeBatch, discounted_returns, gae, standardized_advantages
 from metalab.rl.families import FAMILIES, Navigation2D, TaskFamily, build_family, register_family
 from metalab.rl.navigation import PointNavigation
 from metalab.rl.policies import (
@@ -57,6 +57,7 @@ __all__ = [
     "fisher_vector_product",
     "fit_linear_baseline",
     "gae",
+    "standardized_advantages",
     "gaussian_kl",
     "gaussian_log_prob",
     "inner_policy_gradient_step",

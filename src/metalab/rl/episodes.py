@@ -114,3 +114,20 @@ def gae(rewards: Tensor, values: Tensor, masks: Tensor, gamma: float, lam: float
         following = masks[..., t] * (deltas[..., t] + gamma * lam * following)
         advantages[..., t] = following
     return advantages
+
+
+def standardized_advantages(advantages: Tensor, masks: Tensor, dims: tuple[int, ...] | None = None,
+                            eps: float = 1e-8) -> Tensor:
+    """``(A - mean) / (std + eps)`` over the valid steps, zero on masked ones.
+
+    The mean and the (biased) standard deviation pool the dimensions ``dims`` (every
+    dimension when ``None``: one standardisation of the whole batch, as PPO does; ``(1, 2)``
+    on ``[tasks, episodes, horizon]``: one per task, as MAML-RL's released code does).
+    """
+    if masks.shape != advantages.shape:
+        raise ValueError(f"masks must have the shape of advantages {tuple(advantages.shape)}, "
+                         f"got {tuple(masks.shape)}")
+    count = masks.sum(dim=dims, keepdim=True).clamp_min(1.0)
+    mean = (advantages * masks).sum(dim=dims, keepdim=True) / count
+    variance = ((advantages - mean) ** 2 * masks).sum(dim=dims, keepdim=True) / count
+    return (advantages - mean) / (variance.sqrt() + eps) * masks

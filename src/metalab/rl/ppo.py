@@ -36,14 +36,6 @@ def clipped_surrogate(log_probs: Tensor, old_log_probs: Tensor, advantages: Tens
     return (objective * masks).sum() / masks.sum().clamp_min(1.0)
 
 
-def normalized_advantages(advantages: Tensor, masks: Tensor, eps: float = 1e-8) -> Tensor:
-    """``(A - mean) / (std + eps)`` over the valid steps (zero on masked ones)."""
-    count = masks.sum().clamp_min(1.0)
-    mean = (advantages * masks).sum() / count
-    std = (((advantages - mean) ** 2 * masks).sum() / count).sqrt()
-    return (advantages - mean) / (std + eps) * masks
-
-
 def ppo_options(clip: float, epochs: int, minibatches: int, lr: float) -> dict:
     """A method's PPO settings, checked: clip range ``eps``, epochs over the data,
     minibatches per epoch, Adam's learning rate."""
