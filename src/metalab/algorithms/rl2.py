@@ -198,7 +198,8 @@ class RL2(PolicyLearner, name="rl2"):
         with torch.no_grad():
             before = objective(slice(None)).item()
         for _ in range(options["epochs"]):
-            for index in minibatch_rows(rows[1].shape[0], options["minibatches"], generator):
+            for index in minibatch_rows(rows[1].shape[0], options["minibatches"], generator,
+                                        device=rows[1].device):
                 optimizer.zero_grad()
                 (-objective(index)).backward()
                 optimizer.step()

@@ -45,10 +45,13 @@ def ppo_options(clip: float, epochs: int, minibatches: int, lr: float) -> dict:
             "lr": check_real("ppo_lr", lr, inclusive=False)}
 
 
-def minibatch_rows(rows: int, minibatches: int, generator: torch.Generator | None = None
-                   ) -> list[Tensor]:
+def minibatch_rows(rows: int, minibatches: int, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> list[Tensor]:
     """A random permutation of ``range(rows)`` cut into ``min(minibatches, rows)`` nearly
-    equal index tensors."""
+    equal index tensors on ``device``. The permutation is drawn on the generator's device
+    (a CPU generator keeps a run reproducible whatever device the data is on)."""
     rows = check_positive_int("rows", rows)
     minibatches = min(check_positive_int("minibatches", minibatches), rows)
-    return list(torch.randperm(rows, generator=generator).chunk(minibatches))
+    source = generator.device if generator is not None else device
+    order = torch.randperm(rows, generator=generator, device=source)
+    return list(order.to(device).chunk(minibatches))
