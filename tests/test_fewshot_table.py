@@ -234,16 +234,41 @@ def test_a_tiny_resnet12_cell_with_augmentation_trains_and_is_recorded(tmp_path)
     assert record["parameters"] == convs + norms
 
 
-def test_the_shipped_best_glyphs_recipe_is_the_grid_cell_it_was_measured_as():
-    """`metalab train best-glyphs-5w1s` trains what the column's best cell trained."""
+OMNIGLOT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "omniglot"
+
+# The recommended recipe of each column (README) and the grid cell it was measured as.
+BEST_RECIPES = {
+    "best-glyphs-5w1s": ("RFS", "glyphs", "5w1s", ft.Variant("resnet12-w0.25", "on")),
+    "best-omniglot-small-5w1s": ("RFS", "omniglot-small", "5w1s", ft.Variant("conv4", "on")),
+    "best-omniglot-small-20w1s": ("RFS", "omniglot-small", "20w1s", ft.Variant("conv4", "on")),
+    "best-omniglot-small-20w1s-within": ("RFS", "omniglot-small", "20w1s-within",
+                                         ft.Variant("conv4", "on")),
+    "best-glyphs-20w1s": ("RFS", "glyphs", "20w1s", ft.Variant("conv4", "on")),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BEST_RECIPES))
+def test_each_shipped_best_recipe_is_the_grid_cell_it_was_measured_as(name):
+    """`metalab train best-...` trains what the column's best cell trained (the Omniglot
+    recipes differ only in ``data.root``, which the user points at the zips)."""
     from metalab.cli.main import resolve_config_path
     from metalab.train import load_config
 
-    best = load_config(resolve_config_path("best-glyphs-5w1s"))
-    _, _, cell = ft.cell_config("RFS", "glyphs", "5w1s", ft.Budget(), None,
-                                ft.Variant("resnet12-w0.25", "on"))
+    method, dataset, setting, variant = BEST_RECIPES[name]
+    best = load_config(resolve_config_path(name))
+    root = best["data"].get("root")
+    _, _, cell = ft.cell_config(method, dataset, setting, ft.Budget(), root, variant)
+    # a recipe on files states its training classes so that it builds without them
+    classes = best["algorithm"].pop("num_classes", None)
+    assert (classes is None) == (dataset == "glyphs")
     for section in ("algorithm", "model", "data", "eval"):
         assert best[section] == cell[section], section
     ignored = {"progress", "val_episodes"}  # no effect with val_every 0
     assert {k: v for k, v in best["train"].items() if k not in ignored} == \
         {k: v for k, v in cell["train"].items() if k not in ignored}
+    if classes is not None and OMNIGLOT_ROOT.is_dir():
+        from metalab.train.build import complete_model_config
+
+        _, _, cell = ft.cell_config(method, dataset, setting, ft.Budget(), str(OMNIGLOT_ROOT),
+                                    variant)
+        assert complete_model_config(cell)["algorithm"]["num_classes"] == classes
