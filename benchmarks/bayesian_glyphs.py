@@ -265,7 +265,8 @@ def main_seeds(args) -> None:
     for name, r in rows.items():
         values = ", ".join(f"{100 * v:.1f}" for v in r["mean"]["values"])
         if seeds_of[name] != list(args.seeds):
-            values += f" (seeds {', '.join(map(str, seeds_of[name]))} only)"
+            label = "seed" if len(seeds_of[name]) == 1 else "seeds"
+            values += f" ({label} {', '.join(map(str, seeds_of[name]))} only)"
         gap = format_plain(r["gap"]) if "gap" in r else "–"
         lines.append(f"| {name} | {EFFECTIVE_STEP.get(name, 0.08)} | "
                      f"{format_percent(r['mean'])} | {format_plain(r['nll'])} | "
