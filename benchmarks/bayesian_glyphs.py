@@ -174,6 +174,32 @@ def seed_row(per_seed: list[dict]) -> dict:
     return row
 
 
+def rows_over_seeds(names: list[str], runs: Path, seeds: list[int], episodes: int,
+                    fewer_seeds: bool = False):
+    """``(rows, per_seed, seeds_of, missing)``: each method's `seed_row` over ``seeds``
+    (cells from `stored_measure` in ``runs/seed<N>``). A method missing a seed's run is left
+    out and named in ``missing``; with ``fewer_seeds`` its row is over the seeds it has
+    (``seeds_of``) and only the seeds without a run are named."""
+    rows, per_seed, seeds_of, missing = {}, {}, {}, []
+    for name in names:
+        cells, absent = {}, []
+        for s in seeds:
+            try:
+                cells[s] = stored_measure(name, runs / f"seed{s}", episodes)
+            except (FileNotFoundError, RunDirError) as error:
+                absent.append(f"{name} ({error})")
+                if not fewer_seeds:
+                    break
+        if absent and (not fewer_seeds or not cells):
+            missing.append(absent[0] if not fewer_seeds else "; ".join(absent))
+            continue
+        missing.extend(absent)
+        per_seed[name], seeds_of[name] = list(cells.values()), list(cells)
+        rows[name] = seed_row(per_seed[name])
+        print(name, {k: format_plain(v) for k, v in rows[name].items()}, flush=True)
+    return rows, per_seed, seeds_of, missing
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--runs", type=Path, required=True)
@@ -181,6 +207,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(LEARNERS))
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="RUNS/seed<N> per seed; rows: mean over seeds")
+    parser.add_argument("--fewer-seeds", action="store_true",
+                        help="with --seeds: a method whose runs exist for only some seeds "
+                             "gets a row over those (its seeds named), the rest listed")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--combine", nargs="+", type=Path, default=None,
                         help="JSON files of earlier runs (one method each): write one table")
@@ -219,16 +248,9 @@ def main() -> None:
 def main_seeds(args) -> None:
     """The table over ``args.seeds`` (module doc): methods whose runs are missing for some
     seed are left out and named."""
-    started, rows, per_seed, missing = time.time(), {}, {}, []
-    for name in args.methods:
-        try:
-            per_seed[name] = [stored_measure(name, args.runs / f"seed{s}", args.episodes)
-                              for s in args.seeds]
-        except (FileNotFoundError, RunDirError) as error:
-            missing.append(f"{name} ({error})")
-            continue
-        rows[name] = seed_row(per_seed[name])
-        print(name, {k: format_plain(v) for k, v in rows[name].items()}, flush=True)
+    started = time.time()
+    rows, per_seed, seeds_of, missing = rows_over_seeds(
+        args.methods, args.runs, args.seeds, args.episodes, args.fewer_seeds)
     seconds = time.time() - started
     config = read_run_config(args.runs / f"seed{args.seeds[0]}" / "maml-seed0")
     checkpoint = torch.load(args.runs / f"seed{args.seeds[0]}" / "maml-seed0" /
@@ -242,6 +264,9 @@ def main_seeds(args) -> None:
              "accuracy | accuracy per seed (%) |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         values = ", ".join(f"{100 * v:.1f}" for v in r["mean"]["values"])
+        if seeds_of[name] != list(args.seeds):
+            label = "seed" if len(seeds_of[name]) == 1 else "seeds"
+            values += f" ({label} {', '.join(map(str, seeds_of[name]))} only)"
         gap = format_plain(r["gap"]) if "gap" in r else "–"
         lines.append(f"| {name} | {EFFECTIVE_STEP.get(name, 0.08)} | "
                      f"{format_percent(r['mean'])} | {format_plain(r['nll'])} | "
@@ -250,7 +275,7 @@ def main_seeds(args) -> None:
         lines += ["", "Not measured (runs missing): " + "; ".join(missing)]
     write_table(args, "\n".join(lines), {"episodes": args.episodes, "seeds": args.seeds,
                                          "seconds": seconds, "per_seed": per_seed,
-                                         "results": rows})
+                                         "seeds_of": seeds_of, "results": rows})
 
 
 def write_table(args, text: str, payload: dict) -> None:

@@ -13,6 +13,7 @@ per-point negative ELBO ``F = (1/N)[sum_i r_i^2 / (2 s^2) + N/2 log(2 pi s^2) + 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 from metalab.algorithms.abml import ABML
 from metalab.tasks import TaskBatch
+from metalab.train.config import load_config
 
 
 def linear(dim: int = 2) -> nn.Linear:
@@ -202,3 +204,72 @@ def test_bad_arguments():
         ABML(linear(), noise_std=0.0)
     with pytest.raises(ValueError, match="does not take the adaptation option"):
         learner().adapt(*data(), particles=2)
+
+
+# -- the KL's pull on the posterior mean in the inner loop ------------------------------------
+# From the module doc's dF/dm_w, the KL's part of an inner step of size lr maps the mean's
+# distance from the prior d = m - mu to (1 - lr c / (sigma^2 N)) d: gradient descent on that
+# quadratic diverges when the factor is below -1, i.e. when lr c / (sigma^2 N) > 2.
+
+
+def kl_step_factor(inner_lr: float, kl_weight: float, prior_std: float, points: int) -> float:
+    return 1 - inner_lr * kl_weight / (prior_std ** 2 * points)
+
+
+def mean_distances(model: ABML, x, y, steps: int) -> list[float]:
+    """``||m_k - mu||`` after k = 1..steps inner steps (meta-test adaptation)."""
+    mu = dict(model.model.named_parameters())
+    distances = []
+    for k in range(1, steps + 1):
+        phi = model.adapt_task(x, y, training=False, inner_steps=k)
+        distances.append(math.sqrt(sum(float(((phi["mean/" + n] - p) ** 2).sum().detach())
+                                       for n, p in mu.items())))
+    return distances
+
+
+def test_inner_steps_diverge_at_the_kl_factor_by_hand():
+    """The glyphs config's old numbers (lr 0.08, KL weight 1, sigma 0.01, N = 5 points of a
+    5-way 1-shot support) on a linear softmax classifier: factor 1 - 0.08/(1e-4 * 5) = -159,
+    and each step after the first (whose KL gradient is zero at the prior) multiplies the
+    distance by ~159 (the bounded cross-entropy gradient is negligible beside it)."""
+    assert kl_step_factor(0.08, 1.0, 0.01, 5) == pytest.approx(-159.0, rel=1e-12)
+    torch.manual_seed(0)
+    model = ABML(nn.Linear(3, 5).double(), loss="cross_entropy", inner_lr=0.08, kl_weight=1.0,
+                 prior_std=0.01).double()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.arange(5)
+    d = mean_distances(model, x, y, 4)
+    assert d[2] / d[1] == pytest.approx(159.0, rel=0.01)
+    assert d[3] / d[2] == pytest.approx(159.0, rel=0.01)
+
+
+def test_a_small_kl_weight_keeps_the_inner_steps_bounded():
+    """KL weight 0.001 (the glyphs config now): factor 0.84, so a step adds at most one
+    cross-entropy gradient step to the distance: the mean cross-entropy's gradient (weight and
+    bias) is (1/N) sum_i (p_i - e_{y_i}) (x_i, 1), of norm <= sqrt(2) (max |x_i| + 1)."""
+    assert kl_step_factor(0.08, 0.001, 0.01, 5) == pytest.approx(0.84, rel=1e-12)
+    torch.manual_seed(0)
+    model = ABML(nn.Linear(3, 5).double(), loss="cross_entropy", inner_lr=0.08,
+                 kl_weight=0.001, prior_std=0.01).double()
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(5, 3, generator=g, dtype=torch.float64), torch.arange(5)
+    d = mean_distances(model, x, y, 4)
+    bound = 0.08 * math.sqrt(2) * (float(x.norm(dim=1).max()) + 1)
+    assert all(b - a <= bound for a, b in zip([0.0, *d[:-1]], d, strict=True))
+    assert d[3] < 4 * bound
+
+
+CONFIGS = sorted((Path(__file__).parents[1] / "src" / "metalab" / "configs").glob("abml-*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_configs_keep_the_kl_step_stable(path):
+    """Every shipped ABML config's KL factor (at its initial sigma_theta and its support size:
+    ways x shots points for classification, shots for regression) is above -1; the glyphs
+    config at KL weight 1 had -159 and its 3 test steps diverged to chance accuracy."""
+    config = load_config(path)
+    algorithm, data = config["algorithm"], config["data"]
+    points = data["shots"] * data.get("ways", 1)
+    factor = kl_step_factor(algorithm["inner_lr"], algorithm["kl_weight"],
+                            algorithm["prior_std"], points)
+    assert factor > -1, f"{path.stem}: an inner step scales the KL distance by {factor}"

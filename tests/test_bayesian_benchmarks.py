@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import sys
 from pathlib import Path
@@ -151,3 +152,29 @@ def test_prior_scale_multiplies_platipus_prior_std_and_refuses_other_learners():
         assert torch.allclose(log_std.exp(), torch.full_like(log_std, 0.2))
     with pytest.raises(ValueError, match="prior-scales"):
         pa.scale_prior_std(nn.Linear(1, 1), 2.0)
+
+
+bg = _benchmark("bayesian_glyphs")
+
+
+def test_glyph_rows_over_fewer_seeds_use_the_seeds_measured(tmp_path):
+    """`rows_over_seeds`: stored cells are read back (nothing measured); a method without a
+    run for some seed is left out by default and, with ``fewer_seeds``, gets a row over the
+    seeds it has, by the t interval over those, the others named as missing."""
+    cells = {0: {"mean": 0.50, "nll": 1.40, "ece": 0.20, "confidence": 0.30},
+             1: {"mean": 0.60, "nll": 1.20, "ece": 0.10, "confidence": 0.45}}
+    for seed in (0, 1, 2):
+        (tmp_path / f"seed{seed}").mkdir()
+    for seed, cell in cells.items():
+        bg.cell_path(tmp_path / f"seed{seed}", "platipus", 100).write_text(json.dumps(cell))
+    rows, _, _, missing = bg.rows_over_seeds(["platipus"], tmp_path, [0, 1, 2], 100)
+    assert rows == {} and len(missing) == 1 and "seed2" in missing[0]
+    rows, per_seed, seeds_of, missing = bg.rows_over_seeds(["platipus"], tmp_path, [0, 1, 2],
+                                                           100, fewer_seeds=True)
+    assert seeds_of == {"platipus": [0, 1]} and per_seed["platipus"] == [cells[0], cells[1]]
+    assert len(missing) == 1 and "seed2" in missing[0]
+    row = rows["platipus"]
+    half = 12.706204736174698 * math.sqrt(0.005) / math.sqrt(2)  # t_{0.975,1} s / sqrt(2)
+    assert math.isclose(row["mean"]["mean"], 0.55) and math.isclose(row["mean"]["ci95"], half)
+    assert math.isclose(row["gap"]["mean"], ((0.30 - 0.50) + (0.45 - 0.60)) / 2)
+    assert row["nll"]["values"] == [1.40, 1.20]
