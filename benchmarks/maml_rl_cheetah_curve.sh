@@ -18,6 +18,7 @@ metalab=("${PYTHON:-python}" -m metalab.cli.main)
 step=0
 while (( step < max_steps )); do
     step=$(( step + segment ))
+    [[ -f "$run_dir/eval-step$step.json" ]] && continue  # done before: rerun to extend
     if [[ -f "$run_dir/checkpoint.pt" ]]; then
         "${metalab[@]}" train --resume "$run_dir" "train.steps=$step"
     else
