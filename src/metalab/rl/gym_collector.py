@@ -20,7 +20,7 @@ differentiable pass, so they are functions of ``params`` (shared, or per task wi
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,6 +33,9 @@ from metalab.rl.rollout import check_per_task, policy_outputs
 from metalab.validation import check_positive_int
 
 SEED_BOUND = 2**31 - 1
+TERMINATED = "terminated"
+"""An info key `EnvPool.step` answers from the step's ``terminated`` flag (a true end of the
+episode, as opposed to the horizon's truncation): what a bootstrapped critic needs."""
 
 
 class EnvPool:
@@ -77,7 +80,7 @@ class EnvPool:
              info_keys: Sequence[str] = ()) -> tuple:
         """Step the environments ``indices`` (one action row each): ``(observations, rewards,
         done, infos)`` for them, ``done`` when terminated or truncated, ``infos[key]`` their
-        ``info[key]``."""
+        ``info[key]`` (for `TERMINATED`: the step's ``terminated`` flag)."""
         observations, rewards, done = [], np.zeros(len(indices)), np.zeros(len(indices), bool)
         infos = {key: np.zeros(len(indices)) for key in info_keys}
         for row, index in enumerate(indices):
@@ -85,7 +88,7 @@ class EnvPool:
             observations.append(obs)
             done[row] = terminated or truncated
             for key in info_keys:
-                infos[key][row] = float(info[key])
+                infos[key][row] = float(terminated if key == TERMINATED else info[key])
         return observations, rewards, done, infos
 
     def close(self) -> None:
@@ -160,46 +163,73 @@ def run_episodes(pool: Any, bounds: tuple[np.ndarray, np.ndarray], policy: nn.Mo
                  placement: tuple[torch.dtype, torch.device],
                  generator: torch.Generator | None, per_task: bool,
                  info_keys: tuple[str, ...]) -> tuple:
-    """Step every assigned environment for ``horizon`` steps; stacked ``[T, E, H, ...]``,
-    with the ``(dtype, device)`` of ``placement`` (the policy's)."""
+    """Step every assigned environment for ``horizon`` steps with the Gaussian policy;
+    stacked ``[T, E, H, ...]``, with the ``(dtype, device)`` of ``placement`` (the
+    policy's)."""
+
+    def act(observations: Tensor, alive: Tensor, records: dict) -> tuple[Tensor, Tensor]:
+        mean, log_std = policy_outputs(policy, params, observations, per_task)
+        action = mean + torch.exp(log_std) * standard_normal_like(mean, generator)
+        return action, action
+
+    with torch.no_grad():
+        steps = run_steps(pool, bounds, act, shape, horizon, placement, generator, info_keys)
+    infos = {key: steps[key] for key in info_keys}
+    return (*(steps[k] for k in ("observations", "actions", "rewards", "masks")), infos)
+
+
+def run_steps(pool: Any, bounds: tuple[np.ndarray, np.ndarray],
+              act: Callable[[Tensor, Tensor, dict], tuple[Tensor, Tensor]],
+              shape: tuple[int, int], horizon: int,
+              placement: tuple[torch.dtype, torch.device], generator: torch.Generator | None,
+              info_keys: tuple[str, ...] = ()) -> dict[str, Tensor]:
+    """One episode on each of the ``T x E`` assigned environments (``shape``), reset with
+    seeds drawn from ``generator``. At every step ``act(observations [T, E, obs], alive
+    [T, E], records)`` (``records``: the lists of this episode's steps so far) returns the
+    action to store ``[T, E, act]`` and the one to apply, which is clipped to ``bounds``; an
+    environment whose episode ended is no longer stepped.
+
+    Returns ``observations``, ``next_observations`` ``[T, E, H, obs]``, ``actions``
+    ``[T, E, H, act]``, ``rewards``, ``masks`` (1 while the episode runs) and every key of
+    ``info_keys`` ``[T, E, H]`` (0 on masked steps), in the ``(dtype, device)`` of
+    ``placement``. When every episode ends early, the remaining steps are padded: masked,
+    zero actions and rewards, the last observation repeated.
+    """
     dtype, device = placement
     count = shape[0] * shape[1]
     seeds = torch.randint(0, SEED_BOUND, shape, generator=generator,
                           device=generator.device if generator is not None else "cpu")
-    seeds = seeds.flatten().tolist()
-    current = pool.reset(seeds)
+    current = pool.reset(seeds.flatten().tolist())
     alive = np.ones(count, dtype=bool)
-    observations, actions, rewards, masks = [], [], [], []
-    infos = {key: [] for key in info_keys}
-    with torch.no_grad():
-        for _ in range(horizon):
-            obs = torch.tensor(current, dtype=dtype, device=device).reshape(*shape, -1)  # a copy
-            mean, log_std = policy_outputs(policy, params, obs, per_task)
-            action = mean + torch.exp(log_std) * standard_normal_like(mean, generator)
-            applied = np.clip(action.reshape(count, -1).double().cpu().numpy(), *bounds)
-            running = np.flatnonzero(alive)
-            stepped, reward_rows, done, info_rows = pool.step(running, applied[running],
-                                                              info_keys)
-            reward = np.zeros(count)
-            reward[running] = reward_rows
-            if len(running):
-                current[running] = np.stack(stepped)
-            observations.append(obs)
-            actions.append(action)
-            rewards.append(torch.as_tensor(reward, dtype=dtype, device=device).reshape(shape))
-            masks.append(torch.as_tensor(alive, dtype=dtype, device=device).reshape(shape))
-            for key in info_keys:
-                values = np.zeros(count)
-                values[running] = info_rows[key]
-                infos[key].append(torch.as_tensor(values, device=device).reshape(shape))
-            alive[running] = ~done
-            if not alive.any():
-                break
-    pad = horizon - len(rewards)  # every episode ended early: the rest is masked out
-    for _ in range(pad):
-        observations.append(observations[-1])
-        actions.append(torch.zeros_like(actions[-1]))
-        for series in (rewards, masks, *infos.values()):
-            series.append(torch.zeros_like(series[-1]))
-    stacked = [torch.stack(series, dim=2) for series in (observations, actions, rewards, masks)]
-    return (*stacked, {key: torch.stack(series, dim=2) for key, series in infos.items()})
+    records: dict[str, list[Tensor]] = {key: [] for key in (
+        "observations", "actions", "rewards", "masks", "next_observations", *info_keys)}
+
+    def as_tensor(values: np.ndarray, *tail: int) -> Tensor:
+        return torch.tensor(values, dtype=dtype, device=device).reshape(*shape, *tail)
+
+    for _ in range(horizon):
+        obs = as_tensor(current, -1)  # a copy
+        mask = as_tensor(alive)
+        action, applied = act(obs, mask, records)
+        applied = np.clip(applied.reshape(count, -1).double().cpu().numpy(), *bounds)
+        running = np.flatnonzero(alive)
+        stepped, reward_rows, done, info_rows = pool.step(running, applied[running], info_keys)
+        reward, infos = np.zeros(count), {key: np.zeros(count) for key in info_keys}
+        reward[running] = reward_rows
+        for key in info_keys:
+            infos[key][running] = info_rows[key]
+        if len(running):
+            current[running] = np.stack(stepped)
+        for key, value in (("observations", obs), ("actions", action),
+                           ("rewards", as_tensor(reward)), ("masks", mask),
+                           ("next_observations", as_tensor(current, -1)),
+                           *((key, as_tensor(infos[key])) for key in info_keys)):
+            records[key].append(value)
+        alive[running] = ~done
+        if not alive.any():
+            break
+    for _ in range(horizon - len(records["rewards"])):
+        for key, series in records.items():
+            last = series[-1]
+            series.append(last if "observations" in key else torch.zeros_like(last))
+    return {key: torch.stack(series, dim=2) for key, series in records.items()}

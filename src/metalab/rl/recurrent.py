@@ -12,7 +12,8 @@ was. The mean action is a linear read-out of the hidden state; the log standard 
 is a learned, state-independent vector.
 
 `collect_trials` runs ``trials_per_task`` trials of ``K`` episodes on every task of a
-batched environment (`PointNavigation`) and returns them as an `EpisodeBatch` whose
+batched environment (`PointNavigation`; `collect_gym_trials`: a simulator family's
+environment pool, `rl/gym_collector.py`) and returns them as an `EpisodeBatch` whose
 "episodes" are the trials and whose time axis is the ``K * horizon`` steps of a trial;
 ``log_probs`` are recomputed in one differentiable pass over the whole sequence
 (`trial_log_probs`), so they are functions of the policy's parameters.
@@ -21,15 +22,17 @@ batched environment (`PointNavigation`) and returns them as an `EpisodeBatch` wh
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
 from metalab.rl.episodes import EpisodeBatch, discounted_returns, gae
+from metalab.rl.gym_collector import EnvPool, first_dtype, run_steps
 from metalab.rl.navigation import PointNavigation
-from metalab.rl.policies import gaussian_log_prob
+from metalab.rl.policies import gaussian_log_prob, standard_normal_like
 from metalab.rl.rollout import step_running
 from metalab.validation import check_positive_int, check_real
 
@@ -147,6 +150,68 @@ def collect_trials(env: PointNavigation, policy: nn.Module, params: Mapping[str,
                          torch.stack(steps["masks"], dim=2),
                          torch.arange(goals.shape[0], device=goals.device))
     log_probs, _, _ = trial_log_probs(policy, params, batch, env.horizon)
+    return EpisodeBatch(batch.observations, batch.actions, batch.rewards, log_probs,
+                        batch.masks, batch.task_ids)
+
+
+def collect_gym_trials(family: Any, policy: nn.Module, params: Mapping[str, Tensor],
+                       tasks: Sequence, trials_per_task: int, episodes_per_trial: int, *,
+                       pool: EnvPool | None = None, generator: torch.Generator | None = None
+                       ) -> EpisodeBatch:
+    """`collect_trials` on a simulator family (``tasks``: what its ``set_task`` takes):
+    ``trials_per_task`` trials of ``episodes_per_trial`` episodes of ``family.horizon``
+    steps on every task, stepped on ``pool`` (a fresh `EnvPool` when ``None``), the hidden
+    state reset at each trial's start only. The environment gets the Gaussian action
+    clipped to its action space; the batch stores the sampled one."""
+    trials = check_positive_int("trials_per_task", trials_per_task)
+    episodes = check_positive_int("episodes_per_trial", episodes_per_trial)
+    if len(tasks) == 0:
+        raise ValueError("tasks must hold at least one task, got none")
+    if policy.action_dim != family.action_dim or policy.observation_dim != family.observation_dim:
+        raise ValueError(f"policy observation_dim/action_dim ({policy.observation_dim}, "
+                         f"{policy.action_dim}) must equal the family's "
+                         f"({family.observation_dim}, {family.action_dim})")
+    params = dict(params)
+    dtype = first_dtype(params)
+    device = next(iter(params.values())).device
+    shape = (len(tasks), trials)
+    owned = pool is None
+    pool = EnvPool(family) if pool is None else pool
+    carried = {"state": None, "action": torch.zeros(*shape, family.action_dim, dtype=dtype,
+                                                    device=device),
+               "reward": torch.zeros(shape, dtype=dtype, device=device)}
+
+    def act(observations: Tensor, alive: Tensor, records: dict) -> tuple[Tensor, Tensor]:
+        start = not records["actions"]  # the episode's first step
+        previous_action = carried["action"] if start else records["actions"][-1]
+        previous_reward = carried["reward"] if start else records["rewards"][-1]
+        inputs = torch.cat([observations, previous_action, previous_reward.unsqueeze(-1),
+                            torch.full_like(previous_reward, float(start)).unsqueeze(-1)], -1)
+        mean, log_std, carried["state"] = functional_call(
+            policy, params, (inputs.unsqueeze(-2), alive.unsqueeze(-1), carried["state"]))
+        mean, log_std = mean.squeeze(-2), log_std.squeeze(-2)
+        action = mean + torch.exp(log_std) * standard_normal_like(mean, generator)
+        return action, action
+
+    parts: list[dict[str, Tensor]] = []
+    try:
+        bounds = pool.assign(tasks, trials)
+        with torch.no_grad():
+            for _ in range(episodes):
+                steps = run_steps(pool, bounds, act, shape, family.horizon, (dtype, device),
+                                  generator)
+                carried["action"] = steps["actions"][..., -1, :]  # as stored (padding too)
+                carried["reward"] = steps["rewards"][..., -1]
+                parts.append(steps)
+    finally:
+        if owned:
+            pool.close()
+    fields = {key: torch.cat([part[key] for part in parts], dim=2)
+              for key in ("observations", "actions", "rewards", "masks")}
+    batch = EpisodeBatch(fields["observations"], fields["actions"], fields["rewards"],
+                         torch.zeros_like(fields["rewards"]), fields["masks"],
+                         torch.arange(len(tasks), device=device))
+    log_probs, _, _ = trial_log_probs(policy, params, batch, family.horizon)
     return EpisodeBatch(batch.observations, batch.actions, batch.rewards, log_probs,
                         batch.masks, batch.task_ids)
 

@@ -11,7 +11,9 @@ task is a pickled variation, so it travels as its index in the split's task list
 (Meta-World's ``info["success"]``) fills the batch's ``success [T, E]``: 1 for an episode
 in which the environment reported success at some step (Meta-World's evaluation
 protocol). The environments are kept between collections (one `EnvPool`, or
-``workers >= 1``: a `ProcessEnvPool` of that many processes).
+``workers >= 1``: a `ProcessEnvPool` of that many processes). A simulator family also
+serves RL² (``collect_trials``, `rl/recurrent.py`) and PEARL (``collect_latent``,
+`rl/latent_rollout.py`) on the same pool.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from torch import Tensor, nn
 
 from metalab.rl.episodes import EpisodeBatch
 from metalab.rl.gym_collector import EnvPool, collect_gym_rollouts
+from metalab.rl.latent_rollout import collect_gym_latent_episodes
 from metalab.rl.metaworld_tasks import MAX_PATH_LENGTH, MetaWorldTasks
 from metalab.rl.mujoco_tasks import FAMILIES as LOCOMOTION
+from metalab.rl.recurrent import collect_gym_trials
 from metalab.validation import check_positive_int
 
 
@@ -94,6 +98,23 @@ class SimulatorFamily:
         success = (infos[self.success_key] > 0).any(dim=-1).to(batch.rewards.dtype)
         return EpisodeBatch(batch.observations, batch.actions, batch.rewards, batch.log_probs,
                             batch.masks, batch.task_ids, success)
+
+    def collect_trials(self, policy: nn.Module, params: Mapping[str, Tensor], tasks: Tensor,
+                       trials_per_task: int, episodes_per_trial: int, *,
+                       generator: torch.Generator | None = None) -> EpisodeBatch:
+        """RL²'s trials (`collect_gym_trials`) on this family's pool."""
+        return collect_gym_trials(self.simulator, policy, params, self.specifications(tasks),
+                                  trials_per_task, episodes_per_trial, pool=self.pool(),
+                                  generator=generator)
+
+    def collect_latent(self, policy: nn.Module, z: Tensor, tasks: Tensor, *,
+                       generator: torch.Generator | None = None,
+                       deterministic: bool = False) -> dict[str, Tensor]:
+        """PEARL's transitions (`collect_gym_latent_episodes`): one episode per latent
+        ``z [T, E, z_dim]`` on this family's pool."""
+        return collect_gym_latent_episodes(self.simulator, policy, z, self.specifications(tasks),
+                                           pool=self.pool(), generator=generator,
+                                           deterministic=deterministic)
 
     def close(self) -> None:
         if self._pool is not None:
