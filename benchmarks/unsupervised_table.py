@@ -20,6 +20,14 @@ the majority label of the support examples in it (ties: the lower label), a clus
 support examples the label of the support example nearest its centroid; a query gets its
 cluster's label.
 
+Datasets (``--dataset``, the data overrides of `fewshot_table.DATASETS`): ``glyphs``, and
+``omniglot-small`` (``--omniglot-root``: the folder with images_background_small1/2.zip): the
+embedding, the constructed tasks and the oracle's labelled episodes come from small1's
+alphabets (Latin held out for validation), the test episodes from small2's alphabets that
+small1 lacks. Each dataset keeps its own budget in the results file (``settings``), so
+Omniglot's CACTUs can use fewer clusters (``--clusters 50``: about 40 images each, as
+k = 500 on the full background set).
+
 All rows of a setting are scored on the same labelled test episodes (``eval.seed``). Rows
 meta-trained at 5-way are evaluated at 20-way too where the learner allows it (ProtoNet; a
 MAML head has ``ways`` outputs, so MAML 20-way rows need 20-way meta-training and are left
@@ -28,6 +36,8 @@ Student-t 95% interval over seeds.
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/unsupervised_table.py --reuse
     python benchmarks/unsupervised_table.py --reuse --rows knn,logistic --seeds 0,1,2,3
+    python benchmarks/unsupervised_table.py --reuse --dataset omniglot-small \
+        --omniglot-root ../shared/data/omniglot --clusters 50 --embeddings pca
 
 ``--reuse`` keeps the cells already in the results file (so a later session adds cells);
 without it the named cells are recomputed.
@@ -38,6 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -48,17 +59,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import metalab
-from metalab import datasets
 from metalab.algorithms.support_heads import fit_logistic, logistic_scores
 from metalab.tasks import unsupervised
 from metalab.tasks.embeddings import fit_embedding
 from metalab.tasks.kmeans import kmeans
-from metalab.tasks.unlabelled import UnlabelledImages
 from metalab.tasks.unsupervised import parse_unsupervised
 from metalab.train.config import load_config, resolve
 from metalab.train.report import format_percent, over_seeds, write_json
 from metalab.train.run import evaluate_run, train_run
-from metalab.train.sources import build_task_source
+from metalab.train.sources import build_task_source, training_images
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fewshot_table import DATASETS  # noqa: E402  (a sibling script: the data of each dataset)
 
 CONFIG_DIR = Path(metalab.__file__).parent / "configs"
 RESULTS = Path(__file__).resolve().parent / "results" / "unsupervised_table.json"
@@ -91,9 +103,22 @@ def _merge(base: dict, extra: dict) -> dict:
     return out
 
 
+def dataset_overrides(dataset: str, omniglot_root: str | None) -> list[str]:
+    """The data overrides of ``dataset`` (`fewshot_table.DATASETS`: ``glyphs`` none,
+    ``omniglot-small`` train on small1's alphabets, test on small2's that small1 lacks)."""
+    if dataset not in DATASETS:
+        raise ValueError(f"--dataset must be one of {sorted(DATASETS)}, got {dataset!r}")
+    if any("{root}" in o for o in DATASETS[dataset]) and omniglot_root is None:
+        raise ValueError(f"--dataset {dataset} needs --omniglot-root (the folder with "
+                         f"images_background_small1.zip and _small2.zip)")
+    return [o.format(root=omniglot_root) for o in DATASETS[dataset]]
+
+
 def row_config(row: str, embedding: str | None, seed: int, args) -> dict[str, Any]:
     spec = budget(args)
-    config = _merge(load_config(CONFIG_DIR / f"{CONFIGS[row]}.yaml"), spec["shared"])
+    shipped = load_config(CONFIG_DIR / f"{CONFIGS[row]}.yaml",
+                          dataset_overrides(args.dataset, args.omniglot_root))
+    config = _merge(shipped, spec["shared"])
     steps = args.maml_steps if row.endswith("maml") else args.protonet_steps
     config = _merge(config, {"train": {"steps": steps, "seed": seed}})
     data = dict(config["data"])
@@ -189,9 +214,7 @@ def baseline_cells(embedding: str, seed: int, ways: int, rows: list[str], args
     config = row_config("cactus-protonet", embedding, seed, args)
     config["data"]["ways"] = ways
     spec = parse_unsupervised(config["data"]["unsupervised"])
-    data = config["data"]
-    images = UnlabelledImages.of(datasets.build(data["name"], split=data["train_split"],
-                                                image_size=data["image_size"]))
+    images = training_images(config["data"])
     fitted = fit_embedding_once(spec.embedding, images.images, dims=spec.dims, seed=spec.seed,
                            **spec.embedding_options)
     source = build_task_source(config, "test", 20, seed=config["eval"]["seed"], queries=15)
@@ -210,7 +233,7 @@ def baseline_cells(embedding: str, seed: int, ways: int, rows: list[str], args
     return {row: sum(v) / len(v) for row, v in correct.items()}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rows", default=",".join((*BASELINES, *META_ROWS, *OTHER_ROWS)))
@@ -226,32 +249,38 @@ def main() -> None:
     parser.add_argument("--clusters", type=int, default=500)
     parser.add_argument("--iterations", type=int, default=15)
     parser.add_argument("--ae-steps", type=int, default=1000)
+    parser.add_argument("--dataset", default="glyphs", help=f"one of {sorted(DATASETS)}")
+    parser.add_argument("--omniglot-root", default=None,
+                        help="omniglot-small: the folder with images_background_small1/2.zip")
     parser.add_argument("--reuse", action="store_true", help="keep cells already computed")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--merge", type=Path, nargs="*", default=[],
                         help="results files of the same settings (e.g. one process per seed) "
                              "whose cells are added to --out")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     torch.set_num_threads(1)
     unsupervised.fit_embedding = fit_embedding_once
     seeds = [int(s) for s in args.seeds.split(",")]
     rows = args.rows.split(",")
     embeddings = args.embeddings.split(",")
-    settings = {k: v for k, v in vars(args).items() if k not in ("reuse", "out", "rows", "merge",
-                                                                    "seeds", "embeddings", "ways")}
-    payload = json.loads(args.out.read_text()) if args.out.exists() else {}
-    if payload:
-        payload["settings"] = _budget_settings(payload["settings"])
-    if payload and payload.get("settings") != settings:
-        raise SystemExit(f"{args.out} holds cells of other settings {payload.get('settings')}; "
-                         f"use another --out")
-    payload.update(settings=settings, machine=platform.processor() or platform.machine())
-    cells = payload.setdefault("cells", {})
-    for path in args.merge:
-        other = json.loads(path.read_text())
-        if _budget_settings(other.get("settings", {})) != settings:
-            raise SystemExit(f"{path} was computed with other settings {other.get('settings')}")
-        cells.update(other["cells"])
+    dataset_overrides(args.dataset, args.omniglot_root)  # a bad --dataset fails here
+    settings = _budget_settings(vars(args))
+    payload = {"settings": {}, "cells": {}}
+    for path in ([args.out] if args.out.exists() else []) + args.merge:
+        try:
+            merge_results(payload, json.loads(path.read_text()))
+        except ValueError as error:
+            raise SystemExit(f"{path}: {error}") from None
+    try:
+        merge_results(payload, {"settings": {args.dataset: settings}, "cells": {}})
+    except ValueError as error:
+        raise SystemExit(f"{args.out}: {error}; use another --out") from None
+    payload["machine"] = platform.processor() or platform.machine()
+    cells = payload["cells"]
     if args.merge:
         write_json(args.out, payload)
 
@@ -263,33 +292,55 @@ def main() -> None:
         write_json(args.out, payload)
         print(key, value, flush=True)
 
+    data = args.dataset
     for seed in seeds:
         for embedding in embeddings:
             for ways in (int(w) for w in args.ways.split(",")):
                 todo = [r for r in rows if r in BASELINES
-                        and not have(f"glyphs-{ways}w1s/{r}/{embedding}/seed{seed}")]
+                        and not have(f"{data}-{ways}w1s/{r}/{embedding}/seed{seed}")]
                 if todo:
                     start = time.time()
                     scores = baseline_cells(embedding, seed, ways, todo, args)
                     for row, value in scores.items():
-                        store(f"glyphs-{ways}w1s/{row}/{embedding}/seed{seed}",
+                        store(f"{data}-{ways}w1s/{row}/{embedding}/seed{seed}",
                               {"accuracy": value, "seconds": time.time() - start})
             for row in (r for r in rows if r in META_ROWS):
-                if not have(f"glyphs-5w1s/{row}/{embedding}/seed{seed}"):
+                if not have(f"{data}-5w1s/{row}/{embedding}/seed{seed}"):
                     for setting, value in meta_cells(row, embedding, seed, args).items():
-                        store(f"glyphs-{setting}/{row}/{embedding}/seed{seed}", value)
+                        store(f"{data}-{setting}/{row}/{embedding}/seed{seed}", value)
         for row in (r for r in rows if r in OTHER_ROWS):
-            if not have(f"glyphs-5w1s/{row}/-/seed{seed}"):
+            if not have(f"{data}-5w1s/{row}/-/seed{seed}"):
                 for setting, value in meta_cells(row, None, seed, args).items():
-                    store(f"glyphs-{setting}/{row}/-/seed{seed}", value)
+                    store(f"{data}-{setting}/{row}/-/seed{seed}", value)
     table = summary(cells) + "\n\n" + paired_summary(cells)
     args.out.with_suffix(".md").write_text(table + "\n")
     print(table)
 
 
+# Arguments that select which cells run or where they go, not what a cell's value is.
+NOT_BUDGET = ("reuse", "out", "rows", "merge", "seeds", "embeddings", "ways", "dataset",
+              "omniglot_root")
+
+
 def _budget_settings(settings: dict) -> dict:
-    """The settings that change a cell's value (files of older versions also held these)."""
-    return {k: v for k, v in settings.items() if k not in ("merge", "ways")}
+    """The settings that change a cell's value (files of older versions also held others)."""
+    return {k: v for k, v in settings.items() if k not in NOT_BUDGET}
+
+
+def merge_results(payload: dict, other: dict) -> None:
+    """Add ``other``'s cells and per-dataset budget settings to ``payload``; a dataset both
+    hold with different settings is a ValueError. ``settings`` maps a dataset to its budget
+    (files written before the Omniglot option held the glyphs budget alone, unnested)."""
+    theirs = other.get("settings", {})
+    if "episodes" in theirs:  # the older, unnested form: glyphs only
+        theirs = {"glyphs": theirs}
+    for dataset, settings in theirs.items():
+        settings = _budget_settings(settings)
+        ours = payload["settings"].setdefault(dataset, settings)
+        if ours != settings:
+            raise ValueError(f"{dataset} cells were computed with other settings {settings} "
+                             f"than {ours}")
+    payload["cells"].update(other.get("cells", {}))
 
 
 def summary(cells: dict[str, dict]) -> str:

@@ -211,6 +211,13 @@ def _cached_partitions(images: UnlabelledImages, spec_json: str):
     return build_partitions(images, parse_unsupervised(json.loads(spec_json)))
 
 
+def training_images(data: dict[str, Any]) -> UnlabelledImages:
+    """The training split of ``data`` as unlabelled images (built once per process), the
+    images CACTUs and UMTRA construct their tasks from."""
+    return _unlabelled(data["name"], data["train_split"], data.get("root"),
+                       json.dumps(_options(data), sort_keys=True))
+
+
 def _unsupervised_source(data: dict[str, Any], tasks_per_batch: int, seed: int,
                          queries: int | None) -> TaskSource:
     """Training tasks built from the training split's images alone (CACTUs or UMTRA);
@@ -219,8 +226,7 @@ def _unsupervised_source(data: dict[str, Any], tasks_per_batch: int, seed: int,
     for key in ("ways", "shots", "queries"):
         if key not in data:
             raise ValueError(f"config needs data.{key} with data.unsupervised")
-    images = _unlabelled(data["name"], data["train_split"], data.get("root"),
-                         json.dumps(_options(data), sort_keys=True))
+    images = training_images(data)
     partitions = None
     if spec.method == "cactus":
         partitions = _cached_partitions(images, json.dumps(spec.__dict__, sort_keys=True))
