@@ -240,7 +240,8 @@ OMNIGLOT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" /
 BEST_RECIPES = {
     "best-glyphs-5w1s": ("RFS", "glyphs", "5w1s", ft.Variant("resnet12-w0.25", "on")),
     "best-omniglot-small-5w1s": ("RFS", "omniglot-small", "5w1s", ft.Variant("conv4", "on")),
-    "best-omniglot-small-20w1s": ("RFS", "omniglot-small", "20w1s", ft.Variant("conv4", "on")),
+    "best-omniglot-small-20w1s": ("RFS", "omniglot-small", "20w1s",
+                                  ft.Variant("resnet12-w0.25", "on")),
     "best-omniglot-small-20w1s-within": ("RFS", "omniglot-small", "20w1s-within",
                                          ft.Variant("conv4", "on")),
     "best-glyphs-20w1s": ("RFS", "glyphs", "20w1s", ft.Variant("conv4", "on")),
