@@ -50,6 +50,16 @@ def floor(run_dir: Path) -> dict:
     return result
 
 
+def evaluations_by_step(run_dirs: list[Path]) -> dict[int, list[tuple[Path, dict]]]:
+    """``{trainer step: [(run directory, its eval-step<N>.json), ...]}`` over the runs."""
+    evals: dict[int, list[tuple[Path, dict]]] = {}
+    for run_dir in run_dirs:
+        for path in run_dir.glob("eval-step*.json"):
+            step = int(re.search(r"eval-step(\d+)\.json", path.name).group(1))
+            evals.setdefault(step, []).append((run_dir, json.loads(path.read_text())))
+    return evals
+
+
 def training_seconds(run_dir: Path) -> dict[int, float]:
     """Cumulative training wall-clock at each logged step (segments restart the clock)."""
     seconds, offset, last = {}, 0.0, 0.0
@@ -97,11 +107,7 @@ def table(run_dirs: list[Path], out: Path | None) -> str:
     config = read_run_config(run_dirs[0])
     data, train = config["data"], TrainConfig.of(config)
     per_step = train.meta_batch * data["episodes"] * data["horizon"] * 2
-    evals: dict[int, list[tuple[Path, dict]]] = {}
-    for run_dir in run_dirs:
-        for path in run_dir.glob("eval-step*.json"):
-            step = int(re.search(r"eval-step(\d+)\.json", path.name).group(1))
-            evals.setdefault(step, []).append((run_dir, json.loads(path.read_text())))
+    evals = evaluations_by_step(run_dirs)
     seconds = {run_dir: training_seconds(run_dir) for run_dir in run_dirs}
     rows, records = [], []
     for step in sorted(evals):

@@ -28,7 +28,7 @@ import re
 from pathlib import Path
 
 import torch
-from maml_rl_cheetah_curve import across, floor, training_seconds
+from maml_rl_cheetah_curve import across, evaluations_by_step, floor, training_seconds
 
 from metalab.rl.gym_collector import EnvPool, run_steps
 from metalab.train.build import build_task_source
@@ -100,11 +100,7 @@ def table(run_dirs: list[Path], out: Path | None) -> str:
     for run_dir in run_dirs:
         if not (run_dir / "eval-step0.json").is_file():
             floor(run_dir)
-    evals: dict[int, list[tuple[Path, dict]]] = {}
-    for run_dir in run_dirs:
-        for path in run_dir.glob("eval-step*.json"):
-            step = int(re.search(r"eval-step(\d+)\.json", path.name).group(1))
-            evals.setdefault(step, []).append((run_dir, json.loads(path.read_text())))
+    evals = evaluations_by_step(run_dirs)
     seconds = {d: training_seconds(d) for d in run_dirs}
     env_steps = {d: env_steps_at(d, read_run_config(d)) for d in run_dirs}
     keys = episode_keys(evals[0][0][1])
