@@ -65,7 +65,7 @@ def mean_ce_gradient(learner, params: dict, x, y) -> dict:
 
 def closed_form_kl(learner, g_s: dict, g_q: dict) -> float:
     """The module doc's per-entry KL summed, from the gradients and the learner's scalars."""
-    gamma_p, gamma_q = float(learner.gamma_p), float(learner.gamma_q)
+    gamma_p, gamma_q = float(learner.gamma_p.detach()), float(learner.gamma_q.detach())
     total = 0.0
     for n in learner.adapt_names:
         key = parameter_key(n)
@@ -121,7 +121,7 @@ def summary(learner, batch, weight: float) -> dict:
             "d_gamma_ce": tuple(sum(r["d_gamma"][0][i] for r in rows) / tasks for i in (0, 1)),
             "d_gamma_kl": tuple(weight * sum(r["d_gamma"][1][i] for r in rows) / tasks
                                 for i in (0, 1)),
-            "gammas": (float(learner.gamma_p), float(learner.gamma_q)),
+            "gammas": (float(learner.gamma_p.detach()), float(learner.gamma_q.detach())),
             "sigma": float(sigma.mean()), "unweighted_grad": float(d_kl.norm()) / weight}
 
 
