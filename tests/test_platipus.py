@@ -7,6 +7,7 @@ its weights, the Gaussian KL entry by entry, MAML's inner step as ``w - alpha * 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,9 @@ from torch import nn
 from metalab.algorithms.platipus import PLATIPUS, gaussian_kl
 from metalab.nn import MLP
 from metalab.tasks import TaskBatch
+from metalab.train.build import build_meta_learner
+from metalab.train.config import load_config
+from metalab.train.sources import build_task_source
 
 NAMES = ["body.0.weight", "body.0.bias", "head.weight", "head.bias"]
 
@@ -249,3 +253,59 @@ def test_vmap_over_tasks_matches_the_loop():
     assert torch.allclose(loop_kl, vmap_kl, rtol=1e-10)
     for a, b in zip(loop_grads, vmap_grads, strict=True):
         assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+# -- the KL's size at the initialisation (why the Glyphs config weighs it 0.001 / 75) --------
+# With v_q = sigma and gamma_q = gamma_p = gamma (the initialisation), q and p differ only in
+# their means, mu - gamma g_q and mu - gamma g_s, so KL(q || p) = gamma^2 ||g_q - g_s||^2 /
+# (2 sigma^2): with gamma 0.08 and sigma 0.01 every unit of ||g_q - g_s||^2 costs 32 nats.
+
+
+def linear_ce_gradient(weight, bias, x, y):
+    """The mean cross-entropy's gradient of the softmax classifier ``W x + b`` by hand:
+    ``(1/N) sum_i (p_i - e_{y_i}) x_i^T`` and ``(1/N) sum_i (p_i - e_{y_i})``."""
+    residual = torch.softmax(x @ weight.T + bias, dim=1) - nn.functional.one_hot(y, 5)
+    return residual.T @ x / len(y), residual.mean(dim=0)
+
+
+def test_initial_kl_is_the_closed_form_of_the_two_gradient_steps():
+    torch.manual_seed(0)
+    model = PLATIPUS(nn.Linear(3, 5), loss="cross_entropy", inner_lr=0.08, prior_std=0.01,
+                     kl_weight=1.0).double()
+    g = torch.Generator().manual_seed(1)
+    sx, qx = (torch.randn(n, 3, generator=g, dtype=torch.float64) for n in (5, 15))
+    sy, qy = torch.arange(5), torch.arange(15) % 5
+    mu = dict(model.model.named_parameters())
+    kl = gaussian_kl(model.inference(mu, qx, qy), model.prior(mu, sx, sy, True))
+    w, b = mu["weight"].detach(), mu["bias"].detach()
+    diff2 = sum(float(((a - c) ** 2).sum()) for a, c in zip(
+        linear_ce_gradient(w, b, qx, qy), linear_ce_gradient(w, b, sx, sy), strict=True))
+    # the learner's own gamma and sigma (stored in float32: 0.08 and 0.01 up to ~1e-8)
+    gamma, sigma = float(model.gamma_p), math.exp(float(model.log_prior_std["weight"][0, 0]))
+    assert (float(model.gamma_q), gamma) == pytest.approx((0.08, 0.08), rel=1e-6)
+    assert float(kl) == pytest.approx(gamma ** 2 * diff2 / (2 * sigma ** 2), rel=1e-10)
+    assert float(kl) > 1.0  # not trivially zero: the two steps differ by ~sigma per weight
+
+
+CONFIGS = sorted((Path(__file__).parents[1] / "src" / "metalab" / "configs").glob(
+    "platipus-*glyphs*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_shipped_glyphs_configs_keep_the_kl_below_the_cross_entropy(path):
+    """At the initialisation of every shipped PLATIPUS Glyphs config, on one training task,
+    ``kl_weight * KL`` (the KL's share of the per-query-point meta-loss) stays below the query
+    cross-entropy. At the former weight 1/75 it was ~127 nats per query point against a
+    cross-entropy of 1.5 (``benchmarks/platipus_kl_diagnosis.py``): the meta-gradient then
+    flattened the support loss (||g_s||^2 337 -> 2) and training accuracy fell 59% -> 39%."""
+    config = load_config(path)
+    torch.manual_seed(0)
+    model = build_meta_learner(config)
+    batch = build_task_source(config, "train", 1, seed=99).sample()
+    mu = dict(model.inner_module.named_parameters())
+    q = model.inference(mu, batch.query_x[0], batch.query_y[0])
+    p = model.prior(mu, batch.support_x[0], batch.support_y[0], True)
+    weighted = model.kl_weight * float(gaussian_kl(q, p).detach())
+    outputs = model.inner_module(model.encode(batch.query_x[0]))
+    ce = float(nn.functional.cross_entropy(outputs, batch.query_y[0]).detach())
+    assert weighted < ce, f"{path.stem}: kl_weight x KL {weighted:.3g} against CE {ce:.3g}"
