@@ -40,7 +40,9 @@ Student-t 95% interval over seeds.
         --omniglot-root ../shared/data/omniglot --clusters 50 --embeddings pca
 
 ``--reuse`` keeps the cells already in the results file (so a later session adds cells);
-without it the named cells are recomputed.
+without it the named cells are recomputed. Cells under the embedding ``acai-relu`` are
+kept records of the earlier ACAI (ReLU hidden units, `metalab.tasks.acai`'s ``activation:
+relu``), which collapsed on the Omniglot subsets; ``--embeddings acai`` runs the current one.
 """
 
 from __future__ import annotations

@@ -11,7 +11,14 @@ import torch
 from torch import nn
 
 from metalab.tasks import deepcluster as dc
-from metalab.tasks.acai import AcaiNets, autoencoder_loss, critic_loss, draw_alpha, interpolate
+from metalab.tasks.acai import (
+    AcaiNets,
+    acai_nets,
+    autoencoder_loss,
+    critic_loss,
+    draw_alpha,
+    interpolate,
+)
 from metalab.tasks.bigan import (
     BiganNets,
     discriminator_loss,
@@ -75,6 +82,41 @@ def test_acai_critic_loss_leaves_the_autoencoder_without_gradient():
     critic_loss(nets, x, alpha).backward()
     assert nets.encoder.weight.grad is None and nets.decoder.weight.grad is None
     assert nets.critic.weight.grad is not None
+
+
+def all_units_off_encoder(activation: str) -> AcaiNets:
+    """2 pixels -> 2 hidden -> 1 code, first layer the identity with bias -10: every hidden
+    pre-activation is below -8 for pixels in [-1, 1], the state the Omniglot fit of seed 0
+    ended in (every unit off for every image); code weights (1, 2)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        nets = AcaiNets(*(m.double() for m in acai_nets(2, 2, 1, 2, activation=activation)))
+    with torch.no_grad():
+        nets.encoder[0].weight.copy_(torch.eye(2, dtype=torch.float64))
+        nets.encoder[0].bias.fill_(-10.0)
+        nets.encoder[2].weight.copy_(torch.tensor([[1.0, 2.0]], dtype=torch.float64))
+        nets.encoder[2].bias.zero_()
+    return nets
+
+
+def test_acai_codes_still_depend_on_the_image_when_every_hidden_unit_is_off():
+    nets = all_units_off_encoder("leaky_relu")  # the default, as the authors' nets
+    x = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    # pre-activations (-9, -10) and (-10, -9); leaky ReLU 0.2: (-1.8, -2.0), (-2.0, -1.8);
+    # codes -1.8 + 2 (-2.0) = -5.8 and -2.0 + 2 (-1.8) = -5.6
+    codes = nets.encoder(x).squeeze(1)
+    assert torch.allclose(codes, torch.tensor([-5.8, -5.6], dtype=torch.float64))
+    # and the reconstruction still trains the first layer (a ReLU unit off for every input
+    # gets no gradient: the collapsed fit could not recover)
+    (nets.decoder(nets.encoder(x)) - x).pow(2).mean().backward()
+    assert nets.encoder[0].weight.grad.abs().sum() > 0
+    relu = all_units_off_encoder("relu")  # the earlier version: constant codes, no gradient
+    assert torch.equal(relu.encoder(x), torch.zeros(2, 1, dtype=torch.float64))
+
+
+def test_acai_activation_must_be_known():
+    with pytest.raises(ValueError, match="activation must be one of"):
+        acai_nets(4, 3, 2, 2, activation="gelu")
 
 
 def test_acai_alpha_is_uniform_on_zero_to_one_half():
