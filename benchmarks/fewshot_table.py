@@ -165,12 +165,12 @@ def variant_overrides(shipped: dict, variant: Variant) -> list[str]:
     ``variant``'s; none where they agree (so the shipped variant's config is unchanged).
     ResNet-12 replaces the whole model section: per-task batch norm (as Conv4's), DropBlock
     0.1 with blocks of 5 in the last two blocks, global average pooling."""
-    name, width = parse_backbone(variant.backbone)
     if variant.augment not in AUGMENTS:
         raise ValueError(f"augment must be one of {list(AUGMENTS)}, got {variant.augment!r}")
     own = variant_of(shipped)
     out = []
-    if variant.backbone != own.backbone:
+    if variant.backbone != own.backbone:  # a method's own backbone needs no label pattern
+        name, width = parse_backbone(variant.backbone)
         if own.backbone != "conv4" or name != "resnet12":
             raise ValueError(f"backbone {variant.backbone!r}: this method's shipped config "
                              f"uses {own.backbone!r}; only a conv4 model is swapped for a "

@@ -184,6 +184,12 @@ def test_backbone_and_augmentation_overrides_compose_with_the_setting_and_budget
         ft.Variant("resnet12", "off")
     with pytest.raises(ValueError, match="only a conv4 model is swapped"):
         ft.cell_config("Relation", "glyphs", "5w1s", budget, None, ft.Variant("resnet12", "off"))
+    # A method's own non-Conv4 backbone (the grid's default variant) needs no override.
+    own = ft.resolve_variant("Relation", "omniglot-small", "5w1s", None, None)[0]
+    assert own == ft.Variant("relation-embedding", "off")
+    assert ft.variant_overrides(shipped_relation := ft.load_config(ft.resolve_config_path(
+        "relation-glyphs-5w1s")), own) == []
+    assert ft.variant_of(shipped_relation) == own
 
 
 def test_the_shipped_variant_keeps_its_path_and_old_records_read_their_variant(tmp_path):
