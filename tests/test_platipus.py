@@ -281,10 +281,11 @@ def test_initial_kl_is_the_closed_form_of_the_two_gradient_steps():
     diff2 = sum(float(((a - c) ** 2).sum()) for a, c in zip(
         linear_ce_gradient(w, b, qx, qy), linear_ce_gradient(w, b, sx, sy), strict=True))
     # the learner's own gamma and sigma (stored in float32: 0.08 and 0.01 up to ~1e-8)
-    gamma, sigma = float(model.gamma_p), math.exp(float(model.log_prior_std["weight"][0, 0]))
-    assert (float(model.gamma_q), gamma) == pytest.approx((0.08, 0.08), rel=1e-6)
-    assert float(kl) == pytest.approx(gamma ** 2 * diff2 / (2 * sigma ** 2), rel=1e-10)
-    assert float(kl) > 1.0  # not trivially zero: the two steps differ by ~sigma per weight
+    gamma = float(model.gamma_p.detach())
+    sigma = math.exp(float(model.log_prior_std["weight"][0, 0].detach()))
+    assert (float(model.gamma_q.detach()), gamma) == pytest.approx((0.08, 0.08), rel=1e-6)
+    assert float(kl.detach()) == pytest.approx(gamma ** 2 * diff2 / (2 * sigma ** 2), rel=1e-10)
+    assert float(kl.detach()) > 1.0  # not trivially zero: the two steps differ by ~sigma per weight
 
 
 CONFIGS = sorted((Path(__file__).parents[1] / "src" / "metalab" / "configs").glob(
