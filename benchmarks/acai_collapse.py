@@ -1,12 +1,12 @@
 """Diagnostic of ACAI on the Omniglot subsets: losses and code statistics during the fit.
 
-The fit of `metalab.tasks.acai.fit_acai` (the unsupervised table's budget: 512 hidden
-units, 32 dims, 1000 Adam steps of 128 images, lr 1e-3) on the table's unlabelled Omniglot
-training images, printed every ``--every`` steps: the mean critic and autoencoder losses,
-the reconstruction error on all images, the mean per-dimension standard deviation of the
-codes over the images (0: constant codes), the fraction of the encoder's hidden units whose
-pre-activation is negative for every image ("off"), and the decoder output's per-pixel
-standard deviation over the images (0: every image decodes to the same picture).
+The fit of `metalab.tasks.acai.fit_acai` (its `acai_fit` parts at the unsupervised table's
+budget: 512 hidden units, 32 dims, 1000 Adam steps of 128 images, lr 1e-3) on the table's
+unlabelled Omniglot training images, printed every ``--every`` steps: the mean critic and
+autoencoder losses, the reconstruction error on all images, the mean per-dimension standard
+deviation of the codes over the images (0: constant codes), the fraction of the encoder's
+hidden units whose pre-activation is negative for every image ("off"), and the decoder
+output's per-pixel standard deviation over the images (0: every image decodes to the same picture).
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/acai_collapse.py --seed 0 --activation relu
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/acai_collapse.py --seed 0
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from metalab.tasks import acai
-from metalab.tasks.embedding_training import Player, fit_steps, seeded, uniform_batches
+from metalab.tasks.embedding_training import fit_steps
 from metalab.train.sources import training_images
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -49,25 +49,11 @@ def main() -> None:
     images = training_images(config["data"]).images
     x = acai.signed(images.reshape(len(images), -1).float())
     print(f"images {tuple(images.shape)}, mean pixel {float(images.mean()):.3f}")
-    generator = torch.Generator().manual_seed(args.seed)
-    with seeded(args.seed):  # as fit_acai: the same initial nets and draws
-        nets = acai.acai_nets(x.shape[1], 512, 32, 256, activation=args.activation)
-    draw_x = uniform_batches(x, 128, generator)
-
-    def draw():
-        batch = draw_x()
-        return batch, acai.draw_alpha(len(batch), generator)
-
-    autoencoder = [*nets.encoder.parameters(), *nets.decoder.parameters()]
-    players = [
-        Player("critic", torch.optim.Adam(nets.critic.parameters(), lr=args.lr),
-               lambda b: acai.critic_loss(nets, *b)),
-        Player("autoencoder", torch.optim.Adam(autoencoder, lr=args.lr),
-               lambda b: acai.autoencoder_loss(nets, *b)),
-    ]
+    fit = acai.acai_fit(x, 32, args.seed, lr=args.lr, activation=args.activation)
+    nets = fit.nets
     start = time.time()
     for chunk in range(args.steps // args.every):
-        history = fit_steps(players, draw, args.every, modules=nets)
+        history = fit_steps(fit.players, fit.draw, args.every, modules=nets)
         with torch.no_grad():
             hidden = nets.encoder[0](x)
             codes = nets.encoder(x)

@@ -42,6 +42,7 @@ and only the autoencoder's parameters step on ``L_{f,g}``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -121,13 +122,20 @@ def draw_alpha(batch: int, generator: torch.Generator) -> Tensor:
     return 0.5 * torch.rand(batch, generator=generator)
 
 
-def fit_acai(images: Tensor, dims: int, seed: int = 0, hidden: int = 512,
-             critic_hidden: int = 256, steps: int = 2000, batch_size: int = 128,
-             lr: float = 1e-3, gamma: float = 0.2, regulariser: float = 0.5,
-             activation: str = "leaky_relu"):
-    """The encoder ``f`` of an ACAI fitted with Adam, critic and autoencoder stepping in
-    turn on each minibatch (the shared loop, `fit_steps`)."""
-    x = signed(images.reshape(len(images), -1).float())
+class AcaiFit(NamedTuple):
+    """What `fit_steps` runs for an ACAI: the nets, the two players and the minibatch draws
+    (images and their ``alpha``)."""
+
+    nets: AcaiNets
+    players: list[Player]
+    draw: Callable[[], tuple[Tensor, Tensor]]
+
+
+def acai_fit(x: Tensor, dims: int, seed: int = 0, hidden: int = 512, critic_hidden: int = 256,
+             batch_size: int = 128, lr: float = 1e-3, gamma: float = 0.2,
+             regulariser: float = 0.5, activation: str = "leaky_relu") -> AcaiFit:
+    """The nets (initialised under ``seed``), Adam players and seeded draws of an ACAI on the
+    flat signed images ``x``: critic and autoencoder stepping in turn on each minibatch."""
     dims, hidden = check_positive_int("dims", dims), check_positive_int("hidden", hidden)
     if not 0 <= gamma <= 1:
         raise ValueError(f"gamma must be in [0, 1], got {gamma!r}")
@@ -150,5 +158,17 @@ def fit_acai(images: Tensor, dims: int, seed: int = 0, hidden: int = 512,
         Player("autoencoder", torch.optim.Adam(autoencoder, lr=lr),
                lambda b: autoencoder_loss(nets, *b, regulariser=regulariser)),
     ]
-    fit_steps(players, draw, steps, modules=nets)
-    return frozen_encoder(nn.Sequential(nn.Flatten(), Signed(), nets.encoder))
+    return AcaiFit(nets, players, draw)
+
+
+def fit_acai(images: Tensor, dims: int, seed: int = 0, hidden: int = 512,
+             critic_hidden: int = 256, steps: int = 2000, batch_size: int = 128,
+             lr: float = 1e-3, gamma: float = 0.2, regulariser: float = 0.5,
+             activation: str = "leaky_relu"):
+    """The encoder ``f`` of an ACAI (`acai_fit`) fitted for ``steps`` steps of the shared
+    loop, `fit_steps`."""
+    x = signed(images.reshape(len(images), -1).float())
+    fit = acai_fit(x, dims, seed, hidden, critic_hidden, batch_size, lr, gamma, regulariser,
+                   activation)
+    fit_steps(fit.players, fit.draw, steps, modules=fit.nets)
+    return frozen_encoder(nn.Sequential(nn.Flatten(), Signed(), fit.nets.encoder))
