@@ -26,22 +26,20 @@ from pathlib import Path
 
 import torch
 
-from metalab.train.build import build_meta_learner, build_task_source
+from metalab.train.build import build_task_source
 from metalab.train.config import EvalConfig, TrainConfig
 from metalab.train.evaluator import Evaluator
-from metalab.train.run import read_run_config
+from metalab.train.run import initial_learner, read_run_config
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}
 
 
 def floor(run_dir: Path) -> dict:
-    """Meta-test the run's initial parameters (``torch.manual_seed(train.seed)`` then the
-    builder: what `make_trainer` starts from) on the run's test tasks; writes
-    ``eval-step0.json``."""
+    """Meta-test the run's initial parameters (`initial_learner`: what `make_trainer` starts
+    from) on the run's test tasks; writes ``eval-step0.json``."""
     config = read_run_config(run_dir)
-    train, evaluation = TrainConfig.of(config), EvalConfig.of(config)
-    torch.manual_seed(train.seed)
-    learner = build_meta_learner(config).eval()
+    evaluation = EvalConfig.of(config)
+    learner = initial_learner(config).eval()
     source = build_task_source(config, "test", evaluation.batch_size, seed=evaluation.seed,
                                queries=evaluation.queries)
     result = Evaluator(evaluation.episodes).evaluate(learner, source)

@@ -43,16 +43,13 @@ from torch.func import functional_call
 from metalab.algorithms.platipus import gaussian_kl
 from metalab.functional import parameter_key
 from metalab.train import load_run
-from metalab.train.build import build_meta_learner
-from metalab.train.run import read_run_config
+from metalab.train.run import initial_learner, read_run_config
 from metalab.train.sources import build_task_source
 
 
 def learners(run: str) -> dict:
     """The run's learner at its initialisation (its training seed) and at its checkpoint."""
-    config = read_run_config(run)
-    torch.manual_seed(config["train"].get("seed", 0))
-    return {"init": build_meta_learner(config), "trained": load_run(run)}
+    return {"init": initial_learner(read_run_config(run)), "trained": load_run(run)}
 
 
 def mean_ce_gradient(learner, params: dict, x, y) -> dict:

@@ -11,7 +11,7 @@ from helpers import interrupted_then_resumed
 from metalab import load_run
 from metalab.cli.main import main
 from metalab.train import ConfigError, Evaluator, apply_overrides, load_config, mean_ci95
-from metalab.train.run import make_trainer, train_run
+from metalab.train.run import initial_learner, make_trainer, train_run
 
 TINY_SINUSOID = {
     "algorithm": {"name": "maml", "inner_lr": 0.01, "inner_steps": 1, "strategy": "vmap"},
@@ -199,3 +199,15 @@ def test_meta_backward_rejects_a_bad_task_chunk():
     learner = MAML(MLP(1, (8,), 1), inner_lr=0.01, loss="mse")
     with pytest.raises(ValueError, match="task_chunk must be an integer >= 1, got 0"):
         learner.meta_backward(Sinusoid(5, 5, tasks_per_batch=2, seed=0).sample(), task_chunk=0)
+
+
+def test_initial_learner_is_what_a_run_starts_from_and_depends_on_the_seed_only(tmp_path):
+    config = load_config_from(apply_overrides(TINY_SINUSOID, ["train.seed=7"]), tmp_path)
+    torch.manual_seed(123)  # whatever the global generator held before
+    initial = initial_learner(config).state_dict()
+    trained_from = make_trainer(config, tmp_path / "run").learner.state_dict()
+    assert initial.keys() == trained_from.keys()
+    for name, value in initial.items():
+        assert torch.equal(trained_from[name], value), name
+    other = initial_learner(apply_overrides(config, ["train.seed=8"])).state_dict()
+    assert any(not torch.equal(other[n], v) for n, v in initial.items())

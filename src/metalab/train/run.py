@@ -50,11 +50,17 @@ def read_run_config(run_dir: str | Path, overrides: Iterable[str] = ()) -> dict[
     return load_config(path, overrides)
 
 
+def initial_learner(config: dict[str, Any]) -> MetaLearner:
+    """The learner a run of ``config`` starts from: its initial parameters depend on
+    ``train.seed`` only (torch's global generator is seeded with it, then the builder runs)."""
+    torch.manual_seed(TrainConfig.of(config).seed)
+    return build_meta_learner(config)
+
+
 def make_trainer(config: dict[str, Any], run_dir: str | Path) -> Trainer:
     """The `Trainer` of ``config`` (ideally completed by `complete_model_config`)."""
     train = TrainConfig.of(config)
-    torch.manual_seed(train.seed)  # the initial parameters depend on the seed only
-    learner = build_meta_learner(config)
+    learner = initial_learner(config)
     if train.compile:
         learner.compile()
     source = build_task_source(config, "train", train.meta_batch, seed=train.seed)
