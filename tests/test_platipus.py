@@ -234,15 +234,19 @@ def test_adapted_subset_keeps_the_rest_deterministic():
     assert isinstance(model.model, nn.Module)
 
 
-def test_vmap_over_tasks_matches_the_loop():
-    """The same per-task objectives and meta-gradient with ``strategy: vmap`` (fixed noise)."""
+@pytest.mark.parametrize("draws", [1, 3])
+def test_vmap_over_tasks_matches_the_loop(draws):
+    """The same per-task objectives and meta-gradient with ``strategy: vmap`` (fixed noise),
+    one draw per task or several (a vmap over the draws nested in the vmap over tasks)."""
     batch = TaskBatch(*(torch.stack(parts) for parts in
                         zip(*(task(seed) for seed in (10, 11, 12)), strict=True)))
     results = []
     for strategy in ("loop", "vmap"):
-        model = learner(strategy=strategy, prior_std=0.2, inference_std=0.1, kl_weight=0.5)
+        model = learner(strategy=strategy, prior_std=0.2, inference_std=0.1, kl_weight=0.5,
+                        train_samples=draws)
         g = torch.Generator().manual_seed(3)
-        eps = {n: torch.randn(p.shape, generator=g, dtype=torch.float64)
+        shape = () if draws == 1 else (draws,)
+        eps = {n: torch.randn((*shape, *p.shape), generator=g, dtype=torch.float64)
                for n, p in model.model.named_parameters()}
         model.standard_normal_like = lambda name, like, eps=eps: eps[name]
         losses, metrics = model.training_task_losses(batch)
@@ -310,3 +314,83 @@ def test_shipped_glyphs_configs_keep_the_kl_below_the_cross_entropy(path):
     outputs = model.inner_module(model.encode(batch.query_x[0]))
     ce = float(nn.functional.cross_entropy(outputs, batch.query_y[0]).detach())
     assert weighted < ce, f"{path.stem}: kl_weight x KL {weighted:.3g} against CE {ce:.3g}"
+
+
+def test_several_training_draws_and_gamma_steps_by_hand():
+    """``train_samples = 3``, ``gamma_steps = 2``: the query loss is the mean over three
+    draws ``theta_l = m_q + v_q eps_l`` (each adapted), the KL counted once, and both
+    means take two learned steps from ``mu``."""
+    model = learner(kl_weight=0.3, prior_std=0.2, inference_std=0.05, gamma_p=0.07,
+                    gamma_q=0.11, train_samples=3, gamma_steps=2)
+    with torch.no_grad():
+        for p in model.log_inference_std.values():
+            p.add_(0.2 * torch.arange(p.numel(), dtype=p.dtype).reshape(p.shape))
+    g = torch.Generator().manual_seed(7)
+    params = dict(model.model.named_parameters())
+    eps = {n: torch.randn((3, *params[n].shape), generator=g, dtype=torch.float64)
+           for n in NAMES}
+
+    def noise(name, like):
+        assert like.shape == eps[name].shape
+        return eps[name]
+
+    model.standard_normal_like = noise
+    sx, sy, qx, qy = task(8)
+    loss, _, kl = model.task_objective(sx, sy, qx, qy)
+    meta = list(model.parameters())
+    grads = torch.autograd.grad(loss, meta)
+
+    mu = params
+    prior_std = {n: model.log_prior_std[n.replace(".", "__")].exp() for n in NAMES}
+    q_std = {n: model.log_inference_std[n.replace(".", "__")].exp() for n in NAMES}
+    q_mean = step(step(mu, qx, qy, model.gamma_q), qx, qy, model.gamma_q)
+    p_mean = step(step(mu, sx, sy, model.gamma_p), sx, sy, model.gamma_p)
+    query_loss = 0
+    for draw in range(3):
+        theta = {n: q_mean[n] + q_std[n] * eps[n][draw] for n in NAMES}
+        query_loss = query_loss + mse(step(theta, sx, sy, 0.05), qx, qy) / 3
+    hand_kl_value = hand_kl(q_mean, q_std, p_mean, prior_std)
+    reference = query_loss + 0.3 * hand_kl_value
+    reference_grads = torch.autograd.grad(reference, meta)
+
+    assert torch.allclose(kl, hand_kl_value, rtol=1e-10)
+    assert torch.allclose(loss, reference, rtol=1e-10)
+    for (name, _), got, want in zip(model.named_parameters(), grads, reference_grads,
+                                    strict=True):
+        assert torch.allclose(got, want, rtol=1e-8, atol=1e-10), name
+
+
+def test_gamma_steps_at_meta_test():
+    """Zero inner steps, a vanishing prior std: the draws are two prior steps from mu."""
+    model = learner(prior_std=1e-30, gamma_p=0.3, gamma_steps=2)
+    sx, sy, _, _ = task(5)
+    state = model.adapt_task(sx, sy, training=False, inner_steps=0, samples=2, seed=1)
+    mu = {n: p.detach().clone().requires_grad_(True)
+          for n, p in model.model.named_parameters()}
+    gamma = model.gamma_p.detach()
+    want = step(step(mu, sx, sy, gamma), sx, sy, gamma)
+    one_step = step(mu, sx, sy, gamma)
+    for n in NAMES:
+        assert torch.allclose(state[n][1], want[n].detach(), rtol=1e-10, atol=1e-14), n
+    assert not torch.allclose(state["head.bias"][0], one_step["head.bias"].detach())
+
+
+def test_log_std_range_starts_each_entry_uniformly_in_log():
+    torch.manual_seed(3)
+    model = PLATIPUS(MLP(1, hidden=[200]), log_std_range=(-4.0, -3.0)).double()
+    for table in (model.log_prior_std, model.log_inference_std):
+        values = torch.cat([p.detach().flatten() for p in table.values()])
+        assert values.min() >= -4.0 and values.max() <= -3.0
+        # U[-4, -3] over 601 entries: mean -3.5 (sd of the mean 0.29 / sqrt(601) = 0.012),
+        # variance 1/12
+        assert abs(values.mean().item() + 3.5) < 0.05
+        assert abs(values.var().item() - 1 / 12) < 0.02
+    prior = torch.cat([p.detach().flatten() for p in model.log_prior_std.values()])
+    inference = torch.cat([p.detach().flatten() for p in model.log_inference_std.values()])
+    assert not torch.equal(prior, inference)  # independent draws
+    with pytest.raises(ValueError, match="log_std_range must be finite with low <= high"):
+        PLATIPUS(MLP(1, hidden=[3]), log_std_range=(-3.0, -4.0))
+    with pytest.raises(ValueError, match="log_std_range must be a pair"):
+        PLATIPUS(MLP(1, hidden=[3]), log_std_range=-3.0)
+    with pytest.raises(ValueError, match="train_samples must be an integer >= 1"):
+        PLATIPUS(MLP(1, hidden=[3]), train_samples=0)

@@ -22,7 +22,16 @@ the negative ELBO of the paper with the loss ``L`` (the query MSE) in place of t
 log-likelihood; ``kl_weight`` weighs the two (1: the paper's objective as written). The
 meta-gradient reaches ``mu_theta`` through both gradient steps and MAML's inner loop
 (second order unless ``first_order``), and ``sigma_theta``, ``v_q``, ``gamma_p``, ``gamma_q``
-through the KL and the reparameterised sample.
+through the KL and the reparameterised sample. With ``train_samples = L > 1`` the query loss
+is averaged over ``L`` draws ``theta_l ~ q``, each adapted (a lower-variance estimate of the
+same expectation; the KL is exact and counted once):
+
+    (1 / L) sum_l L(phi_l, query) + kl_weight * KL(q || p).
+
+``gamma_steps`` repeats the prior and inference steps (``mu <- mu - gamma grad L(mu, .)``,
+that many times from ``mu_theta``; 1 is the paper's single step). ``log_std_range = (a, b)``
+starts every entry of ``log sigma_theta`` and ``log v_q`` at an independent ``U[a, b]`` draw
+(in place of the constants ``prior_std``, ``inference_std``).
 
 Meta-test (Algorithm 2): draw ``K`` (``samples``) ``theta_k ~ p(theta | support)`` from a
 seeded generator, adapt each by ``eval_inner_steps`` inner steps; `adapt` returns their
@@ -42,6 +51,7 @@ summed over the query points plus the KL) is ``kl_weight = 1 / (query points)``.
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import torch
 from torch import Tensor, nn
@@ -72,6 +82,18 @@ Params = dict[str, Tensor]
 Gaussian = tuple[Params, Params]  # (mean, standard deviation) by parameter name
 
 
+def check_log_std_range(value) -> tuple[float, float]:
+    """``log_std_range`` as ``(low, high)``, two finite numbers with ``low <= high``."""
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"log_std_range must be a pair (low, high) of numbers, got {value!r}"
+                         ) from None
+    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
+        raise ValueError(f"log_std_range must be finite with low <= high, got {value!r}")
+    return low, high
+
+
 def gaussian_kl(q: Gaussian, p: Gaussian) -> Tensor:
     """``KL(q || p)`` of two diagonal Gaussians over a set of named tensors (summed)."""
     return sum(diagonal_gaussian_kl((q[0][n].flatten(), q[1][n].flatten()),
@@ -89,6 +111,9 @@ class PLATIPUS(PredictiveScores, MAML, name="platipus"):
         gamma_p, gamma_q: initial step sizes of the prior and inference steps (default
             ``inner_lr``); ``learn_gammas=False`` keeps them fixed.
         samples: ``K``, the models drawn per task at meta-test (`adapt` option).
+        train_samples: ``L``, the draws ``theta ~ q`` per task in meta-training (module doc).
+        gamma_steps: how many prior/inference gradient steps (module doc).
+        log_std_range: ``(a, b)``: start each log-std entry at ``U[a, b]`` (module doc).
     """
 
     adapt_options = ("inner_steps", "samples", "seed")
@@ -97,11 +122,16 @@ class PLATIPUS(PredictiveScores, MAML, name="platipus"):
                  prior_std: float = 0.01, inference_std: float | None = None,
                  gamma_p: float | None = None, gamma_q: float | None = None,
                  learn_gammas: bool = True, samples: int = 10, loss: str = "mse",
-                 **kwargs) -> None:
+                 train_samples: int = 1, gamma_steps: int = 1,
+                 log_std_range: tuple[float, float] | None = None, **kwargs) -> None:
         super().__init__(model, loss=loss, **kwargs)
         self.noise_std = check_real("noise_std", noise_std, inclusive=False)
         self.kl_weight = check_real("kl_weight", kl_weight)
         self.samples = check_positive_int("samples", samples)
+        self.train_samples = check_positive_int("train_samples", train_samples)
+        self.gamma_steps = check_positive_int("gamma_steps", gamma_steps)
+        self.log_std_range = None if log_std_range is None else check_log_std_range(
+            log_std_range)
         prior_std = check_real("prior_std", prior_std, inclusive=False)
         inference_std = prior_std if inference_std is None else check_real(
             "inference_std", inference_std, inclusive=False)
@@ -113,8 +143,15 @@ class PLATIPUS(PredictiveScores, MAML, name="platipus"):
                                       for g in gammas)
 
     def _log_std_like(self, params: Params, std: float) -> nn.ParameterDict:
-        return nn.ParameterDict({parameter_key(n): nn.Parameter(
-            torch.full_like(params[n].detach(), math.log(std))) for n in self.adapt_names})
+        """``log std`` per adapted entry, or ``U[log_std_range]`` draws (global generator)."""
+        def start(like: Tensor) -> Tensor:
+            if self.log_std_range is None:
+                return torch.full_like(like, math.log(std))
+            low, high = self.log_std_range
+            return low + (high - low) * torch.rand_like(like)
+
+        return nn.ParameterDict({parameter_key(n): nn.Parameter(start(params[n].detach()))
+                                 for n in self.adapt_names})
 
     # -- the two distributions ----------------------------------------------------------------
     def _loss_at(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
@@ -122,14 +159,16 @@ class PLATIPUS(PredictiveScores, MAML, name="platipus"):
 
     def _step_mean(self, mu: Params, x: Tensor, y: Tensor, gamma: Tensor, training: bool
                    ) -> Params:
-        """``mu - gamma grad L(mu, (x, y))`` for the adapted names."""
+        """``mu - gamma grad L(mu, (x, y))`` for the adapted names, ``gamma_steps`` times."""
         fixed = {n: p for n, p in mu.items() if n not in self.adapt_names}
         adapted = {n: mu[n] for n in self.adapt_names}
         gradients = gradients_for(self.strategy) if training else autograd_gradients
-        with torch.enable_grad():
-            grads = gradients(lambda p: self._loss_at({**fixed, **p}, x, y), adapted,
-                              training and not self.first_order_now)
-        return {n: adapted[n] - gamma * grads[n] for n in self.adapt_names}
+        for _ in range(self.gamma_steps):
+            with torch.enable_grad():
+                grads = gradients(lambda p: self._loss_at({**fixed, **p}, x, y), adapted,
+                                  training and not self.first_order_now)
+            adapted = {n: adapted[n] - gamma * grads[n] for n in self.adapt_names}
+        return adapted
 
     def _stds(self, log_stds: nn.ParameterDict, training: bool) -> Params:
         stds = {n: log_stds[parameter_key(n)].exp() for n in self.adapt_names}
@@ -217,18 +256,37 @@ class PLATIPUS(PredictiveScores, MAML, name="platipus"):
     # -- meta-training -------------------------------------------------------------------------
     def task_objective(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
                        query_y: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One task's ``(L(phi, query) + kl_weight * KL, metric, KL)`` (module doc)."""
+        """One task's ``(L(phi, query) + kl_weight * KL, metric, KL)`` (module doc; the
+        query loss and metric averaged over ``train_samples`` draws)."""
         mu = parameters_for(self.inner_module, True)
         q_mean, q_std = self.inference(mu, query_x, query_y)
         p_mean, p_std = self.prior(mu, support_x, support_y, True)
-        theta = {n: q_mean[n] + q_std[n] * self.standard_normal_like(n, q_std[n])
-                 for n in self.adapt_names}
-        phi = self.adapt_from({**mu, **theta}, support_x, support_y, training=True,
-                              inner_steps=self.inner_steps)
-        outputs = functional_call(self.inner_module, phi, (self._query_input(query_x),))
         kl = gaussian_kl((q_mean, q_std), (p_mean, p_std))
-        return (self.loss_fn(outputs, query_y) + self.kl_weight * kl,
-                self.metric_fn(outputs, query_y), kl)
+        if self.train_samples == 1:
+            theta = {n: q_mean[n] + q_std[n] * self.standard_normal_like(n, q_std[n])
+                     for n in self.adapt_names}
+            loss, metric = self._query_scores(mu, theta, support_x, support_y, query_x,
+                                              query_y, self.adapt_from)
+        else:
+            draws = self.train_samples
+            theta = {n: q_mean[n] + q_std[n] * self.standard_normal_like(
+                n, q_std[n].expand(draws, *q_std[n].shape)) for n in self.adapt_names}
+
+            def scores(sample: Params) -> tuple[Tensor, Tensor]:
+                return self._query_scores(mu, sample, support_x, support_y, query_x, query_y,
+                                          partial(self.adapt_from, gradients=func_gradients))
+
+            losses, metrics = torch.func.vmap(scores, randomness="different")(theta)
+            loss, metric = losses.mean(), metrics.mean()
+        return loss + self.kl_weight * kl, metric, kl
+
+    def _query_scores(self, mu: Params, theta: Params, support_x: Tensor, support_y: Tensor,
+                      query_x: Tensor, query_y: Tensor, adapt_from) -> tuple[Tensor, Tensor]:
+        """``(L(phi, query), metric)`` of ``theta`` adapted on the support."""
+        phi = adapt_from({**mu, **theta}, support_x, support_y, training=True,
+                         inner_steps=self.inner_steps)
+        outputs = functional_call(self.inner_module, phi, (self._query_input(query_x),))
+        return self.loss_fn(outputs, query_y), self.metric_fn(outputs, query_y)
 
     def training_task_losses(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
         losses, metric, kl = map_tasks(self.task_objective, batch.support_x, batch.support_y,

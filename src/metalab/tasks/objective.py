@@ -19,8 +19,10 @@ from metalab.validation import check_choice
 
 
 def mse(outputs: Tensor, targets: Tensor) -> Tensor:
-    """Mean squared error over every entry."""
-    return F.mse_loss(outputs, targets)
+    """Mean squared error over every entry (written out: the gradient of ``F.mse_loss``
+    under a vmap nested in a vmap, PLATIPUS's draws within tasks, has the wrong shape in
+    torch 2.x)."""
+    return ((outputs - targets) ** 2).mean()
 
 
 def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
