@@ -227,15 +227,30 @@ def measure_cell(runs: Path, tasks, episodes: int, samples: int, maml_noise_std:
                    fit_tolerance, ambiguous, hypothesis_tolerance, scale)
 
 
-def test_tasks(run: Path, episodes: int):
-    """The test tasks of ``run``'s data config (seed 1234, 100 query points)."""
-    source = build_task_source(read_run_config(run), "test", 50, seed=1234, queries=100)
+def test_tasks(run: Path, episodes: int, support_width: str | None = None):
+    """The test tasks of ``run``'s data config (seed 1234, 100 query points), with its
+    ``support_width`` replaced by ``support_width`` when given (``"none"``: all of the
+    x range)."""
+    config = read_run_config(run)
+    if support_width is not None:
+        config["data"]["support_width"] = parse_support_width(support_width)
+    source = build_task_source(config, "test", 50, seed=1234, queries=100)
     batches, seen = [], 0
     while seen < episodes:
         batch = source.sample()[: min(50, episodes - seen)]
         batches.append(batch)
         seen += len(batch)
     return batches
+
+
+def parse_support_width(text: str) -> float | None:
+    """``--support-width``: a number, or ``none`` for supports over all of the x range."""
+    if text.lower() in ("none", "null"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"--support-width must be a number or 'none', got {text!r}") from None
 
 
 def ambiguity_flags(tasks, tolerance: float) -> list[bool]:
@@ -317,6 +332,9 @@ def main() -> None:
                         help="measure this many (name, seed) cells at once, one process each")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
                         help="score RUNS/<name>/seed<N> for each seed (mean over seeds)")
+    parser.add_argument("--support-width", default=None,
+                        help="draw the test supports in a window of this width ('none': over "
+                             "all of [-5, 5]) instead of the first run's data config's")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -324,7 +342,9 @@ def main() -> None:
     seed_dirs = [None] if args.seeds is None else [f"seed{s}" for s in args.seeds]
     names = [n for n in args.names if (args.runs / n).is_dir()]
     first = args.runs / names[0] / (seed_dirs[0] or "")
-    tasks = test_tasks(first, args.episodes)
+    tasks = test_tasks(first, args.episodes, args.support_width)
+    width = (read_run_config(first)["data"].get("support_width") if args.support_width is None
+             else parse_support_width(args.support_width))
     ambiguous = ambiguity_flags(tasks, args.fit_tolerance)
     probed = [n for n in names if read_run_config(args.runs / n / (seed_dirs[0] or ""))[
         "algorithm"]["name"] == "platipus"]
@@ -357,7 +377,7 @@ def main() -> None:
     spread = ("mean ± 95% CI over tasks" if args.seeds is None else
               f"mean over seeds {args.seeds} ± t 95% CI over seeds")
     lines = [f"# Ambiguous sine/line: {args.episodes} test tasks (seed 1234), 5 support points "
-             f"in a window of width {read_run_config(first)['data'].get('support_width')}, "
+             f"in a window of width {width}, "
              f"100 query points, {INNER_STEPS} inner steps at test, {spread}; "
              f"{sum(ambiguous)} of the tasks have an ambiguous support; "
              f"measured in {seconds:.0f} s", "",
@@ -392,7 +412,8 @@ def main() -> None:
                                         "fit_tolerance": args.fit_tolerance,
                                         "hypothesis_tolerance": args.hypothesis_tolerance,
                                         "maml_noise_std": args.maml_noise_std,
-                                        "seconds": seconds, "results": results})
+                                        "support_width": width, "seconds": seconds,
+                                        "results": results})
 
 
 if __name__ == "__main__":

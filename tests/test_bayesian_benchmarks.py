@@ -178,3 +178,19 @@ def test_glyph_rows_over_fewer_seeds_use_the_seeds_measured(tmp_path):
     assert math.isclose(row["mean"]["mean"], 0.55) and math.isclose(row["mean"]["ci95"], half)
     assert math.isclose(row["gap"]["mean"], ((0.30 - 0.50) + (0.45 - 0.60)) / 2)
     assert row["nll"]["values"] == [1.40, 1.20]
+
+
+def test_support_width_override_of_the_test_tasks(tmp_path):
+    config = Path(__file__).parents[1] / "configs" / "platipus-ambiguous-reimpl.yaml"
+    (tmp_path / "config.yaml").write_text(config.read_text())  # support_width: null
+
+    def spans(width):
+        batch = pa.test_tasks(tmp_path, 50, width)[0]
+        return (batch.support_x.amax(dim=1) - batch.support_x.amin(dim=1)).flatten()
+
+    assert spans(None).max() > 4.0  # the run's own: supports over all of [-5, 5]
+    assert spans("2").max() <= 2.0
+    assert spans("none").max() > 4.0
+    assert pa.parse_support_width("None") is None
+    with pytest.raises(ValueError, match="--support-width must be a number or 'none'"):
+        pa.parse_support_width("wide")
