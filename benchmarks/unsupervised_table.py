@@ -28,11 +28,15 @@ small1 lacks. Each dataset keeps its own budget in the results file (``settings`
 Omniglot's CACTUs can use fewer clusters (``--clusters 50``: about 40 images each, as
 k = 500 on the full background set).
 
-All rows of a setting are scored on the same labelled test episodes (``eval.seed``). Rows
-meta-trained at 5-way are evaluated at 20-way too where the learner allows it (ProtoNet; a
-MAML head has ``ways`` outputs, so MAML 20-way rows need 20-way meta-training and are left
-out). Per cell: the mean accuracy over ``--episodes`` test episodes; per row: the mean and
-Student-t 95% interval over seeds.
+All rows of a setting are scored on the same labelled test episodes (``eval.seed``).
+ProtoNet rows meta-trained at 5-way are evaluated at 20-way too; a MAML head has ``ways``
+outputs, so a MAML row's 20-way cells come from 20-way meta-training (``--maml-ways 5,20``;
+20-way constructed tasks, same steps and meta-batch). Per cell: the mean accuracy over
+``--episodes`` test episodes; per row: the mean and Student-t 95% interval over seeds.
+
+Below the table: each CACTUs row minus each baseline on the same seeds (paired), and the
+headline, each CACTUs row minus the best support-set classifier (kNN, logistic, MLP: the
+one with the highest mean over the shared seeds) of the same embedding, paired per seed.
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/unsupervised_table.py --reuse
     python benchmarks/unsupervised_table.py --reuse --rows knn,logistic --seeds 0,1,2,3
@@ -116,14 +120,16 @@ def dataset_overrides(dataset: str, omniglot_root: str | None) -> list[str]:
     return [o.format(root=omniglot_root) for o in DATASETS[dataset]]
 
 
-def row_config(row: str, embedding: str | None, seed: int, args) -> dict[str, Any]:
+def row_config(row: str, embedding: str | None, seed: int, args, ways: int = 5
+               ) -> dict[str, Any]:
+    """The resolved config of one meta-trained row, meta-training at ``ways``-way 1-shot."""
     spec = budget(args)
     shipped = load_config(CONFIG_DIR / f"{CONFIGS[row]}.yaml",
                           dataset_overrides(args.dataset, args.omniglot_root))
     config = _merge(shipped, spec["shared"])
     steps = args.maml_steps if row.endswith("maml") else args.protonet_steps
     config = _merge(config, {"train": {"steps": steps, "seed": seed}})
-    data = dict(config["data"])
+    data = {**config["data"], "ways": ways}
     if row.startswith("cactus"):
         data["unsupervised"] = {"method": "cactus", "embedding": embedding,
                                 **spec["unsupervised"], "seed": seed}
@@ -133,16 +139,19 @@ def row_config(row: str, embedding: str | None, seed: int, args) -> dict[str, An
     return resolve(config)
 
 
-def meta_cells(row: str, embedding: str | None, seed: int, args) -> dict[str, float]:
-    """Meta-train one row and evaluate it at 5-way (and 20-way where the learner can)."""
-    config = row_config(row, embedding, seed, args)
+def meta_cells(row: str, embedding: str | None, seed: int, args, ways: int = 5
+               ) -> dict[str, float]:
+    """Meta-train one row at ``ways``-way and evaluate it there; a ProtoNet row trained at
+    5-way is evaluated at 20-way too (a MAML head has ``ways`` outputs: its 20-way cells
+    come from 20-way meta-training, ``--maml-ways 5,20``)."""
+    config = row_config(row, embedding, seed, args, ways)
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         start = time.time()
         train_run(config, run)
         seconds = time.time() - start
-        scores = {"5w1s": evaluate_run(run, episodes=args.episodes)["mean"]}
-        if row.endswith("protonet"):
+        scores = {f"{ways}w1s": evaluate_run(run, episodes=args.episodes)["mean"]}
+        if row.endswith("protonet") and ways == 5:
             scores["20w1s"] = evaluate_run(run, episodes=args.episodes, ways=20)["mean"]
     return {setting: {"accuracy": value, "train_seconds": seconds}
             for setting, value in scores.items()}
@@ -241,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rows", default=",".join((*BASELINES, *META_ROWS, *OTHER_ROWS)))
     parser.add_argument("--embeddings", default=",".join(EMBEDDINGS))
     parser.add_argument("--ways", default="5,20", help="test settings of the baselines")
+    parser.add_argument("--maml-ways", default="5",
+                        help="meta-training (= test) ways of the MAML rows, e.g. 5,20")
     parser.add_argument("--episodes", type=int, default=200)
     parser.add_argument("--protonet-steps", type=int, default=300)
     parser.add_argument("--maml-steps", type=int, default=150)
@@ -306,22 +317,30 @@ def main() -> None:
                     for row, value in scores.items():
                         store(f"{data}-{ways}w1s/{row}/{embedding}/seed{seed}",
                               {"accuracy": value, "seconds": time.time() - start})
-            for row in (r for r in rows if r in META_ROWS):
-                if not have(f"{data}-5w1s/{row}/{embedding}/seed{seed}"):
-                    for setting, value in meta_cells(row, embedding, seed, args).items():
+            for row, ways in meta_runs([r for r in rows if r in META_ROWS], args):
+                if not have(f"{data}-{ways}w1s/{row}/{embedding}/seed{seed}"):
+                    for setting, value in meta_cells(row, embedding, seed, args, ways).items():
                         store(f"{data}-{setting}/{row}/{embedding}/seed{seed}", value)
-        for row in (r for r in rows if r in OTHER_ROWS):
-            if not have(f"{data}-5w1s/{row}/-/seed{seed}"):
-                for setting, value in meta_cells(row, None, seed, args).items():
+        for row, ways in meta_runs([r for r in rows if r in OTHER_ROWS], args):
+            if not have(f"{data}-{ways}w1s/{row}/-/seed{seed}"):
+                for setting, value in meta_cells(row, None, seed, args, ways).items():
                     store(f"{data}-{setting}/{row}/-/seed{seed}", value)
-    table = summary(cells) + "\n\n" + paired_summary(cells)
+    table = summary(cells) + "\n\n" + paired_summary(cells) + "\n\n" + headline_summary(cells)
     args.out.with_suffix(".md").write_text(table + "\n")
     print(table)
 
 
+def meta_runs(rows: list[str], args) -> list[tuple[str, int]]:
+    """(row, meta-training ways) pairs to run: ProtoNet rows at 5-way (their 20-way cells
+    are evaluations of the 5-way run), MAML rows at each of ``--maml-ways``."""
+    maml_ways = [int(w) for w in args.maml_ways.split(",")]
+    return [(row, ways) for row in rows
+            for ways in (maml_ways if row.endswith("maml") else [5])]
+
+
 # Arguments that select which cells run or where they go, not what a cell's value is.
-NOT_BUDGET = ("reuse", "out", "rows", "merge", "seeds", "embeddings", "ways", "dataset",
-              "omniglot_root")
+NOT_BUDGET = ("reuse", "out", "rows", "merge", "seeds", "embeddings", "ways", "maml_ways",
+              "dataset", "omniglot_root")
 
 
 def _budget_settings(settings: dict) -> dict:
@@ -384,6 +403,36 @@ def paired_summary(cells: dict[str, dict]) -> str:
                      else f"{entry['mean']:+.1f} (one seed)")
             lines.append(f"| {setting} | {embedding} | {row} | {baseline} | {shown} | "
                          f"{entry['n']} |")
+    return "\n".join(lines)
+
+
+CLASSIFIER_ROWS = ("knn", "logistic", "mlp")
+
+
+def headline_summary(cells: dict[str, dict]) -> str:
+    """Markdown: each CACTUs row minus the best support-set classifier of the same setting
+    and embedding (of kNN, logistic, MLP, the highest mean over the seeds they share with
+    the CACTUs row), paired per seed, mean ± 95% CI of the differences."""
+    accuracy = {key: value["accuracy"] for key, value in cells.items()}
+    lines = ["| setting | embedding | CACTUs row | best classifier | CACTUs minus it (points) "
+             "| seeds |", "|---|---|---|---|---|---|"]
+    for group in sorted({key.rsplit("/", 1)[0] for key in accuracy}):
+        setting, row, embedding = group.split("/")
+        if row not in META_ROWS:
+            continue
+        seeds = sorted(k.rsplit("/", 1)[1] for k in accuracy if k.startswith(group + "/"))
+        seeds = [s for s in seeds if all(f"{setting}/{b}/{embedding}/{s}" in accuracy
+                                         for b in CLASSIFIER_ROWS)]
+        if not seeds:
+            continue
+        best = max(CLASSIFIER_ROWS, key=lambda b: sum(
+            accuracy[f"{setting}/{b}/{embedding}/{s}"] for s in seeds))
+        entry = over_seeds([100 * (accuracy[f"{group}/{s}"]
+                                   - accuracy[f"{setting}/{best}/{embedding}/{s}"])
+                            for s in seeds])
+        shown = (f"{entry['mean']:+.1f} ± {entry['ci95']:.1f}" if entry["n"] > 1
+                 else f"{entry['mean']:+.1f} (one seed)")
+        lines.append(f"| {setting} | {embedding} | {row} | {best} | {shown} | {entry['n']} |")
     return "\n".join(lines)
 
 
