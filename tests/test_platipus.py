@@ -33,6 +33,13 @@ def mse(params: dict, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ((network(params, x) - y) ** 2).mean()
 
 
+def learned_stds(model) -> tuple[dict, dict]:
+    """The prior's and the inference network's stds by parameter name, read off the model."""
+    def stds(table):
+        return {n: table[n.replace(".", "__")].exp() for n in NAMES}
+    return stds(model.log_prior_std), stds(model.log_inference_std)
+
+
 def step(params: dict, x, y, size) -> dict:
     """``params - size * grad mse(params)`` keeping the graph (second order)."""
     grads = torch.autograd.grad(mse(params, x, y), [params[n] for n in NAMES],
@@ -102,8 +109,7 @@ def test_meta_objective_and_its_gradient_by_hand():
 
     # the reference, written out
     mu = params
-    prior_std = {n: model.log_prior_std[n.replace(".", "__")].exp() for n in NAMES}
-    q_std = {n: model.log_inference_std[n.replace(".", "__")].exp() for n in NAMES}
+    prior_std, q_std = learned_stds(model)
     q_mean = step(mu, qx, qy, model.gamma_q)
     p_mean = step(mu, sx, sy, model.gamma_p)
     theta = {n: q_mean[n] + q_std[n] * eps[n] for n in NAMES}
@@ -341,8 +347,7 @@ def test_several_training_draws_and_gamma_steps_by_hand():
     grads = torch.autograd.grad(loss, meta)
 
     mu = params
-    prior_std = {n: model.log_prior_std[n.replace(".", "__")].exp() for n in NAMES}
-    q_std = {n: model.log_inference_std[n.replace(".", "__")].exp() for n in NAMES}
+    prior_std, q_std = learned_stds(model)
     q_mean = step(step(mu, qx, qy, model.gamma_q), qx, qy, model.gamma_q)
     p_mean = step(step(mu, sx, sy, model.gamma_p), sx, sy, model.gamma_p)
     query_loss = 0
