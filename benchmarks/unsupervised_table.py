@@ -379,30 +379,40 @@ def summary(cells: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def cactus_groups(accuracy: dict[str, float]):
+    """``(group, setting, row, embedding, seeds)`` of every CACTUs row in ``accuracy`` (keys
+    ``setting/row/embedding/seedN``), seeds sorted."""
+    for group in sorted({key.rsplit("/", 1)[0] for key in accuracy}):
+        setting, row, embedding = group.split("/")
+        if row in META_ROWS:
+            yield group, setting, row, embedding, sorted(
+                key.rsplit("/", 1)[1] for key in accuracy if key.startswith(group + "/"))
+
+
+def paired_difference(accuracy: dict[str, float], group: str, other: str,
+                      seeds: list[str]) -> tuple[str, int]:
+    """``group`` minus ``other`` on the same seeds, in points: (``mean ± 95% CI`` as shown
+    in the tables, number of seeds)."""
+    entry = over_seeds([100 * (accuracy[f"{group}/{seed}"] - accuracy[f"{other}/{seed}"])
+                        for seed in seeds])
+    shown = (f"{entry['mean']:+.1f} ± {entry['ci95']:.1f}" if entry["n"] > 1
+             else f"{entry['mean']:+.1f} (one seed)")
+    return shown, entry["n"]
+
+
 def paired_summary(cells: dict[str, dict]) -> str:
     """Markdown: each CACTUs row minus each baseline of the same setting and embedding, on
     the seeds both have (the same fitted embedding), mean ± 95% CI of the differences."""
     accuracy = {key: value["accuracy"] for key, value in cells.items()}
     lines = ["| setting | embedding | CACTUs row | minus baseline | difference (points) | seeds |",
              "|---|---|---|---|---|---|"]
-    groups = sorted({key.rsplit("/", 1)[0] for key in accuracy})
-    for group in groups:
-        setting, row, embedding = group.split("/")
-        if row not in META_ROWS:
-            continue
+    for group, setting, row, embedding, seeds in cactus_groups(accuracy):
         for baseline in BASELINES:
-            differences = [100 * (accuracy[f"{group}/{seed}"]
-                                  - accuracy[f"{setting}/{baseline}/{embedding}/{seed}"])
-                           for seed in sorted(k.rsplit("/", 1)[1] for k in accuracy
-                                              if k.startswith(group + "/"))
-                           if f"{setting}/{baseline}/{embedding}/{seed}" in accuracy]
-            if not differences:
-                continue
-            entry = over_seeds(differences)
-            shown = (f"{entry['mean']:+.1f} ± {entry['ci95']:.1f}" if entry["n"] > 1
-                     else f"{entry['mean']:+.1f} (one seed)")
-            lines.append(f"| {setting} | {embedding} | {row} | {baseline} | {shown} | "
-                         f"{entry['n']} |")
+            other = f"{setting}/{baseline}/{embedding}"
+            shared = [seed for seed in seeds if f"{other}/{seed}" in accuracy]
+            if shared:
+                shown, n = paired_difference(accuracy, group, other, shared)
+                lines.append(f"| {setting} | {embedding} | {row} | {baseline} | {shown} | {n} |")
     return "\n".join(lines)
 
 
@@ -416,23 +426,15 @@ def headline_summary(cells: dict[str, dict]) -> str:
     accuracy = {key: value["accuracy"] for key, value in cells.items()}
     lines = ["| setting | embedding | CACTUs row | best classifier | CACTUs minus it (points) "
              "| seeds |", "|---|---|---|---|---|---|"]
-    for group in sorted({key.rsplit("/", 1)[0] for key in accuracy}):
-        setting, row, embedding = group.split("/")
-        if row not in META_ROWS:
-            continue
-        seeds = sorted(k.rsplit("/", 1)[1] for k in accuracy if k.startswith(group + "/"))
-        seeds = [s for s in seeds if all(f"{setting}/{b}/{embedding}/{s}" in accuracy
-                                         for b in CLASSIFIER_ROWS)]
-        if not seeds:
+    for group, setting, row, embedding, seeds in cactus_groups(accuracy):
+        shared = [seed for seed in seeds if all(
+            f"{setting}/{b}/{embedding}/{seed}" in accuracy for b in CLASSIFIER_ROWS)]
+        if not shared:
             continue
         best = max(CLASSIFIER_ROWS, key=lambda b: sum(
-            accuracy[f"{setting}/{b}/{embedding}/{s}"] for s in seeds))
-        entry = over_seeds([100 * (accuracy[f"{group}/{s}"]
-                                   - accuracy[f"{setting}/{best}/{embedding}/{s}"])
-                            for s in seeds])
-        shown = (f"{entry['mean']:+.1f} ± {entry['ci95']:.1f}" if entry["n"] > 1
-                 else f"{entry['mean']:+.1f} (one seed)")
-        lines.append(f"| {setting} | {embedding} | {row} | {best} | {shown} | {entry['n']} |")
+            accuracy[f"{setting}/{b}/{embedding}/{seed}"] for seed in shared))
+        shown, n = paired_difference(accuracy, group, f"{setting}/{best}/{embedding}", shared)
+        lines.append(f"| {setting} | {embedding} | {row} | {best} | {shown} | {n} |")
     return "\n".join(lines)
 
 
