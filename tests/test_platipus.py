@@ -393,9 +393,13 @@ def test_log_std_range_starts_each_entry_uniformly_in_log():
     prior = torch.cat([p.detach().flatten() for p in model.log_prior_std.values()])
     inference = torch.cat([p.detach().flatten() for p in model.log_inference_std.values()])
     assert not torch.equal(prior, inference)  # independent draws
-    with pytest.raises(ValueError, match="log_std_range must be finite with low <= high"):
+    with pytest.raises(ValueError, match=r"log_std_range must be a \(low, high\) pair with "
+                                         "low <= high"):
         PLATIPUS(MLP(1, hidden=[3]), log_std_range=(-3.0, -4.0))
-    with pytest.raises(ValueError, match="log_std_range must be a pair"):
+    with pytest.raises(ValueError, match=r"log_std_range must be a \(low, high\) pair of "
+                                         "numbers"):
         PLATIPUS(MLP(1, hidden=[3]), log_std_range=-3.0)
+    with pytest.raises(ValueError, match="log_std_range must be finite"):
+        PLATIPUS(MLP(1, hidden=[3]), log_std_range=(-4.0, math.inf))
     with pytest.raises(ValueError, match="train_samples must be an integer >= 1"):
         PLATIPUS(MLP(1, hidden=[3]), train_samples=0)

@@ -76,21 +76,17 @@ from metalab.functional import (
     parameter_key,
 )
 from metalab.tasks import TaskBatch
-from metalab.validation import check_positive_int, check_real
+from metalab.validation import check_interval, check_positive_int, check_real
 
 Params = dict[str, Tensor]
 Gaussian = tuple[Params, Params]  # (mean, standard deviation) by parameter name
 
 
 def check_log_std_range(value) -> tuple[float, float]:
-    """``log_std_range`` as ``(low, high)``, two finite numbers with ``low <= high``."""
-    try:
-        low, high = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ValueError(f"log_std_range must be a pair (low, high) of numbers, got {value!r}"
-                         ) from None
-    if not (math.isfinite(low) and math.isfinite(high) and low <= high):
-        raise ValueError(f"log_std_range must be finite with low <= high, got {value!r}")
+    """``log_std_range`` as ``(low, high)``: an interval (``low <= high``) of finite numbers."""
+    low, high = check_interval("log_std_range", value, allow_empty=True)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError(f"log_std_range must be finite, got {value!r}")
     return low, high
 
 
