@@ -8,8 +8,9 @@ import json
 import pytest
 import torch
 
+from helpers import interrupted_then_resumed
 from metalab.algorithms.rl2 import RL2
-from metalab.cli.main import main
+from metalab.cli.main import main, resolve_config_path
 from metalab.rl import (
     EnvironmentTaskSource,
     GRUGaussianPolicy,
@@ -22,6 +23,7 @@ from metalab.rl import (
 )
 from metalab.rl.ppo import clipped_surrogate, minibatch_rows
 from metalab.rl.recurrent import trial_returns_and_advantages
+from metalab.train import load_config
 
 
 def tiny_policy():
@@ -193,3 +195,24 @@ def test_action_scale_scales_the_mean_and_the_noise():
     torch.testing.assert_close(log_std_scaled, log_std + torch.tensor(0.1).log().double())
     with pytest.raises(ValueError, match="action_scale"):
         GRUGaussianPolicy(2, 2, action_scale=0.0)
+
+
+@pytest.mark.slow  # 6-9 s at load 6: a run straight through, an interrupted and resumed one
+def test_ppo_run_resumed_from_a_checkpoint_is_bit_identical(tmp_path):
+    """The half-cheetah curve is extended by resuming runs from their checkpoints
+    (benchmarks/maml_rl_cheetah_curve.sh): an interrupted PPO run of RL² must end where one
+    straight through does (weights, logged returns, KL), from a process with other RNG state."""
+    config = load_config(resolve_config_path("rl2-ppo-nav2d"), [
+        "model.hidden=4", "data.horizon=5", "data.episodes=2", "train.meta_batch=2",
+        "train.steps=4", "train.checkpoint_every=2", "train.progress=false"])
+    straight, resumed = interrupted_then_resumed(config, tmp_path, interrupt_at=4)
+    for (name, value), other in zip(straight.learner.state_dict().items(),
+                                    resumed.learner.state_dict().values(), strict=True):
+        assert torch.equal(value, other), name
+
+    def records(run_dir):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert len(records(tmp_path / "straight")) == 4
+    assert records(tmp_path / "straight") == records(tmp_path / "broken")
