@@ -10,6 +10,7 @@ output's per-pixel standard deviation over the images (0: every image decodes to
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/acai_collapse.py --seed 0 --activation relu
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/acai_collapse.py --seed 0
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/acai_collapse.py --seed 1 --regulariser 0
 
 Outputs of the runs quoted in docs/unsupervised-meta-learning.md are in
 ``benchmarks/results/acai_collapse/``.
@@ -39,6 +40,9 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--activation", default="leaky_relu", choices=sorted(acai.ACTIVATIONS))
+    parser.add_argument("--regulariser", type=float, default=0.5,
+                        help="lambda of the autoencoder's critic term (0: a plain autoencoder "
+                             "with the same nets and draws; the critic still trains)")
     parser.add_argument("--omniglot-root", default="../shared/data/omniglot")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -49,7 +53,8 @@ def main() -> None:
     images = training_images(config["data"]).images
     x = acai.signed(images.reshape(len(images), -1).float())
     print(f"images {tuple(images.shape)}, mean pixel {float(images.mean()):.3f}")
-    fit = acai.acai_fit(x, 32, args.seed, lr=args.lr, activation=args.activation)
+    fit = acai.acai_fit(x, 32, args.seed, lr=args.lr, activation=args.activation,
+                        regulariser=args.regulariser)
     nets = fit.nets
     start = time.time()
     for chunk in range(args.steps // args.every):
