@@ -194,3 +194,20 @@ def test_support_width_override_of_the_test_tasks(tmp_path):
     assert pa.parse_support_width("None") is None
     with pytest.raises(ValueError, match="--support-width must be a number or 'none'"):
         pa.parse_support_width("wide")
+
+
+def test_checkpoint_snapshots_copy_each_multiple_once(tmp_path):
+    """`checkpoint_snapshots.snapshot` copies the checkpoint (with the config) to
+    ``step<N>`` only when ``N`` is a multiple of ``every``, and once."""
+    snapshots = _benchmark("checkpoint_snapshots")
+    run, out = tmp_path / "run", tmp_path / "run-snapshots"
+    run.mkdir()
+    (run / "config.yaml").write_text("algorithm: {name: platipus}\n")
+    for step, copied in ((250, None), (500, 500), (500, None), (1000, 1000)):
+        torch.save({"step": step, "learner": {"w": torch.tensor(float(step))}},
+                   run / "checkpoint.pt")
+        assert snapshots.snapshot(run, out, every=500) == copied, step
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["step1000", "step500"]
+    saved = torch.load(out / "step500" / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 500 and saved["learner"]["w"].item() == 500.0
+    assert (out / "step500" / "config.yaml").read_text() == "algorithm: {name: platipus}\n"

@@ -403,3 +403,40 @@ def test_log_std_range_starts_each_entry_uniformly_in_log():
         PLATIPUS(MLP(1, hidden=[3]), log_std_range=(-4.0, math.inf))
     with pytest.raises(ValueError, match="train_samples must be an integer >= 1"):
         PLATIPUS(MLP(1, hidden=[3]), train_samples=0)
+
+
+@pytest.mark.parametrize("gamma_lambda", [1.5, 2.5])
+def test_repeated_prior_steps_follow_gradient_descent_on_a_quadratic(gamma_lambda):
+    """``gamma_steps = 5`` on a linear model, whose MSE is the quadratic
+    ``L(t) = L* + (t - t*)^T H (t - t*) / 2``: the prior mean is the closed form
+    ``t* + (I - gamma H)^5 (mu - t*)``, so along H's top eigenvector the distance to the
+    least-squares fit ``t*`` is multiplied by ``|1 - gamma lambda_max|^5``: it shrinks for
+    ``gamma lambda_max < 2`` and grows (7.6 times at 2.5) beyond. This is the divergence of
+    ``gamma_steps: 5`` in the sine/line runs (docs/bayesian-methods.md, "sixth look"); a
+    prior step that reused ``grad L(mu)`` for every repeat would grow only linearly."""
+    x = torch.tensor([[-4.0], [-1.0], [0.5], [3.0], [4.5]], dtype=torch.float64)
+    y = 2.5 * x - 1.0 + torch.tensor([[0.3], [-0.2], [0.1], [0.0], [-0.4]], dtype=torch.float64)
+    design = torch.cat([x, torch.ones_like(x)], dim=1)  # t = (w, b): f(x) = w x + b
+    hessian = 2 * design.T @ design / len(x)
+    t_star = torch.linalg.lstsq(design, y).solution.flatten()
+    eigenvalues, eigenvectors = torch.linalg.eigh(hessian)
+    gamma = gamma_lambda / eigenvalues[-1].item()
+    linear = MLP(1, hidden=[]).double()
+    with torch.no_grad():
+        linear.head.weight.fill_(0.2)
+        linear.head.bias.fill_(0.7)
+    model = PLATIPUS(linear, inner_lr=0.05, prior_std=1e-30, gamma_p=gamma,
+                     gamma_steps=5).double()
+    gamma = model.gamma_p.item()  # as stored (a float32 tensor before .double())
+    mu = {n: p for n, p in model.model.named_parameters()}
+    mean, _ = model.prior(mu, x, y, training=False)
+    got = torch.stack([mean["head.weight"].flatten()[0], mean["head.bias"].flatten()[0]])
+    start = torch.tensor([0.2, 0.7], dtype=torch.float64)
+    step_matrix = torch.eye(2, dtype=torch.float64) - gamma * hessian
+    want = t_star + torch.linalg.matrix_power(step_matrix, 5) @ (start - t_star)
+    assert torch.allclose(got.detach(), want, rtol=1e-10, atol=1e-12)
+    top = eigenvectors[:, -1]
+    ratio = abs(top @ (got.detach() - t_star)) / abs(top @ (start - t_star))
+    gamma_lambda = gamma * eigenvalues[-1].item()  # the stored gamma's
+    assert ratio == pytest.approx(abs(1 - gamma_lambda) ** 5, rel=1e-8)
+    assert (ratio > 7.5) if gamma_lambda > 2 else (ratio < 0.04)
