@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
@@ -47,6 +48,13 @@ def classification_batch(tasks=3, ways=5, shots=1, queries=3, size=16, seed=0,
 
 class Interrupt(Exception):
     """Raised by `interrupted_then_resumed` in the middle of a run."""
+
+
+def logged_records(run_dir: Path) -> list[dict]:
+    """A run's ``metrics.jsonl`` records without their wall-clock ``seconds``: what a
+    resumed run must log exactly as one straight through."""
+    lines = (Path(run_dir) / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
 
 
 def interrupted_then_resumed(config: dict, root, interrupt_at: int = 7):

@@ -7,6 +7,7 @@ import pytest
 import torch
 import yaml
 
+from helpers import logged_records
 from metalab.cli.main import main
 from metalab.train import ConfigError, Trainer, apply_overrides, load_config, train_run
 from metalab.train.config import TrainConfig, accepted_keywords, resolve
@@ -335,12 +336,8 @@ def test_resume_before_the_first_checkpoint_starts_over(tmp_path):
     _, early = _parameters(run)
     for name, value in whole.items():
         assert torch.equal(early[name], value), name
-    def records(run_dir):  # timing aside
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-                for line in (run_dir / "metrics.jsonl").open()]
-
-    assert records(run) == records(tmp_path / "whole")
-    assert [r["step"] for r in records(run)] == [2, 4]
+    assert logged_records(run) == logged_records(tmp_path / "whole")
+    assert [r["step"] for r in logged_records(run)] == [2, 4]
 
 
 def test_train_says_exactly_what_to_type(tmp_path, capsys):

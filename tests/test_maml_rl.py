@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from helpers import logged_records
 from metalab.algorithms.maml_rl import MAMLRL
 from metalab.cli.main import main, resolve_config_path
 from metalab.rl import (
@@ -280,11 +281,6 @@ def train(tmp_path, name, *overrides, resume=False):
     return out
 
 
-def records(run_dir):
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
-
-
 @pytest.mark.slow
 def test_resume_is_bit_identical_and_eval_reports_returns_before_and_after(tmp_path):
     full = train(tmp_path, "full", "train.steps=4")
@@ -294,9 +290,9 @@ def test_resume_is_bit_identical_and_eval_reports_returns_before_and_after(tmp_p
     b = torch.load(part / "checkpoint.pt", weights_only=False)
     for name, value in a["learner"].items():
         assert torch.equal(value, b["learner"][name]), name
-    assert records(full) == records(part)
-    assert {"return", "return_pre", "kl", "improvement"} <= set(records(full)[0])
-    assert all(r["kl"] <= 0.01 for r in records(full))
+    assert logged_records(full) == logged_records(part)
+    assert {"return", "return_pre", "kl", "improvement"} <= set(logged_records(full)[0])
+    assert all(r["kl"] <= 0.01 for r in logged_records(full))
     assert main(["eval", str(full), "--episodes", "4"]) == 0
     result = json.loads((full / "eval.json").read_text())
     assert result["metric"] == "return" and result["episodes"] == 4
@@ -313,7 +309,7 @@ def test_trpo_needs_the_optimizer_to_apply_its_step_unchanged(tmp_path):
 def test_the_gradient_outer_step_trains_with_adam(tmp_path):
     out = train(tmp_path, "adam", "train.steps=2", "algorithm.outer_step=gradient",
                 "train.optimizer=adam", "train.lr=0.01")
-    assert len(records(out)) == 2
+    assert len(logged_records(out)) == 2
     assert main(["eval", str(out), "--episodes", "2", "--inner-steps", "2"]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["metric"] == "return" and result["inner_steps"] == 2

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from helpers import interrupted_then_resumed
+from helpers import interrupted_then_resumed, logged_records
 from metalab.algorithms.pearl import PEARL
 from metalab.cli.main import main, resolve_config_path
 from metalab.rl import EnvironmentTaskSource, Navigation2D
@@ -259,12 +259,7 @@ def test_resume_is_bit_identical_and_eval_reports_the_adaptation_curve(tmp_path)
         assert torch.equal(first["sizes"], second["sizes"])
     assert a.env_steps == b.env_steps > 0 and a.gradient_steps == b.gradient_steps == 7
 
-    def records(run_dir):
-        lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-                for line in lines]
-
-    assert records(tmp_path / "straight") == records(tmp_path / "broken")
+    assert logged_records(tmp_path / "straight") == logged_records(tmp_path / "broken")
     assert main(["eval", str(tmp_path / "straight")]) == 0
     result = json.loads((tmp_path / "straight" / "eval.json").read_text())
     assert result["metric"] == "return" and result["episodes"] == 4

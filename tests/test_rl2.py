@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from helpers import interrupted_then_resumed
+from helpers import interrupted_then_resumed, logged_records
 from metalab.algorithms.rl2 import RL2
 from metalab.cli.main import main, resolve_config_path
 from metalab.rl import (
@@ -209,10 +209,5 @@ def test_ppo_run_resumed_from_a_checkpoint_is_bit_identical(tmp_path):
     for (name, value), other in zip(straight.learner.state_dict().items(),
                                     resumed.learner.state_dict().values(), strict=True):
         assert torch.equal(value, other), name
-
-    def records(run_dir):
-        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
-                for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-    assert len(records(tmp_path / "straight")) == 4
-    assert records(tmp_path / "straight") == records(tmp_path / "broken")
+    assert len(logged_records(tmp_path / "straight")) == 4
+    assert logged_records(tmp_path / "straight") == logged_records(tmp_path / "broken")
