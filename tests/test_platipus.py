@@ -440,3 +440,18 @@ def test_repeated_prior_steps_follow_gradient_descent_on_a_quadratic(gamma_lambd
     gamma_lambda = gamma * eigenvalues[-1].item()  # the stored gamma's
     assert ratio == pytest.approx(abs(1 - gamma_lambda) ** 5, rel=1e-8)
     assert (ratio > 7.5) if gamma_lambda > 2 else (ratio < 0.04)
+
+
+def test_step_sizes_take_the_networks_dtype_without_float32_rounding():
+    """On a float64 network gamma_p = 0.07 is the float64 0.07 (float32 would give
+    0.07000000029802322), and the prior step uses exactly that value."""
+    torch.manual_seed(0)
+    model = PLATIPUS(MLP(1, hidden=[3]).double(), inner_lr=0.05, gamma_p=0.07, gamma_q=0.11)
+    assert model.gamma_p.dtype == model.gamma_q.dtype == torch.float64
+    assert model.gamma_p.item() == 0.07 and model.gamma_q.item() == 0.11
+    sx, sy, _, _ = task()
+    params = dict(model.model.named_parameters())
+    prior_mean, _ = model.prior(params, sx, sy, training=True)
+    want = step(params, sx, sy, 0.07)
+    for n in NAMES:
+        assert torch.allclose(prior_mean[n], want[n], rtol=0, atol=1e-14), n

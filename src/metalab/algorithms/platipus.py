@@ -135,8 +135,11 @@ class PLATIPUS(PredictiveScores, MAML, name="platipus"):
         self.log_prior_std = self._log_std_like(params, prior_std)
         self.log_inference_std = self._log_std_like(params, inference_std)
         gammas = [self.inner_lr if g is None else float(g) for g in (gamma_p, gamma_q)]
-        self.gamma_p, self.gamma_q = (nn.Parameter(torch.tensor(g), requires_grad=learn_gammas)
-                                      for g in gammas)
+        like = next(iter(params.values()))  # the model's dtype: no float32 rounding of gamma
+        self.gamma_p, self.gamma_q = (
+            nn.Parameter(torch.tensor(g, dtype=like.dtype, device=like.device),
+                         requires_grad=learn_gammas)
+            for g in gammas)
 
     def _log_std_like(self, params: Params, std: float) -> nn.ParameterDict:
         """``log std`` per adapted entry, or ``U[log_std_range]`` draws (global generator)."""
