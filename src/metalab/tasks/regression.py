@@ -11,6 +11,13 @@ from metalab.tasks.source import TaskSource
 from metalab.validation import check_interval, check_positive_int
 
 
+def uniform(generator: torch.Generator, bounds: tuple[float, float], *shape: int
+            ) -> torch.Tensor:
+    """Draws of ``U[low, high]`` of ``shape`` from ``generator``."""
+    low, high = bounds
+    return low + (high - low) * torch.rand(*shape, generator=generator)
+
+
 class Sinusoid(TaskSource):
     """The sinusoid family of MAML (Finn et al. 2017, section 5.1).
 
@@ -32,15 +39,11 @@ class Sinusoid(TaskSource):
             raise ValueError(f"noise must be >= 0, got {noise!r}")
         self.noise = float(noise)
 
-    def _uniform(self, bounds: tuple[float, float], *shape: int) -> torch.Tensor:
-        low, high = bounds
-        return low + (high - low) * torch.rand(*shape, generator=self.generator)
-
     def sample(self) -> TaskBatch:
         tasks, points = self.tasks_per_batch, self.shots + self.queries
-        amplitude = self._uniform(self.amplitude, tasks, 1, 1)
-        phase = self._uniform(self.phase, tasks, 1, 1)
-        x = self._uniform(self.x_range, tasks, points, 1)
+        amplitude = uniform(self.generator, self.amplitude, tasks, 1, 1)
+        phase = uniform(self.generator, self.phase, tasks, 1, 1)
+        x = uniform(self.generator, self.x_range, tasks, points, 1)
         y = amplitude * torch.sin(x - phase)
         if self.noise:
             y = y + self.noise * torch.randn(y.shape, generator=self.generator)
@@ -97,26 +100,22 @@ class SineOrLine(TaskSource):
             raise ValueError(f"noise must be >= 0, got {noise!r}")
         self.noise = float(noise)
 
-    def _uniform(self, bounds: tuple[float, float], *shape: int) -> torch.Tensor:
-        low, high = bounds
-        return low + (high - low) * torch.rand(*shape, generator=self.generator)
-
     def _support_inputs(self, tasks: int) -> torch.Tensor:
         if self.support_width is None:
-            return self._uniform(self.x_range, tasks, self.shots, 1)
+            return uniform(self.generator, self.x_range, tasks, self.shots, 1)
         low, high = self.x_range
-        start = self._uniform((low, high - self.support_width), tasks, 1, 1)
-        return start + self._uniform((0.0, self.support_width), tasks, self.shots, 1)
+        start = uniform(self.generator, (low, high - self.support_width), tasks, 1, 1)
+        return start + uniform(self.generator, (0.0, self.support_width), tasks, self.shots, 1)
 
     def sample(self) -> TaskBatch:
         tasks = self.tasks_per_batch
         is_line = torch.rand(tasks, generator=self.generator) < self.line_fraction
-        amplitude = self._uniform(self.amplitude, tasks, 1, 1)
-        phase = self._uniform(self.phase, tasks, 1, 1)
-        slope = self._uniform(self.slope, tasks, 1, 1)
-        intercept = self._uniform(self.intercept, tasks, 1, 1)
+        amplitude = uniform(self.generator, self.amplitude, tasks, 1, 1)
+        phase = uniform(self.generator, self.phase, tasks, 1, 1)
+        slope = uniform(self.generator, self.slope, tasks, 1, 1)
+        intercept = uniform(self.generator, self.intercept, tasks, 1, 1)
         x = torch.cat([self._support_inputs(tasks),
-                       self._uniform(self.x_range, tasks, self.queries, 1)], dim=1)
+                       uniform(self.generator, self.x_range, tasks, self.queries, 1)], dim=1)
         y = torch.where(is_line[:, None, None], slope * x + intercept,
                         amplitude * torch.sin(x - phase))
         if self.noise:
