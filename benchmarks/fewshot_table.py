@@ -18,6 +18,8 @@ the same config is read, not retrained, so later sessions add cells to the same 
     OMP_NUM_THREADS=1 python benchmarks/fewshot_table.py --reuse --datasets omniglot-small \
         --omniglot-root ../shared/data/omniglot --methods MAML ProtoNet --settings 20w1s
     python benchmarks/fewshot_table.py --table-only     # rebuild the tables from the records
+    python benchmarks/fewshot_table.py --issue 19 --missing --omniglot-root ../shared/data/omniglot
+        # the cells of issue 19's must-show table (ISSUE_GRIDS) that have no record yet
 
 The tables (``table.md``, ``table.json``) give per (dataset, setting) and method the mean
 accuracy over seeds with its Student-t 95% interval over seeds (`metalab.train.report.
@@ -577,6 +579,47 @@ def grid(methods: list[str], datasets: list[str], settings: list[str], seeds: li
     return cells
 
 
+# The cells each issue's must-show table asks for (3 seeds each). Issue 19's "best of the
+# new issues' methods" is Meta-Curvature: the best of issues 13-14's methods on the Omniglot
+# subsets at 5w1s (88.9) and 20w1s (74.1), within a point of the best on Glyphs 5w1s.
+BOTH = ["glyphs", "omniglot-small"]
+ISSUE_GRIDS = {
+    "13": [dict(methods=["MAML", "MAML++", "FOMAML", "Reptile", "iMAML", "Meta-SGD", "ANIL",
+                         "MT-Net", "T-Net", "Meta-Curvature", "WarpGrad", "ProtoNet"],
+                datasets=BOTH, settings=["5w1s", "20w1s"])],
+    "14": [dict(methods=["ProtoNet", "Matching", "Matching+FCE", "Relation", "MANN",
+                         "Meta Networks", "SNAIL", "MAML"],
+                datasets=BOTH, settings=["5w1s", "5w5s", "20w1s"])],
+    "19": [dict(methods=["ProtoNet", "MAML", "Baseline++", "RFS", "Meta-Curvature"],
+                datasets=BOTH, settings=["5w1s", "20w1s", "20w1s-within"],
+                backbones=["conv4", "resnet12-w0.25"], augments=["off", "on"])],
+}
+
+
+def issue_cells(issue: str, seeds: list[int]) -> list[Cell]:
+    """The cells of ``issue``'s table (``ISSUE_GRIDS``), each once."""
+    if issue not in ISSUE_GRIDS:
+        raise ValueError(f"issue must be one of {list(ISSUE_GRIDS)}, got {issue!r}")
+    cells = []
+    for part in ISSUE_GRIDS[issue]:
+        cells += [c for c in grid(seeds=seeds, **part) if c not in cells]
+    return cells
+
+
+def missing(cells: list[Cell], budget: Budget, results: Path,
+            omniglot_root: str | None = None) -> list[Cell]:
+    """The cells without a reusable record (those ``fill(..., reuse=True)`` would run)."""
+    out = []
+    for method, dataset, setting, seed, backbone, augment in cells:
+        variant, shipped = resolve_variant(method, dataset, setting, backbone, augment)
+        config = with_seed(cell_config(method, dataset, setting, budget, omniglot_root,
+                                       variant)[2], seed)
+        path = cell_path(results, method, dataset, setting, seed, variant, shipped)
+        if reusable(path, budget, config) is None:
+            out.append(Cell(method, dataset, setting, seed, variant.backbone, variant.augment))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -603,11 +646,25 @@ def main(argv: list[str] | None = None) -> None:
                         help="skip cells whose record has the same budget and config")
     parser.add_argument("--table-only", action="store_true",
                         help="only rebuild table.md and table.json from the records")
+    parser.add_argument("--issue", choices=list(ISSUE_GRIDS), default=None,
+                        help="the cells of that issue's table instead of --methods, "
+                             "--datasets, --settings, --backbones and --augment")
+    parser.add_argument("--missing", action="store_true",
+                        help="only list the cells that have no reusable record")
     args = parser.parse_args(argv)
-    if not args.table_only:
-        budget = Budget(args.steps, args.meta_batch, args.episodes)
+    budget = Budget(args.steps, args.meta_batch, args.episodes)
+    if args.issue is not None:
+        cells = issue_cells(args.issue, args.seeds)
+    else:
         cells = grid(args.methods, args.datasets, args.settings, args.seeds, args.backbones,
                      args.augment)
+    if args.missing:
+        todo = missing(cells, budget, args.results, args.omniglot_root)
+        for cell in todo:
+            print(" ".join(str(v) for v in cell))
+        print(f"{len(todo)} of {len(cells)} cells missing")
+        return
+    if not args.table_only:
         with tempfile.TemporaryDirectory(prefix="fewshot-table-") as tmp:
             fill(cells, budget, args.results, args.runs or Path(tmp), args.reuse,
                  args.omniglot_root)

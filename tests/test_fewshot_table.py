@@ -133,6 +133,33 @@ def test_reuse_skips_cells_already_done_and_reruns_changed_ones(tmp_path, monkey
     assert (results / "table.md").is_file() and (results / "table.json").is_file()
 
 
+def test_missing_lists_exactly_the_cells_fill_would_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(ft, "run_cell", lambda config, run_dir, budget: {
+        "accuracy": 0.5, "episode_ci95": 0.01, "episodes": budget.episodes,
+        "train_steps": 3, "seconds_per_iteration": 0.1, "load_average_before": [1.0] * 3,
+        "parameters": 7})
+    results, budget = tmp_path / "results", ft.Budget(steps=3, meta_batch=2, episodes=5)
+    cells = ft.grid(["ProtoNet", "RFS"], ["glyphs"], ["5w1s"], [0, 1], ["conv4"],
+                    ["off", "on"])
+    ft.fill([cells[0], cells[3]], budget, results, tmp_path / "runs", reuse=True)
+    todo = ft.missing(cells, budget, results)
+    assert todo == [c for c in cells if c not in (cells[0], cells[3])]
+    assert ft.missing(cells, ft.Budget(steps=4, meta_batch=2, episodes=5), results) == cells
+
+
+def test_issue_grids_are_the_must_show_tables():
+    cells = ft.issue_cells("19", [0, 1, 2])
+    assert len(cells) == len(set(cells)) == 5 * 2 * 3 * 2 * 2 * 3
+    assert {c.method for c in cells} == {"ProtoNet", "MAML", "Baseline++", "RFS",
+                                         "Meta-Curvature"}
+    assert {(c.backbone, c.augment) for c in cells} == {
+        ("conv4", "off"), ("conv4", "on"), ("resnet12-w0.25", "off"), ("resnet12-w0.25", "on")}
+    assert {c.setting for c in ft.issue_cells("14", [0])} == {"5w1s", "5w5s", "20w1s"}
+    assert len(ft.issue_cells("13", [0])) == 12 * 2 * 2
+    with pytest.raises(ValueError, match="issue must be one of"):
+        ft.issue_cells("12", [0])
+
+
 def test_grid_is_seed_major():
     cells = ft.grid(["MAML", "ProtoNet"], ["glyphs"], ["5w1s"], [0, 1])
     assert [(c.method, c.seed) for c in cells] == [("MAML", 0), ("ProtoNet", 0), ("MAML", 1),
