@@ -53,20 +53,24 @@ def tracking(speeds: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
             "mean_abs_error": (speeds - targets).abs().mean().item()}
 
 
-def measure(run_dir: Path, trials: int) -> dict[str, list[dict[str, float]]]:
+def measure(run_dir: Path, trials: int, speeds_of=episode_speeds
+            ) -> dict[str, list[dict[str, float]]]:
+    """Tracking of each episode for the untrained and the last learner of ``run_dir``;
+    ``speeds_of(learner, batch, trials) -> [tasks, K]`` (RL²'s trials by default)."""
     config = read_run_config(run_dir)
     batch = test_tasks(config)
     targets = batch.tasks.to(torch.float64)
     result = {}
     for name, learner in (("untrained", initial_learner(config)), ("last", load_run(run_dir))):
-        speeds = episode_speeds(learner.eval(), batch, trials).to(torch.float64)
+        speeds = speeds_of(learner.eval(), batch, trials).to(torch.float64)
         result[name] = [tracking(speeds[:, k], targets) for k in range(speeds.shape[1])]
     result["step"] = torch.load(run_dir / "checkpoint.pt", weights_only=False)["step"]
     return result
 
 
-def table(run_dirs: list[Path], trials: int, out: Path | None) -> str:
-    runs = {str(d): measure(d, trials) for d in run_dirs}
+def table(run_dirs: list[Path], trials: int, out: Path | None, speeds_of=episode_speeds
+          ) -> str:
+    runs = {str(d): measure(d, trials, speeds_of) for d in run_dirs}
     steps = sorted({r["step"] for r in runs.values()})
     rows = []
     for name in ("untrained", "last"):
