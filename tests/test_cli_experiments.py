@@ -46,7 +46,7 @@ def test_group_shift_runs_compare_in_one_plot_and_adapt_from_unlabelled_inputs(t
     assert main(["plot", *map(str, runs), "--groups", "--out", str(out)]) == 0
     assert out.read_bytes().startswith(b"\x89PNG")
     assert main(["plot", *map(str, runs)]) == 2
-    assert "several run directories need --groups" in capsys.readouterr().err
+    assert "several run directories need --seeds" in capsys.readouterr().err
     for run in runs:
         for size in (1, 4):
             assert main(["eval", str(run), "--episodes", "16", "--support-size", str(size)]) == 0

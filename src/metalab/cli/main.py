@@ -161,11 +161,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
         if kind in ("reliability", "coverage"):
             options = {"episodes": args.episodes}
         written = plot(runs, out or runs[0] / default, **options)
-    elif len(runs) > 1:
-        raise ValueError("several run directories need --groups, --support-sizes, --predictive, "
-                         "--presentations, --stream, --reliability or --coverage")
+    elif len(runs) > 1 and not args.seeds:
+        raise ValueError("several run directories need --seeds (their mean curve), --groups, "
+                         "--support-sizes, --predictive, --presentations, --stream, "
+                         "--reliability or --coverage")
     else:
-        written = plot_curves(runs[0], out)
+        written = plot_curves(runs, out, x=args.x, metrics=args.metrics)
     print(f"wrote {written}")
     return 0
 
@@ -274,6 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     kinds.add_argument("--coverage", action="store_true",
                        help="regression runs: empirical against nominal coverage of the "
                             "central predictive intervals on test tasks")
+    plot.add_argument("--seeds", action="store_true",
+                      help="curves of several runs of one config (seeds): their mean with a "
+                           "Student-t 95%% band at the steps every run logged")
+    plot.add_argument("--x", default="step", metavar="KEY",
+                      help="the curves' x axis: step (default) or a logged key, e.g. "
+                           "env_steps (meta-RL)")
+    plot.add_argument("--metrics", nargs="+", default=None, metavar="KEY",
+                      help="the curves drawn (default: every logged metric)")
     plot.add_argument("--episodes", type=int, default=100,
                       help="with --reliability/--coverage: test tasks scored per run")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or "

@@ -1,8 +1,10 @@
 """``metalab plot``: training and validation curves of a run, or per-group results of runs.
 
-``metalab plot RUN_DIR`` draws the curves of ``metrics.jsonl``; ``metalab plot --groups
-RUN_DIR [RUN_DIR ...]`` draws, side by side, the per-group (or per-task) metric of each
-run's ``eval.json`` with its 95% CI, for comparing methods under group shift;
+``metalab plot RUN_DIR`` draws the curves of ``metrics.jsonl`` (``--seeds RUN_DIR ...``: the
+mean over runs with a 95% band; ``--x env_steps``: against environment steps, meta-RL);
+``metalab plot --groups RUN_DIR [RUN_DIR ...]`` draws, side by side, the per-group (or
+per-task) metric of each run's ``eval.json`` with its 95% CI, for comparing methods under
+group shift;
 ``metalab plot --support-sizes RUN_DIR [...]`` draws each run's average and worst-group
 metric against the number of unlabelled examples per test batch (the
 ``eval-test-support<N>.json`` files of ``metalab eval --support-size N``).
@@ -15,6 +17,7 @@ import re
 from pathlib import Path
 
 from metalab.datasets.atomic import atomic_file
+from metalab.train.report import over_seeds
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -80,32 +83,67 @@ def plot_groups(run_dirs: list[Path], out: Path) -> Path:
     return out
 
 
-def plot_curves(run_dir: Path, out: Path | None = None) -> Path:
-    """Draw loss and metric per step for the train and val records of ``run_dir``."""
+X_LABELS = {"step": "meta-iteration", "env_steps": "environment steps"}
+
+
+def seed_curve(runs_records: list[list[dict]], metric: str, split: str, x: str = "step"
+               ) -> tuple[list[float], list[float], list[float]]:
+    """The mean of ``metric`` over runs (seeds) and its Student-t 95% half-width at every
+    ``x`` value that each run logged it at (records of ``split``)."""
+    per_run = [{r[x]: r[metric] for r in records
+                if r["split"] == split and metric in r and x in r} for records in runs_records]
+    shared = sorted(set.intersection(*(set(points) for points in per_run)))
+    stats = [over_seeds([points[v] for points in per_run]) for v in shared]
+    return shared, [s["mean"] for s in stats], [s["ci95"] for s in stats]
+
+
+def _curve_metrics(runs_records: list[list[dict]], x: str,
+                   chosen: list[str] | None = None) -> list[str]:
+    """Every logged metric (loss first), or the ``chosen`` ones after checking each."""
+    keys = {k for records in runs_records for r in records for k in r}
+    for option, names in (("--x", [x]), ("--metrics", chosen or [])):
+        for name in names:
+            if name not in keys:
+                raise ValueError(f"{option} {name!r}: no record of the run(s) logs it; "
+                                 f"logged keys: {sorted(keys - {'split'})}")
+    if chosen:
+        return list(chosen)
+    return sorted(keys - {"step", "split", "seconds", "ci95", x},
+                  key=lambda k: (k != "loss", k))
+
+
+def plot_curves(run_dirs: Path | list[Path], out: Path | None = None, x: str = "step",
+                metrics: list[str] | None = None) -> Path:
+    """Draw each metric (every logged one, or ``metrics``) against ``x`` (``step``, or any
+    logged key such as ``env_steps``) for the train and val records: one run's values (val
+    with its 95% CI over episodes), or for several runs (seeds) their mean with a Student-t
+    95% band."""
+    runs = [run_dirs] if isinstance(run_dirs, Path) else list(run_dirs)
     plt = _pyplot()
-    records = read_metrics(run_dir)
-    metrics = sorted({k for r in records for k in r} - {"step", "split", "seconds", "ci95"},
-                     key=lambda k: (k != "loss", k))
+    runs_records = [read_metrics(run) for run in runs]
+    metrics = _curve_metrics(runs_records, x, metrics)
     fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 3.6), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for split, style in (("train", "-"), ("val", "o-")):
-            rows = [r for r in records if r["split"] == split and metric in r]
-            if not rows:
+            xs, values, band = seed_curve(runs_records, metric, split, x)
+            if not xs:
                 continue
-            steps = [r["step"] for r in rows]
-            values = [r[metric] for r in rows]
-            ax.plot(steps, values, style, label=split, markersize=3)
-            if split == "val" and "ci95" in rows[0] and metric != "loss":
-                ci = [r["ci95"] for r in rows]
-                ax.fill_between(steps, [v - c for v, c in zip(values, ci, strict=True)],
-                                [v + c for v, c in zip(values, ci, strict=True)], alpha=0.2)
-        ax.set_xlabel("meta-iteration")
+            if len(runs) == 1:  # one run: the val records' own interval over episodes
+                own = {r[x]: r.get("ci95", 0.0) for r in runs_records[0]
+                       if r["split"] == split and metric in r and x in r}
+                band = [0.0 if metric == "loss" else own[v] for v in xs]
+            label = split if len(runs) == 1 else f"{split} (mean of {len(runs)} runs)"
+            ax.plot(xs, values, style, label=label, markersize=3)
+            if any(band):
+                ax.fill_between(xs, [v - c for v, c in zip(values, band, strict=True)],
+                                [v + c for v, c in zip(values, band, strict=True)], alpha=0.2)
+        ax.set_xlabel(X_LABELS.get(x, x))
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle(run_dir.name)
+    fig.suptitle(runs[0].name if len(runs) == 1 else ", ".join(r.name for r in runs))
     fig.tight_layout()
-    out = _save(fig, out or run_dir / "curves.png")
+    out = _save(fig, out or runs[0] / "curves.png")
     plt.close(fig)
     return out
 
