@@ -42,6 +42,8 @@ Meta-test (`task_losses` with ``training=False``, the path of `adapt_to_tasks`) 
 mean undiscounted return per task before adaptation (``return_pre``) and after
 ``inner_steps`` steps (``return``), each step on freshly collected episodes, and for a
 family that reports success (Meta-World) the success rates ``success_pre`` / ``success``.
+With more than one step, ``return_step0 .. return_stepK`` is the adaptation curve (the
+return of the episodes each step was taken on, then the final one's).
 """
 
 from __future__ import annotations
@@ -232,6 +234,9 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
         after = task_scores(final)
         before = returns[0] if returns else after
         metrics = {**after, **{f"{name}_pre": value for name, value in before.items()}}
+        if len(returns) > 1:  # the adaptation curve: the return after each inner step
+            steps = [*returns, after]
+            metrics.update({f"return_step{k}": s["return"] for k, s in enumerate(steps)})
         return -after["return"], metrics
 
     # -- the outer objective --------------------------------------------------------------------

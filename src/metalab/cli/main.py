@@ -138,6 +138,7 @@ PLOT_KINDS = {
     "stream": ("metalab.cli.plot_stream", "plot_stream", "stream.png"),
     "reliability": ("metalab.cli.plot_calibration", "plot_reliability", "reliability.png"),
     "coverage": ("metalab.cli.plot_calibration", "plot_coverage", "coverage.png"),
+    "adaptation": ("metalab.cli.plot_adaptation", "plot_adaptation", "adaptation.png"),
 }
 
 
@@ -160,11 +161,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
                    "tasks": args.tasks, "samples": args.samples} if kind == "predictive" else {}
         if kind in ("reliability", "coverage"):
             options = {"episodes": args.episodes}
-        written = plot(runs, out or runs[0] / default, **options)
+        base = runs[0].parent if runs[0].is_file() else runs[0]  # an eval JSON: beside it
+        written = plot(runs, out or base / default, **options)
     elif len(runs) > 1 and not args.seeds:
         raise ValueError("several run directories need --seeds (their mean curve), --groups, "
                          "--support-sizes, --predictive, --presentations, --stream, "
-                         "--reliability or --coverage")
+                         "--reliability, --coverage or --adaptation")
     else:
         written = plot_curves(runs, out, x=args.x, metrics=args.metrics)
     print(f"wrote {written}")
@@ -283,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
                            "env_steps (meta-RL)")
     plot.add_argument("--metrics", nargs="+", default=None, metavar="KEY",
                       help="the curves drawn (default: every logged metric)")
+    kinds.add_argument("--adaptation", action="store_true",
+                       help="meta-RL: meta-test return after each inner step or in each "
+                            "episode of a trial (eval JSON files or run directories; several: "
+                            "their mean with a 95%% interval)")
     plot.add_argument("--episodes", type=int, default=100,
                       help="with --reliability/--coverage: test tasks scored per run")
     plot.add_argument("--out", help="PNG path (default RUN_DIR/curves.png, or "
