@@ -159,8 +159,8 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
                  backtrack_ratio: float = 0.5, max_backtracks: int = 15,
                  fisher_tasks: int | None = None, normalize_advantages: bool = False,
                  first_order: bool = False, baseline_reg: float = 1e-5,
-                 baseline: str = "linear", baseline_hidden: tuple[int, ...] = (64, 64),
-                 baseline_steps: int = 50, baseline_lr: float = 1e-3) -> None:
+                 baseline: str = "linear", baseline_hidden: tuple[int, ...] = (32, 32),
+                 baseline_steps: int = 20, baseline_lr: float = 1e-2) -> None:
         super().__init__()
         self.policy = model
         self.inner_lr = check_real("inner_lr", inner_lr)

@@ -80,8 +80,8 @@ class RL2(PolicyLearner, name="rl2"):
                  backtrack_ratio: float = 0.5, max_backtracks: int = 15,
                  baseline_reg: float = 1e-5, ppo_clip: float = 0.2, ppo_epochs: int = 5,
                  ppo_minibatches: int = 4, ppo_lr: float = 1e-3, baseline: str = "linear",
-                 baseline_hidden: tuple[int, ...] = (64, 64), baseline_steps: int = 50,
-                 baseline_lr: float = 1e-3) -> None:
+                 baseline_hidden: tuple[int, ...] = (32, 32), baseline_steps: int = 20,
+                 baseline_lr: float = 1e-2) -> None:
         super().__init__()
         self.policy = model
         self.episodes_per_trial = check_positive_int("episodes_per_trial", episodes_per_trial)

@@ -41,8 +41,8 @@ class ValueFunctionBaseline(nn.Module):
     [T, E, H, obs_dim], returns [T, E, H], masks [T, E, H]) -> values [T, E, H]``.
     """
 
-    def __init__(self, observation_dim: int, hidden: Sequence[int] = (64, 64),
-                 steps: int = 50, lr: float = 1e-3) -> None:
+    def __init__(self, observation_dim: int, hidden: Sequence[int] = (32, 32),
+                 steps: int = 20, lr: float = 1e-2) -> None:
         super().__init__()
         self.observation_dim = check_positive_int("observation_dim", observation_dim)
         self.steps = check_positive_int("baseline_steps", steps)
