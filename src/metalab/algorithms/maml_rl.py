@@ -8,14 +8,15 @@ For each task ``T_i`` of a meta-batch (an `EnvironmentTasks` batch from the task
     D'_i  ~ pi_theta'_i       (query: post-update episodes)
     max_theta  sum_i J(theta'_i)                                  (eq. 5, the meta-objective)
 
-The inner step is `adapt_per_task` (the linear feature baseline; the DiCE surrogate, whose
+The inner step is `adapt_per_task` (the linear feature baseline, or with ``baseline: mlp``
+a learned value function, `ValueFunctionBaseline`; the DiCE surrogate, whose
 second derivative makes the meta-gradient unbiased for MAML's objective, or the naive one of
 the public implementations as ``estimator: naive``). The outer objective is the importance-
 sampled surrogate of the post-update policies,
 
     L(theta) = mean_i mean_episodes sum_t  pi_theta'_i(a_t|s_t) / pi_old'_i(a_t|s_t) * A_t,
 
-``A_t`` GAE advantages of the post-update episodes (linear baseline fitted on them),
+``A_t`` GAE advantages of the post-update episodes (the baseline fitted on them),
 ``theta'_i = theta'_i(theta)`` recomputed from the *same* pre-update episodes, so its
 gradient at ``theta_old`` is the policy gradient of the post-update return through the
 inner step. ``outer_step: trpo`` (the paper) maximises it by TRPO on the mean KL
