@@ -4,8 +4,9 @@
 The first part runs everywhere, on a tiny pure-Python environment with gymnasium's API whose
 steps are replayed by hand: the tanh action mapped onto the action range, the terminal flag
 (a termination, not the horizon's truncation), the hidden state carried across the episodes
-of a trial. The last part needs the `mujoco` extra: the `pearl-cheetah-vel` and
-`rl2-cheetah-vel` configs build, train one tiny step and evaluate through the CLI.
+of a trial. The last part needs the `mujoco` extra: the `pearl-cheetah-vel`, `rl2-cheetah-vel`,
+`maml-rl-cheetah-vel` and `maml-rl-cheetah-dir` configs build, train one tiny step and
+evaluate through the CLI.
 """
 
 from __future__ import annotations
@@ -224,3 +225,18 @@ def test_cheetah_velocity_configs_train_a_step_and_evaluate(tmp_path, config, ov
     assert main(["eval", str(out)]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["metric"] == "return" and result["mean"] == result["return_episode2"]
+
+
+@pytest.mark.parametrize("config", ["maml-rl-cheetah-vel", "maml-rl-cheetah-dir"])
+def test_maml_rl_cheetah_configs_train_a_step_and_evaluate(tmp_path, config):
+    mujoco()
+    out = tmp_path / config
+    assert main(["train", config, "--out", str(out), "data.horizon=5", "data.episodes=1",
+                 "train.meta_batch=2", "train.steps=1", "train.progress=false",
+                 "eval.episodes=2", "eval.batch_size=2", "model.hidden=[4]",
+                 "algorithm.fisher_tasks=1"]) == 0
+    record = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert np.isfinite(record["loss"]) and record["kl"] <= 0.01
+    assert main(["eval", str(out)]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["metric"] == "return" and "return_pre" in result

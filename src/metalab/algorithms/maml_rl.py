@@ -8,14 +8,15 @@ For each task ``T_i`` of a meta-batch (an `EnvironmentTasks` batch from the task
     D'_i  ~ pi_theta'_i       (query: post-update episodes)
     max_theta  sum_i J(theta'_i)                                  (eq. 5, the meta-objective)
 
-The inner step is `adapt_per_task` (the linear feature baseline; the DiCE surrogate, whose
+The inner step is `adapt_per_task` (the linear feature baseline, or with ``baseline: mlp``
+a learned value function, `ValueFunctionBaseline`; the DiCE surrogate, whose
 second derivative makes the meta-gradient unbiased for MAML's objective, or the naive one of
 the public implementations as ``estimator: naive``). The outer objective is the importance-
 sampled surrogate of the post-update policies,
 
     L(theta) = mean_i mean_episodes sum_t  pi_theta'_i(a_t|s_t) / pi_old'_i(a_t|s_t) * A_t,
 
-``A_t`` GAE advantages of the post-update episodes (linear baseline fitted on them),
+``A_t`` GAE advantages of the post-update episodes (the baseline fitted on them),
 ``theta'_i = theta'_i(theta)`` recomputed from the *same* pre-update episodes, so its
 gradient at ``theta_old`` is the policy gradient of the post-update return through the
 inner step. ``outer_step: trpo`` (the paper) maximises it by TRPO on the mean KL
@@ -48,6 +49,7 @@ return of the episodes each step was taken on, then the final one's).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +60,9 @@ from metalab.algorithms.policy_learner import PolicyLearner
 from metalab.rl import (
     ESTIMATORS,
     EpisodeBatch,
+    ValueFunctionBaseline,
     adapt_per_task,
+    build_baseline,
     discounted_returns,
     exploration_credit,
     gae,
@@ -80,7 +84,10 @@ Params = dict[str, Tensor]
 @dataclass(frozen=True)
 class Rollouts:
     """What one meta-iteration sampled: the pre-update (support) and post-update (query)
-    episodes, the post-update advantages and the sampling policies' outputs on them."""
+    episodes, the post-update advantages and the sampling policies' outputs on them;
+    ``pre_baselines``: the learned baseline's values on the pre-update episodes, fitted once
+    so that every evaluation of the inner step uses the same (``None``: the linear one,
+    refitted, a deterministic function of the episodes)."""
 
     pre: EpisodeBatch
     post: EpisodeBatch
@@ -88,6 +95,7 @@ class Rollouts:
     old_log_probs: Tensor
     old_mean: Tensor
     old_log_std: Tensor
+    pre_baselines: Tensor | None = None
 
 
 def masked_task_mean(values: Tensor, masks: Tensor) -> Tensor:
@@ -136,6 +144,11 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
         normalize_advantages: standardise the post-update advantages per task.
         first_order: drop the inner step's second derivatives (first-order MAML-RL).
         baseline_reg: ridge of the linear baseline.
+        baseline: ``"linear"`` (the papers' linear feature baseline, fitted per task) or
+            ``"mlp"`` (a learned value function, `ValueFunctionBaseline`, warm-started across
+            iterations; at meta-test a copy is fitted, the learner's is left unchanged).
+        baseline_hidden, baseline_steps, baseline_lr: the ``mlp`` baseline's hidden widths,
+            Adam steps per fit and Adam's learning rate.
     """
 
     adapt_options = ("inner_steps",)
@@ -148,7 +161,9 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
                  max_kl: float = 0.01, cg_iterations: int = 10, cg_damping: float = 1e-5,
                  backtrack_ratio: float = 0.5, max_backtracks: int = 15,
                  fisher_tasks: int | None = None, normalize_advantages: bool = False,
-                 first_order: bool = False, baseline_reg: float = 1e-5) -> None:
+                 first_order: bool = False, baseline_reg: float = 1e-5,
+                 baseline: str = "linear", baseline_hidden: tuple[int, ...] = (32, 32),
+                 baseline_steps: int = 20, baseline_lr: float = 1e-2) -> None:
         super().__init__()
         self.policy = model
         self.inner_lr = check_real("inner_lr", inner_lr)
@@ -176,17 +191,31 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
         self.normalize_advantages = bool(normalize_advantages)
         self.first_order = bool(first_order)
         self.baseline_reg = check_real("baseline_reg", baseline_reg)
+        self.value_baseline = build_baseline(baseline, getattr(model, "observation_dim", None),
+                                             baseline_hidden, baseline_steps, baseline_lr)
+
+    # -- the baseline ---------------------------------------------------------------------------
+    def baseline_values(self, episodes: EpisodeBatch, *,
+                        value_baseline: ValueFunctionBaseline | None = None) -> Tensor | None:
+        """The learned baseline (``value_baseline``, default the learner's) fitted on
+        ``episodes`` and its values; ``None`` with the linear baseline (fitted where used)."""
+        value_baseline = value_baseline or self.value_baseline
+        if value_baseline is None:
+            return None
+        returns = discounted_returns(episodes.rewards, episodes.masks, self.gamma)
+        return value_baseline(episodes.observations, returns, episodes.masks)
 
     # -- the inner step -----------------------------------------------------------------------
     def inner_step(self, params: Params, episodes: EpisodeBatch, *, per_task: bool = False,
-                   create_graph: bool = True) -> Params:
+                   create_graph: bool = True, baselines: Tensor | None = None) -> Params:
         """Per-task adapted parameters (a leading task dimension) after one inner step on
-        ``episodes`` from ``params`` (shared, or per task)."""
+        ``episodes`` from ``params`` (shared, or per task); ``baselines``: a learned
+        baseline's values on ``episodes`` (``None``: the linear baseline)."""
         return adapt_per_task(self.policy, params, episodes, step_size=self.inner_lr,
                               gamma=self.gamma, estimator=self.estimator,
                               baseline_reg=self.baseline_reg,
                               first_order=self.first_order or not create_graph,
-                              per_task=per_task)
+                              per_task=per_task, baselines=baselines)
 
     def detached_parameters(self) -> Params:
         return {n: p.detach().requires_grad_(True) for n, p in self.policy.named_parameters()}
@@ -202,14 +231,16 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
         steps = self.eval_inner_steps if inner_steps is None else check_positive_int(
             "inner_steps", inner_steps, minimum=0)
         params, per_task, returns = self.detached_parameters(), False, []
+        value_baseline = copy.deepcopy(self.value_baseline)  # meta-test leaves it unchanged
         for _ in range(steps):
             with torch.no_grad():
                 batch = family.collect(self.policy, params, tasks, episodes,
                                        generator=generator, per_task=per_task)
             returns.append(task_scores(batch))
+            baselines = self.baseline_values(batch, value_baseline=value_baseline)
             with torch.enable_grad():
                 adapted = self.inner_step(params, batch, per_task=per_task,
-                                          create_graph=False)
+                                          create_graph=False, baselines=baselines)
             params = {n: v.detach().requires_grad_(True) for n, v in adapted.items()}
             per_task = True
         if not per_task:
@@ -247,22 +278,26 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
         family, tasks, episodes = batch.family, batch.tasks, batch.episodes
         with torch.no_grad():
             pre = family.collect(self.policy, params, tasks, episodes, generator=generator)
+        pre_baselines = self.baseline_values(pre)
         with torch.enable_grad():
-            adapted = self.inner_step(params, pre, create_graph=False)
+            adapted = self.inner_step(params, pre, create_graph=False, baselines=pre_baselines)
         adapted = {n: v.detach() for n, v in adapted.items()}
         with torch.no_grad():
             post = family.collect(self.policy, adapted, tasks, episodes, generator=generator,
                                   per_task=True)
             mean, log_std = per_task_outputs(self.policy, adapted, post.observations)
             old_log_probs = gaussian_log_prob(post.actions, mean, log_std)
-        return Rollouts(pre, post, self.advantages(post), old_log_probs, mean, log_std)
+        return Rollouts(pre, post, self.advantages(post), old_log_probs, mean, log_std,
+                        pre_baselines)
 
     def advantages(self, post: EpisodeBatch) -> Tensor:
-        """GAE of the post-update episodes with the linear baseline fitted per task
-        (standardised per task with ``normalize_advantages``)."""
-        returns = discounted_returns(post.rewards, post.masks, self.gamma)
-        values = linear_baseline_values(post.observations, returns, post.masks,
-                                        self.baseline_reg)
+        """GAE of the post-update episodes with the linear baseline fitted per task, or the
+        learned one fitted on them (standardised per task with ``normalize_advantages``)."""
+        values = self.baseline_values(post)
+        if values is None:
+            returns = discounted_returns(post.rewards, post.masks, self.gamma)
+            values = linear_baseline_values(post.observations, returns, post.masks,
+                                            self.baseline_reg)
         advantages = gae(post.rewards, values, post.masks, self.gamma, self.gae_lambda)
         if not self.normalize_advantages:
             return advantages
@@ -278,7 +313,8 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
         TRPO's Fisher matrix) is the mean over the first ``k`` tasks only, computed on a
         graph of its own so that its products cost ``k`` tasks' double backward."""
         pre, post = rollouts.pre, rollouts.post
-        adapted = self.inner_step(params, pre, create_graph=differentiable)
+        adapted = self.inner_step(params, pre, create_graph=differentiable,
+                                  baselines=rollouts.pre_baselines)
         mean, log_std = per_task_outputs(self.policy, adapted, post.observations)
         ratio = torch.exp(gaussian_log_prob(post.actions, mean, log_std)
                           - rollouts.old_log_probs)
@@ -290,7 +326,9 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
                                                returns.mean(dim=-1))
         if differentiable and self.fisher_tasks is not None:  # the tasks are i.i.d.
             tasks = slice(0, self.fisher_tasks)
-            adapted = self.inner_step(params, pre.select_tasks(tasks))
+            baselines = (None if rollouts.pre_baselines is None
+                         else rollouts.pre_baselines[tasks])
+            adapted = self.inner_step(params, pre.select_tasks(tasks), baselines=baselines)
             mean, log_std = per_task_outputs(self.policy, adapted,
                                              post.observations[tasks])
             return value, self.kl_of(rollouts, mean, log_std, tasks)

@@ -10,7 +10,8 @@ Trained, as in the paper, by TRPO (`trpo_step`) on the surrogate
 
     L(theta) = mean_tasks mean_trials sum_t  pi_theta(a_t | h_t) / pi_old(a_t | h_t) * A_t
 
-(GAE advantages over the trial's ``K H`` steps, a linear feature baseline fitted per task;
+(GAE advantages over the trial's ``K H`` steps, a linear feature baseline fitted per task,
+or with ``baseline: mlp`` a learned value function, `ValueFunctionBaseline`;
 `trial_returns_and_advantages`: the credit runs on across an episode that ended early, so
 an action is credited with the later episodes' rewards) with ``KL(pi_old || pi_theta) <=
 max_kl`` over the valid steps; ``outer_step: ppo`` (as in the issue: RL² trained by PPO)
@@ -37,6 +38,7 @@ from metalab.algorithms.maml_rl import masked_task_mean
 from metalab.algorithms.policy_learner import PolicyLearner
 from metalab.rl import (
     EpisodeBatch,
+    build_baseline,
     gaussian_kl,
     linear_baseline_values,
     trial_log_probs,
@@ -63,6 +65,10 @@ class RL2(PolicyLearner, name="rl2"):
         max_kl, cg_iterations, cg_damping, backtrack_ratio, max_backtracks: TRPO's.
         ppo_clip, ppo_epochs, ppo_minibatches, ppo_lr: PPO's (see the module docstring).
         baseline_reg: ridge of the linear baseline.
+        baseline: ``"linear"`` (per task, the paper's) or ``"mlp"`` (a learned value
+            function of the trial step's features, warm-started across iterations).
+        baseline_hidden, baseline_steps, baseline_lr: the ``mlp`` baseline's hidden widths,
+            Adam steps per fit and Adam's learning rate.
     """
 
     adapt_options = ()
@@ -73,7 +79,9 @@ class RL2(PolicyLearner, name="rl2"):
                  cg_iterations: int = 10, cg_damping: float = 1e-5,
                  backtrack_ratio: float = 0.5, max_backtracks: int = 15,
                  baseline_reg: float = 1e-5, ppo_clip: float = 0.2, ppo_epochs: int = 5,
-                 ppo_minibatches: int = 4, ppo_lr: float = 1e-3) -> None:
+                 ppo_minibatches: int = 4, ppo_lr: float = 1e-3, baseline: str = "linear",
+                 baseline_hidden: tuple[int, ...] = (32, 32), baseline_steps: int = 20,
+                 baseline_lr: float = 1e-2) -> None:
         super().__init__()
         self.policy = model
         self.episodes_per_trial = check_positive_int("episodes_per_trial", episodes_per_trial)
@@ -85,6 +93,8 @@ class RL2(PolicyLearner, name="rl2"):
         self.trpo_options = trpo_options(max_kl, cg_iterations, cg_damping,
                                          backtrack_ratio, max_backtracks)
         self.baseline_reg = check_real("baseline_reg", baseline_reg)
+        self.value_baseline = build_baseline(baseline, getattr(model, "observation_dim", None),
+                                             baseline_hidden, baseline_steps, baseline_lr)
 
     def check_batch(self, batch) -> None:
         super().check_batch(batch)
@@ -129,8 +139,11 @@ class RL2(PolicyLearner, name="rl2"):
         return value, masked_task_mean(divergence, trials.masks).mean()
 
     def advantages(self, trials: EpisodeBatch) -> Tensor:
-        """GAE over each trial's valid steps with the per-task linear baseline."""
+        """GAE over each trial's valid steps with the per-task linear baseline (or the
+        learned one, fitted on these trials)."""
         def baseline(returns: Tensor) -> Tensor:
+            if self.value_baseline is not None:
+                return self.value_baseline(trials.observations, returns, trials.masks)
             return linear_baseline_values(trials.observations, returns, trials.masks,
                                           self.baseline_reg)
 

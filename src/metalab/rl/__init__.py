@@ -1,5 +1,6 @@
 """Meta-reinforcement learning machinery: environments as task families (2-D navigation),
-batched rollout collection, episode batches, returns and GAE, the linear feature baseline,
+batched rollout collection, episode batches, returns and GAE, the linear feature baseline
+and a learned (MLP) value baseline,
 Gaussian MLP policies, the MAML-RL inner policy-gradient step (DiCE or naive), E-MAML's
 exploration credit, the TRPO step, task families and their task source."""
 
@@ -33,8 +34,12 @@ from metalab.rl.trpo import (
     trpo_options,
     trpo_step,
 )
+from metalab.rl.value_baseline import BASELINES, ValueFunctionBaseline, build_baseline
 
 __all__ = [
+    "BASELINES",
+    "ValueFunctionBaseline",
+    "build_baseline",
     "ESTIMATORS",
     "FAMILIES",
     "EnvironmentTaskSource",
