@@ -85,9 +85,8 @@ Params = dict[str, Tensor]
 class Rollouts:
     """What one meta-iteration sampled: the pre-update (support) and post-update (query)
     episodes, the post-update advantages and the sampling policies' outputs on them;
-    ``pre_baselines``: the learned baseline's values on the pre-update episodes, fitted once
-    so that every evaluation of the inner step uses the same (``None``: the linear one,
-    refitted, a deterministic function of the episodes)."""
+    ``pre_baselines``: the baseline's values on the pre-update episodes, fitted once so that
+    every evaluation of the inner step uses the same (a learned baseline's fit changes it)."""
 
     pre: EpisodeBatch
     post: EpisodeBatch
@@ -95,7 +94,7 @@ class Rollouts:
     old_log_probs: Tensor
     old_mean: Tensor
     old_log_std: Tensor
-    pre_baselines: Tensor | None = None
+    pre_baselines: Tensor
 
 
 def masked_task_mean(values: Tensor, masks: Tensor) -> Tensor:
@@ -196,21 +195,22 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
 
     # -- the baseline ---------------------------------------------------------------------------
     def baseline_values(self, episodes: EpisodeBatch, *,
-                        value_baseline: ValueFunctionBaseline | None = None) -> Tensor | None:
-        """The learned baseline (``value_baseline``, default the learner's) fitted on
-        ``episodes`` and its values; ``None`` with the linear baseline (fitted where used)."""
+                        value_baseline: ValueFunctionBaseline | None = None) -> Tensor:
+        """The baseline's values ``[T, E, H]`` on ``episodes``: the per-task linear fit, or
+        the learned baseline (``value_baseline``, default the learner's) fitted on them."""
         value_baseline = value_baseline or self.value_baseline
-        if value_baseline is None:
-            return None
         returns = discounted_returns(episodes.rewards, episodes.masks, self.gamma)
+        if value_baseline is None:
+            return linear_baseline_values(episodes.observations, returns, episodes.masks,
+                                          self.baseline_reg)
         return value_baseline(episodes.observations, returns, episodes.masks)
 
     # -- the inner step -----------------------------------------------------------------------
     def inner_step(self, params: Params, episodes: EpisodeBatch, *, per_task: bool = False,
                    create_graph: bool = True, baselines: Tensor | None = None) -> Params:
         """Per-task adapted parameters (a leading task dimension) after one inner step on
-        ``episodes`` from ``params`` (shared, or per task); ``baselines``: a learned
-        baseline's values on ``episodes`` (``None``: the linear baseline)."""
+        ``episodes`` from ``params`` (shared, or per task); ``baselines``: the baseline's
+        values on ``episodes``, fitted beforehand (``None``: the linear one, fitted here)."""
         return adapt_per_task(self.policy, params, episodes, step_size=self.inner_lr,
                               gamma=self.gamma, estimator=self.estimator,
                               baseline_reg=self.baseline_reg,
@@ -294,10 +294,6 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
         """GAE of the post-update episodes with the linear baseline fitted per task, or the
         learned one fitted on them (standardised per task with ``normalize_advantages``)."""
         values = self.baseline_values(post)
-        if values is None:
-            returns = discounted_returns(post.rewards, post.masks, self.gamma)
-            values = linear_baseline_values(post.observations, returns, post.masks,
-                                            self.baseline_reg)
         advantages = gae(post.rewards, values, post.masks, self.gamma, self.gae_lambda)
         if not self.normalize_advantages:
             return advantages
@@ -326,9 +322,8 @@ class MAMLRL(PolicyLearner, name="maml-rl"):
                                                returns.mean(dim=-1))
         if differentiable and self.fisher_tasks is not None:  # the tasks are i.i.d.
             tasks = slice(0, self.fisher_tasks)
-            baselines = (None if rollouts.pre_baselines is None
-                         else rollouts.pre_baselines[tasks])
-            adapted = self.inner_step(params, pre.select_tasks(tasks), baselines=baselines)
+            adapted = self.inner_step(params, pre.select_tasks(tasks),
+                                      baselines=rollouts.pre_baselines[tasks])
             mean, log_std = per_task_outputs(self.policy, adapted,
                                              post.observations[tasks])
             return value, self.kl_of(rollouts, mean, log_std, tasks)
