@@ -314,7 +314,17 @@ def reusable(path: Path, budget: Budget, config: dict) -> dict | None:
     record = json.loads(path.read_text())
     if record.get("budget") != _plain(asdict(budget)):
         return None
-    return record if _same_settings(record.get("config"), _plain(config)) else None
+    return record if _same_settings(_data_root_resolved(record.get("config")),
+                                    _data_root_resolved(_plain(config))) else None
+
+
+def _data_root_resolved(config: Any) -> Any:
+    """``config`` with ``data.root`` as an absolute path: where the files are is not a
+    setting, and the same folder may be named relatively or absolutely."""
+    data = config.get("data") if isinstance(config, dict) else None
+    if not isinstance(data, dict) or data.get("root") is None:
+        return config
+    return {**config, "data": {**data, "root": str(Path(data["root"]).resolve())}}
 
 
 def _same_settings(recorded: Any, current: Any) -> bool:

@@ -187,6 +187,23 @@ def test_a_record_made_before_a_new_config_key_is_reused_but_a_changed_value_is_
     assert ft.reusable(path, budget, {"train": {"steps": 200}, "model": {"name": "conv4"}}) is None
 
 
+def test_a_record_is_reused_when_its_data_root_names_the_same_folder_otherwise(
+        tmp_path, monkeypatch):
+    data = tmp_path / "shared" / "data"
+    other = tmp_path / "elsewhere"
+    data.mkdir(parents=True)
+    other.mkdir()
+    monkeypatch.chdir(tmp_path / "shared")
+    path = tmp_path / "seed1.json"
+    budget = ft.Budget(200, 4, 600)
+    recorded = {"data": {"name": "omniglot", "root": "data"}, "train": {"steps": 200}}
+    path.write_text(json.dumps({"budget": BUDGET, "config": recorded}))
+    absolute = {"data": {"name": "omniglot", "root": str(data)}, "train": {"steps": 200}}
+    assert ft.reusable(path, budget, absolute) is not None
+    moved = {"data": {"name": "omniglot", "root": str(other)}, "train": {"steps": 200}}
+    assert ft.reusable(path, budget, moved) is None
+
+
 def test_backbone_and_augmentation_overrides_compose_with_the_setting_and_budget():
     budget = ft.Budget()
     # The shipped variant adds no override: the config (and so --reuse) is unchanged.
