@@ -5,7 +5,8 @@ the tasks, and back-propagates its share of the mean loss, ``(T_r / T) * mean_r`
 all-reduce of the gradients then gives every process exactly the single-process
 meta-gradient, so the optimizers stay in lockstep. Rank 0 alone logs, validates and writes
 checkpoints; every rank reads the checkpoint when resuming (for several nodes, put the run
-directory on storage all nodes share).
+directory on storage all nodes share). State a learner fits by itself outside the
+meta-gradient synchronises itself in training mode (`metalab.rl.ValueFunctionBaseline`).
 """
 
 from __future__ import annotations
