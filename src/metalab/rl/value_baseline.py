@@ -14,6 +14,14 @@ network's on the same steps, without gradient (no gradient of the policy objecti
 reaches ``phi``, nor ``phi`` the policy's), zero on masked steps. The network's
 parameters are module parameters and its Adam state is the module's extra state, so a
 learner that holds it checkpoints and resumes it.
+
+Under ``torchrun`` each process holds its own shard of the tasks' episodes. In training
+mode under an initialised process group of several processes (as `nn.SyncBatchNorm`
+synchronises in training mode only) the fit pools them: the standardisation statistics,
+the count ``N`` of valid steps and every step's gradient of ``sum_{t valid} (V - G)^2 / N``
+are summed over processes, so every process takes the same Adam steps, those of one
+process fitting on all processes' episodes, and the networks stay identical. In eval mode
+(meta-test, which rank 0 runs alone while validating) the fit stays local.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from metalab.rl.baselines import linear_features
@@ -32,6 +41,32 @@ BASELINES = ("linear", "mlp")
 def standardize(rows: Tensor) -> tuple[Tensor, Tensor]:
     """``(mean, std)`` of ``rows`` over dim 0 (the std at least 1e-8)."""
     return rows.mean(0), rows.std(0, unbiased=False).clamp_min(1e-8)
+
+
+def several_processes() -> bool:
+    """Whether a process group of more than one process is initialised."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def sum_over_processes(tensors: list[Tensor]) -> None:
+    """Replace each of ``tensors`` by its sum over the processes (one flat all-reduce)."""
+    flat = torch.cat([t.reshape(-1) for t in tensors])
+    dist.all_reduce(flat)
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset: offset + t.numel()].view_as(t))
+        offset += t.numel()
+
+
+def pooled_standardize(rows: Tensor, count: Tensor) -> tuple[Tensor, Tensor]:
+    """`standardize` over the rows of every process (``count`` of them in all), two-pass:
+    ``mean = sum rows / N``, ``std = sqrt(sum (rows - mean)^2 / N)``."""
+    total = rows.sum(0)
+    sum_over_processes([total])
+    mean = total / count
+    squares = (rows - mean).pow(2).sum(0)
+    sum_over_processes([squares])
+    return mean, (squares / count).sqrt().clamp_min(1e-8)
 
 
 class ValueFunctionBaseline(nn.Module):
@@ -67,21 +102,34 @@ class ValueFunctionBaseline(nn.Module):
 
     def fit(self, features: Tensor, returns: Tensor, masks: Tensor) -> float:
         """``steps`` Adam steps on the standardised regression of the valid steps' returns
-        on their features (all ``[..., F]`` / ``[...]``); returns the last loss. Leaves no
-        ``.grad`` behind (the trainer's optimizer holds these parameters too)."""
+        on their features (all ``[..., F]`` / ``[...]``), pooled over processes in training
+        mode (module docstring); returns the last loss. Leaves no ``.grad`` behind (the
+        trainer's optimizer holds these parameters too)."""
         valid = masks.detach() > 0
         x, y = self.inputs(features)[valid], returns.detach().to(self.dtype)[valid]
-        if y.numel() == 0:
+        pooled = self.training and several_processes()
+        count = y.new_tensor(float(y.numel()))
+        if pooled:
+            sum_over_processes([count])
+        if count.item() == 0:  # every process sees the same count: all raise together
             raise ValueError("masks must leave at least one valid step to fit the baseline on")
-        (x_mean, x_std), (y_mean, y_std) = standardize(x), standardize(y)
+        if pooled:
+            (x_mean, x_std), (y_mean, y_std) = (pooled_standardize(x, count),
+                                                pooled_standardize(y, count))
+        else:
+            (x_mean, x_std), (y_mean, y_std) = standardize(x), standardize(y)
         self.statistics = (x_mean, x_std, y_mean, y_std)
         target = (y - y_mean) / y_std
         with torch.enable_grad():
             for _ in range(self.steps):
                 self.optimizer.zero_grad(set_to_none=True)
                 prediction = self.network((x - x_mean) / x_std).squeeze(-1)
-                loss = (prediction - target).pow(2).mean()
+                squared = (prediction - target).pow(2)
+                loss = squared.sum() / count if pooled else squared.mean()
                 loss.backward()
+                if pooled:  # each process's share of the pooled mean, summed
+                    loss = loss.detach().clone()
+                    sum_over_processes([*(p.grad for p in self.network.parameters()), loss])
                 self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return loss.item()

@@ -5,7 +5,8 @@ the tasks, and back-propagates its share of the mean loss, ``(T_r / T) * mean_r`
 all-reduce of the gradients then gives every process exactly the single-process
 meta-gradient, so the optimizers stay in lockstep. Rank 0 alone logs, validates and writes
 checkpoints; every rank reads the checkpoint when resuming (for several nodes, put the run
-directory on storage all nodes share).
+directory on storage all nodes share). State a learner fits by itself outside the
+meta-gradient synchronises itself in training mode (`metalab.rl.ValueFunctionBaseline`).
 """
 
 from __future__ import annotations
@@ -59,19 +60,29 @@ def shard(batch: TaskBatch) -> tuple[TaskBatch, float]:
 
 
 def all_reduce_gradients(parameters) -> None:
-    """Sum every parameter's ``.grad`` over processes, in one flat buffer."""
+    """Sum every parameter's ``.grad`` over processes, in one flat buffer. A parameter that
+    no process has a ``.grad`` for keeps ``None``, as in one process, so that the optimizer
+    skips it (AdamW would decay it otherwise): e.g. a learned value baseline, fitted by its
+    own optimizer."""
     if world_size() == 1:
         return
     params = [p for p in parameters if p.requires_grad]
+    if not params:
+        return
+    had_grad = [float(p.grad is not None) for p in params]
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    flat = torch.cat([*(p.grad.reshape(-1) for p in params),
+                      params[0].new_tensor(had_grad)])
     dist.all_reduce(flat)
     offset = 0
     for p in params:
         p.grad.copy_(flat[offset: offset + p.numel()].view_as(p))
         offset += p.numel()
+    for p, processes in zip(params, flat[offset:].tolist(), strict=True):
+        if processes == 0:
+            p.grad = None
 
 
 def all_gather_tasks(values: Tensor) -> Tensor:
