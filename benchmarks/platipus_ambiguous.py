@@ -36,8 +36,20 @@ steps at test:
   ``hypothesis_draws`` (the fraction of a method's functions that are a line or a sinusoid)
   and ``both_hypotheses_ambiguous`` (over ambiguous supports: a function fitting the support
   is a line and another fitting one is a sinusoid): the figure's claim, stated strictly.
+- support fit (`support_fit`): each function's MSE on the task's own support points,
+  ``m_k = (1/n) sum_i (f_k(x_i) - y_i)^2``. Reported: ``support_fit`` (the fraction of a
+  task's functions with ``m_k <= fit_tolerance^2``, the "fitting" of the scores above:
+  RMS 0.6, MSE 0.36), ``support_fit_noise`` (``m_k <=`` the family's noise variance, 0.09
+  for noise 0.3), ``support_mse`` (the median ``m_k`` of a task), and over ambiguous
+  supports ``support_fit_ambiguous``, ``two_fitting_ambiguous`` (at least two functions
+  fit: the strict score needs two), ``fitting_line_ambiguous`` / ``fitting_sine_ambiguous``
+  (some fitting function *is* a family line / sinusoid; the strict score is both at once).
+- test-time adaptation (`--inner-steps`, `--inner-lr-scales`): extra rows with the inner
+  loop at test run for other step counts and with its SGD step multiplied
+  (`scale_inner_lr`); training is untouched.
 - ``--figure PNG``: the functions of every run (seed 0) on the first ``--figure-tasks``
-  ambiguous supports, coloured by `hypotheses` (`draw_figure`).
+  ambiguous supports, coloured by `hypotheses` (`draw_figure`), under each of
+  ``--figure-settings`` (``STEPSxSCALE``: inner steps and step multiplier at test).
 
 With ``--seeds``, each name is a directory of runs ``RUNS/<name>/seed<N>`` (the layout of
 `benchmarks/bayesian_table.py`); every seed's run is scored on the same tasks and a row is
@@ -65,6 +77,7 @@ import torch
 from metalab.algorithms.base import detached
 from metalab.algorithms.predictive import GaussianPredictive
 from metalab.algorithms.predictive_scores import predictive_scores
+from metalab.functional.update_rules import SGD
 from metalab.tasks.regression import LINE
 from metalab.train import load_run, mean_ci95
 from metalab.train.build import build_task_source
@@ -139,12 +152,13 @@ def point_predictive(predictor, noise_std: float) -> GaussianPredictive:
     return GaussianPredictive(decode)
 
 
-def functions_of(learner, predictive, sx, sy, samples: int, x: torch.Tensor) -> torch.Tensor:
+def functions_of(learner, predictive, sx, sy, samples: int, x: torch.Tensor,
+                 inner_steps: int = INNER_STEPS) -> torch.Tensor:
     """``[K, m]``: the functions the method gives for a task, at ``x``."""
     if getattr(predictive, "is_latent", False):
         return predictive.sample(x, samples, seed=0)[..., 0]
     if hasattr(learner, "particle_outputs"):  # ensembles, BMAML: every member
-        state = detached(learner.adapt_task(sx, sy, training=False, inner_steps=INNER_STEPS))
+        state = detached(learner.adapt_task(sx, sy, training=False, inner_steps=inner_steps))
         with torch.no_grad():
             return learner.particle_outputs(state, x)[..., 0]
     return predictive(x)[None, :, 0]
@@ -172,15 +186,52 @@ def scale_prior_std(learner, scale: float) -> None:
             log_std.add_(math.log(scale))
 
 
+def scale_inner_lr(learner, scale: float) -> None:
+    """Multiply the inner loop's SGD step ``alpha`` by ``scale`` (a test-time probe: the
+    trained meta-parameters kept, only the adaptation at test changed)."""
+    if scale == 1.0:
+        return
+    rule = getattr(learner, "update_rule", None)
+    if not isinstance(rule, SGD):
+        raise ValueError(f"--inner-lr-scales needs learners whose inner rule is SGD (MAML, "
+                         f"PLATIPUS), got {type(learner).__name__}")
+    rule.lr = rule.lr * scale
+
+
+def support_fit(outputs: torch.Tensor, targets: torch.Tensor, threshold: float
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([K], scalar)``: each function's MSE on the support,
+    ``m_k = (1/n) sum_i (f_k(x_i) - y_i)^2`` for ``outputs`` ``[K, n]`` (``f_k(x_i)``) and
+    ``targets`` ``[n]``, and the fraction of the ``K`` functions with ``m_k <= threshold``."""
+    if outputs.dim() != 2 or targets.shape != outputs.shape[1:]:
+        raise ValueError(f"support_fit needs outputs [K, n] and targets [n], got "
+                         f"{tuple(outputs.shape)} and {tuple(targets.shape)}")
+    mse = (outputs.double() - targets.double()).pow(2).mean(1)
+    return mse, (mse <= threshold).double().mean()
+
+
+def fitting_hypotheses(fits: torch.Tensor, is_line: torch.Tensor, is_sine: torch.Tensor
+                       ) -> dict[str, torch.Tensor]:
+    """Of one task's ``K`` functions (bools ``[K]`` each): at least two fit the support
+    (``two_fitting``), some fitting one is a family line (``fitting_line``), some fitting
+    one a family sinusoid (``fitting_sine``); the strict score is the last two at once."""
+    return {"two_fitting": torch.tensor(float(fits.sum() >= 2)),
+            "fitting_line": torch.tensor(float((fits & is_line).any())),
+            "fitting_sine": torch.tensor(float((fits & is_sine).any()))}
+
+
 def measure(run: Path, tasks, episodes: int, samples: int, maml_noise_std: float,
             fit_tolerance: float, ambiguous: list[bool], hypothesis_tolerance: float,
-            prior_scale: float = 1.0) -> dict:
+            prior_scale: float = 1.0, inner_steps: int = INNER_STEPS,
+            lr_scale: float = 1.0, noise_variance: float = 0.09) -> dict:
     """Every score's mean ± 95% CI over tasks (``*_ambiguous``: over the tasks flagged in
-    ``ambiguous``, in the order of ``tasks``)."""
+    ``ambiguous``, in the order of ``tasks``), with ``inner_steps`` inner steps of the
+    trained step times ``lr_scale`` at test."""
     learner = load_run(run)
     learner.eval()
     scale_prior_std(learner, prior_scale)
-    options = {"inner_steps": INNER_STEPS} if "inner_steps" in learner.adapt_options else {}
+    scale_inner_lr(learner, lr_scale)
+    options = {"inner_steps": inner_steps} if "inner_steps" in learner.adapt_options else {}
     scores: dict[str, list[torch.Tensor]] = {}
     flags = iter(ambiguous)
     for batch in tasks:
@@ -191,10 +242,11 @@ def measure(run: Path, tasks, episodes: int, samples: int, maml_noise_std: float
                 adapted, maml_noise_std)
             values = predictive_scores(predictive, batch.query_x[t], batch.query_y[t])
             functions = functions_of(learner, adapted, sx, sy, samples,
-                                     torch.cat([GRID, sx]))
+                                     torch.cat([GRID, sx]), inner_steps)
             line_like = is_line_like(functions[:, : len(GRID)])
-            support_rms = (functions[:, len(GRID):] - sy[:, 0]).pow(2).mean(1).sqrt()
-            fits = support_rms <= fit_tolerance
+            support_mse, fit_fraction = support_fit(functions[:, len(GRID):], sy[:, 0],
+                                                    fit_tolerance ** 2)
+            fits = support_mse <= fit_tolerance ** 2
             fitting = line_like[fits]
             is_line, is_sine = hypotheses(functions[:, : len(GRID)], hypothesis_tolerance)
             mean_line = is_line_like(predictive.mean(GRID).T)[0]
@@ -208,10 +260,17 @@ def measure(run: Path, tasks, episodes: int, samples: int, maml_noise_std: float
                 "both_hypotheses": torch.tensor(float((is_line & fits).any()
                                                       and (is_sine & fits).any())),
                 "ambiguous": torch.tensor(float(next(flags))),
+                "support_fit": fit_fraction,
+                "support_fit_noise": support_fit(functions[:, len(GRID):], sy[:, 0],
+                                                 noise_variance)[1],
+                "support_mse": support_mse.median(),
             })
             if values["ambiguous"]:
                 values["both_fitting_ambiguous"] = values["both_fitting"]
                 values["both_hypotheses_ambiguous"] = values["both_hypotheses"]
+                values["support_fit_ambiguous"] = fit_fraction
+                for key, value in fitting_hypotheses(fits, is_line, is_sine).items():
+                    values[f"{key}_ambiguous"] = value
             for name, value in values.items():
                 scores.setdefault(name, []).append(value)
     return {name: dict(zip(("mean", "ci95"), mean_ci95(torch.stack(values)), strict=True))
@@ -220,11 +279,34 @@ def measure(run: Path, tasks, episodes: int, samples: int, maml_noise_std: float
 
 def measure_cell(runs: Path, tasks, episodes: int, samples: int, maml_noise_std: float,
                  fit_tolerance: float, ambiguous: list[bool], hypothesis_tolerance: float,
-                 cell: tuple[str, str | None, float]) -> dict:
-    """`measure` of the run ``RUNS/<name>[/<seed dir>]`` with the prior scale of ``cell``."""
-    name, seed_dir, scale = cell
+                 noise_variance: float,
+                 cell: tuple[str, str | None, tuple[float, int, float]]) -> dict:
+    """`measure` of the run ``RUNS/<name>[/<seed dir>]`` under the setting of ``cell``:
+    (prior scale, inner steps at test, inner step multiplier)."""
+    name, seed_dir, (scale, steps, lr_scale) = cell
     return measure(runs / name / (seed_dir or ""), tasks, episodes, samples, maml_noise_std,
-                   fit_tolerance, ambiguous, hypothesis_tolerance, scale)
+                   fit_tolerance, ambiguous, hypothesis_tolerance, scale, steps, lr_scale,
+                   noise_variance)
+
+
+def parse_setting(text: str) -> tuple[int, float]:
+    """``--figure-settings`` entry ``STEPSxSCALE`` (``100x5``): inner steps and step
+    multiplier at test."""
+    try:
+        steps, scale = text.lower().split("x")
+        return int(steps), float(scale)
+    except ValueError:
+        raise ValueError(f"--figure-settings entries must be STEPSxSCALE such as 100x5, got "
+                         f"{text!r}") from None
+
+
+def setting_label(name: str, setting: tuple[float, int, float]) -> str:
+    """A row's name: the run's, plus what differs from the default test-time setting."""
+    scale, steps, lr_scale = setting
+    extras = ([f"prior std x{scale:g}"] if scale != 1.0 else []) + (
+        [f"{steps} steps, lr x{lr_scale:g}"] if (steps, lr_scale) != (INNER_STEPS, 1.0)
+        else [])
+    return name if not extras else f"{name} ({', '.join(extras)})"
 
 
 def test_tasks(run: Path, episodes: int, support_width: str | None = None):
@@ -264,12 +346,12 @@ def over_seed_rows(per_seed: list[dict]) -> dict:
     return {name: over_seeds([r[name]["mean"] for r in per_seed]) for name in per_seed[0]}
 
 
-def draw_figure(runs: dict[str, Path], tasks, ambiguous: list[bool], samples: int,
-                hypothesis_tolerance: float, count: int, out: Path) -> Path:
-    """Rows: the runs; columns: the first ``count`` ambiguous test supports. Each panel: the
-    support (red), the task's query points (grey), and every function the method gives
-    (`functions_of`), orange when it is a line of the family, purple a sinusoid, grey
-    neither (`hypotheses`)."""
+def draw_figure(runs: dict[str, tuple[Path, int, float]], tasks, ambiguous: list[bool],
+                samples: int, hypothesis_tolerance: float, count: int, out: Path) -> Path:
+    """Rows: the runs (label -> (run, inner steps at test, step multiplier)); columns: the
+    first ``count`` ambiguous test supports. Each panel: the support (red), the task's query
+    points (grey), and every function the method gives (`functions_of`), orange when it is
+    a line of the family, purple a sinusoid, grey neither (`hypotheses`)."""
     from metalab.cli.plot import _pyplot, _save
 
     chosen = [(batch, t) for batch in tasks for t in range(len(batch))]
@@ -277,14 +359,15 @@ def draw_figure(runs: dict[str, Path], tasks, ambiguous: list[bool], samples: in
     plt = _pyplot()
     fig, axes = plt.subplots(len(runs), len(chosen), figsize=(3.2 * len(chosen),
                                                               2.6 * len(runs)), squeeze=False)
-    for row, (name, run) in enumerate(runs.items()):
+    for row, (name, (run, steps, lr_scale)) in enumerate(runs.items()):
         learner = load_run(run)
         learner.eval()
-        options = {"inner_steps": INNER_STEPS} if "inner_steps" in learner.adapt_options else {}
+        scale_inner_lr(learner, lr_scale)
+        options = {"inner_steps": steps} if "inner_steps" in learner.adapt_options else {}
         for column, (batch, t) in enumerate(chosen):
             sx, sy = batch.support_x[t], batch.support_y[t]
             functions = functions_of(learner, learner.adapt(sx, sy, **options), sx, sy,
-                                     samples, GRID)
+                                     samples, GRID, steps)
             is_line, is_sine = hypotheses(functions, hypothesis_tolerance)
             axis = axes[row, column]
             axis.scatter(batch.query_x[t, :, 0], batch.query_y[t, :, 0], s=3, color="0.6")
@@ -293,7 +376,7 @@ def draw_figure(runs: dict[str, Path], tasks, ambiguous: list[bool], samples: in
                 axis.plot(GRID[:, 0], f, color=color, linewidth=0.9, alpha=0.8)
             axis.scatter(sx[:, 0], sy[:, 0], color="tab:red", s=16, zorder=3)
             truth = "line" if batch.task_id[t] == LINE else "sine"
-            axis.set_title(f"{name}, task {column + 1} (a {truth})", fontsize=8)
+            axis.set_title(f"{name}\ntask {column + 1} (a {truth})", fontsize=8)
             axis.set_ylim(-10, 10)
     fig.suptitle(f"functions on ambiguous supports (red): orange = a family line, purple = "
                  f"a family sinusoid (RMS <= {hypothesis_tolerance} on [-5, 5]), grey = "
@@ -305,6 +388,9 @@ def draw_figure(runs: dict[str, Path], tasks, ambiguous: list[bool], samples: in
 COLUMNS = ("mse", "log_likelihood", "coverage_90", "both", "both_fitting", "ambiguous",
            "both_fitting_ambiguous", "truth_covered", "mean_kind", "hypothesis_draws",
            "both_hypotheses_ambiguous")
+SUPPORT_COLUMNS = ("support_fit", "support_fit_noise", "support_mse", "support_fit_ambiguous",
+                   "two_fitting_ambiguous", "fitting_line_ambiguous", "fitting_sine_ambiguous",
+                   "both_hypotheses_ambiguous", "both_fitting_ambiguous")
 
 
 def main() -> None:
@@ -328,6 +414,14 @@ def main() -> None:
     parser.add_argument("--prior-scales", nargs="+", type=float, default=[],
                         help="extra rows: every PLATIPUS name with its prior std "
                              "sigma_theta multiplied by each of these at test")
+    parser.add_argument("--inner-steps", nargs="+", type=int, default=[INNER_STEPS],
+                        help="rows for each of these inner-step counts at test")
+    parser.add_argument("--inner-lr-scales", nargs="+", type=float, default=[1.0],
+                        help="rows with the inner SGD step multiplied by each of these at "
+                             "test (every step count of --inner-steps)")
+    parser.add_argument("--figure-settings", nargs="+", default=[f"{INNER_STEPS}x1"],
+                        help="the figure's rows: every --figure-names run under each "
+                             "STEPSxSCALE (inner steps, step multiplier at test)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="measure this many (name, seed) cells at once, one process each")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
@@ -348,12 +442,14 @@ def main() -> None:
     ambiguous = ambiguity_flags(tasks, args.fit_tolerance)
     probed = [n for n in names if read_run_config(args.runs / n / (seed_dirs[0] or ""))[
         "algorithm"]["name"] == "platipus"]
-    rows = [(name, 1.0) for name in names] + [
-        (name, c) for name in probed for c in args.prior_scales]
+    noise = read_run_config(first)["data"].get("noise", 0.3)
+    adaptations = [(s, c) for s in args.inner_steps for c in args.inner_lr_scales]
+    rows = [(name, (1.0, s, c)) for name in names for s, c in adaptations] + [
+        (name, (p, INNER_STEPS, 1.0)) for name in probed for p in args.prior_scales]
     cells = [(name, d, c) for name, c in rows for d in seed_dirs]
     cell = partial(measure_cell, args.runs, tasks, args.episodes, args.samples,
                    args.maml_noise_std, args.fit_tolerance, ambiguous,
-                   args.hypothesis_tolerance)
+                   args.hypothesis_tolerance, noise ** 2)
     if args.jobs > 1:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(args.jobs, mp_context=context,
@@ -363,22 +459,24 @@ def main() -> None:
         measured = {c: cell(c) for c in cells}
     results, per_seed = {}, {}
     for row, c in rows:
-        name = row if c == 1.0 else f"{row} (prior std x{c:g})"
+        name = setting_label(row, c)
         per_seed[name] = [measured[row, d, c] for d in seed_dirs]
         results[name] = per_seed[name][0] if args.seeds is None else over_seed_rows(
             per_seed[name])
         print(name, {k: format_plain(v) for k, v in results[name].items()}, flush=True)
     if args.figure is not None:
-        drawn = args.figure_names or names
-        draw_figure({name: args.runs / name / (seed_dirs[0] or "") for name in drawn}, tasks,
-                    ambiguous, args.samples, args.hypothesis_tolerance, args.figure_tasks,
-                    args.figure)
+        drawn = {setting_label(name, (1.0, *parse_setting(s))): (
+            args.runs / name / (seed_dirs[0] or ""), *parse_setting(s))
+            for name in args.figure_names or names for s in args.figure_settings}
+        draw_figure(drawn, tasks, ambiguous, args.samples, args.hypothesis_tolerance,
+                    args.figure_tasks, args.figure)
     seconds = time.time() - start
     spread = ("mean ± 95% CI over tasks" if args.seeds is None else
               f"mean over seeds {args.seeds} ± t 95% CI over seeds")
     lines = [f"# Ambiguous sine/line: {args.episodes} test tasks (seed 1234), 5 support points "
              f"in a window of width {width}, "
-             f"100 query points, {INNER_STEPS} inner steps at test, {spread}; "
+             f"100 query points, {INNER_STEPS} inner steps at test unless a row says "
+             f"otherwise, {spread}; "
              f"{sum(ambiguous)} of the tasks have an ambiguous support; "
              f"measured in {seconds:.0f} s", "",
              "| run | MSE | log-lik per point | 90% coverage | both kinds drawn | "
@@ -401,7 +499,17 @@ def main() -> None:
               f"the other kind above it (a flat function, near both, is neither); the last "
               f"column counts the ambiguous supports "
               f"on which some draw fitting the support is a line and another a sinusoid. "
-              f"MAML (point estimate): predictive N(f(x), {args.maml_noise_std}^2)."]
+              f"MAML (point estimate): predictive N(f(x), {args.maml_noise_std}^2).", "",
+              "Support fit: each function's MSE m_k on the task's own support points.", "",
+              f"| run | functions fitting the support (m_k <= {args.fit_tolerance ** 2:g}) | "
+              f"fitting within the noise (m_k <= {noise ** 2:g}) | median m_k | "
+              f"ambiguous supports: functions fitting | at least two fitting | a fitting "
+              f"family line | a fitting family sinusoid | a fitting line and sinusoid "
+              f"(strict) | both kinds among fitting (forced choice) |",
+              "|---" * 10 + "|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | " + " | ".join(format_plain(r[k]) if k in r else "—"
+                                                 for k in SUPPORT_COLUMNS) + " |")
     text = "\n".join(lines)
     print(text)
     if args.out is not None:
@@ -411,6 +519,9 @@ def main() -> None:
                                         "seeds": args.seeds, "per_seed": per_seed,
                                         "fit_tolerance": args.fit_tolerance,
                                         "hypothesis_tolerance": args.hypothesis_tolerance,
+                                        "noise_variance": noise ** 2,
+                                        "inner_steps": args.inner_steps,
+                                        "inner_lr_scales": args.inner_lr_scales,
                                         "maml_noise_std": args.maml_noise_std,
                                         "support_width": width, "seconds": seconds,
                                         "results": results})

@@ -211,3 +211,63 @@ def test_checkpoint_snapshots_copy_each_multiple_once(tmp_path):
     saved = torch.load(out / "step500" / "checkpoint.pt", weights_only=False)
     assert saved["step"] == 500 and saved["learner"]["w"].item() == 500.0
     assert (out / "step500" / "config.yaml").read_text() == "algorithm: {name: platipus}\n"
+
+
+def test_support_fit_is_each_functions_mean_squared_error_on_the_support_by_hand():
+    targets = torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    outputs = torch.tensor([[1.0, 2.0, 3.0],    # exact: MSE 0
+                            [1.0, 2.0, 4.0],    # one point off by 1: MSE 1/3
+                            [0.0, 0.0, 0.0]],   # (1 + 4 + 9) / 3 = 14/3
+                           dtype=torch.float64)
+    mse, fraction = pa.support_fit(outputs, targets, threshold=0.5)
+    assert torch.allclose(mse, torch.tensor([0.0, 1 / 3, 14 / 3], dtype=torch.float64))
+    assert fraction.item() == pytest.approx(2 / 3)  # a summed error (1 > 0.5) would give 1/3
+    # the threshold is inclusive and on the MSE, not the RMS (sqrt(1/3) = 0.577 > 1/3)
+    assert pa.support_fit(outputs, targets, threshold=1 / 3)[1].item() == pytest.approx(2 / 3)
+    assert pa.support_fit(outputs, targets, threshold=0.3)[1].item() == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="outputs"):
+        pa.support_fit(outputs, targets[:2], threshold=0.5)
+
+
+def test_fitting_hypotheses_count_only_functions_that_fit_the_support():
+    fits = torch.tensor([True, False, True, True])
+    is_line = torch.tensor([True, False, False, False])
+    is_sine = torch.tensor([False, True, False, False])  # the one sinusoid misses the support
+    scores = pa.fitting_hypotheses(fits, is_line, is_sine)
+    assert scores == {"two_fitting": 1.0, "fitting_line": 1.0, "fitting_sine": 0.0}
+    one = pa.fitting_hypotheses(torch.tensor([False, True]), torch.tensor([False, True]),
+                                torch.tensor([True, False]))
+    assert one == {"two_fitting": 0.0, "fitting_line": 1.0, "fitting_sine": 0.0}
+
+
+def test_inner_lr_scale_changes_the_test_time_step_by_hand():
+    from torch import nn
+
+    from metalab.algorithms.maml import MAML
+
+    model = nn.Linear(1, 1).double()
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+        model.bias.fill_(0.0)
+    learner = MAML(model, inner_lr=0.01, loss="mse")
+    pa.scale_inner_lr(learner, 5.0)
+    x = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    y = torch.tensor([[3.0], [5.0]], dtype=torch.float64)
+    # L = mean((w x + b - y)^2) at w = 1, b = 0: residuals -2, -3; dL/dw = mean(2 r x) = -8,
+    # dL/db = mean(2 r) = -5; one step of 5 * 0.01 gives w = 1.4, b = 0.25
+    adapted = learner.adapt_task(x, y, training=False, inner_steps=1)
+    assert adapted["weight"].item() == pytest.approx(1.4, abs=1e-12)
+    assert adapted["bias"].item() == pytest.approx(0.25, abs=1e-12)
+    pa.scale_inner_lr(learner, 1.0)  # the identity leaves the scaled rule as it is
+    assert learner.update_rule.lr == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="inner-lr-scales"):
+        pa.scale_inner_lr(nn.Linear(1, 1), 2.0)
+
+
+def test_settings_parse_and_label_the_rows():
+    assert pa.parse_setting("100x5") == (100, 5.0)
+    with pytest.raises(ValueError, match="STEPSxSCALE"):
+        pa.parse_setting("100")
+    assert pa.setting_label("platipus", (1.0, pa.INNER_STEPS, 1.0)) == "platipus"
+    assert pa.setting_label("platipus", (1.0, 50, 2.0)) == "platipus (50 steps, lr x2)"
+    assert pa.setting_label("platipus", (4.0, 10, 1.0)) == "platipus (prior std x4)"
