@@ -161,3 +161,39 @@ def test_evaluator_reports_nll_and_the_pooled_ece():
     assert result["confidence"] == pytest.approx(confidence.item())
     assert "calibration_bins" not in result
     assert "NLL" in format_result(result) and "ECE" in format_result(result)
+
+
+def test_evaluation_scores_each_query_set_with_one_forward_pass_and_the_same_numbers():
+    """Meta-test takes the probabilities from the logits it already has (one query pass per
+    task, not two) and gives exactly the loss, metric, NLL and bins of scoring the logits
+    and the probabilities with separate passes."""
+    from metalab.algorithms.calibration import calibration_bins
+
+    batch = classification_batch()
+    learner = MAML(linear(), inner_lr=0.3, inner_steps=2)
+    query_passes = []
+    learner.model.register_forward_hook(
+        lambda _m, inputs, _o: query_passes.append(inputs[0].shape[0]))
+    losses, metrics = learner.task_losses(batch, training=False)
+    assert query_passes.count(batch.query_x.shape[1]) == len(batch)
+    for t in range(len(batch)):  # the two-pass computation, written plainly
+        predictor = learner.adapt(batch.support_x[t], batch.support_y[t])
+        logits = predictor(batch.query_x[t])
+        probabilities = predictor.probabilities(batch.query_x[t])
+        y = batch.query_y[t]
+        assert losses[t].item() == nn.functional.cross_entropy(logits, y).item()
+        assert metrics["accuracy"][t].item() == (logits.argmax(-1) == y).double().mean().item()
+        nll = -torch.log(probabilities[torch.arange(len(y)), y]).mean()
+        assert metrics["nll"][t].item() == pytest.approx(nll.item(), rel=1e-12, abs=0)
+        assert torch.equal(metrics["calibration_bins"][t], calibration_bins(probabilities, y))
+
+
+def test_probabilities_ignore_outputs_they_are_not_a_function_of():
+    """A predictive whose probabilities are not the softmax of its outputs (a mixture, a
+    sampled predictive) computes them from the inputs, whatever outputs it is handed."""
+    x, _ = data()
+    predictor = CategoricalPredictive(lambda v: v, lambda v: torch.full_like(v, 0.25))
+    assert torch.equal(predictor.probabilities(x, outputs=torch.zeros_like(x)),
+                       torch.full_like(x, 0.25))
+    logits = CategoricalPredictive.from_logits(lambda v: 2 * v)
+    assert torch.equal(logits.probabilities(x, outputs=2 * x), torch.softmax(2 * x, -1))

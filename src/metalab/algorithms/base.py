@@ -75,16 +75,25 @@ class CategoricalPredictive(Predictor):
     """
 
     def __init__(self, forward: Callable[[Tensor], Tensor],
-                 probabilities: Callable[[Tensor], Tensor]) -> None:
+                 probabilities: Callable[[Tensor], Tensor],
+                 probabilities_of_outputs: Callable[[Tensor], Tensor] | None = None) -> None:
         super().__init__(forward)
         self._probabilities = probabilities
+        self._probabilities_of_outputs = probabilities_of_outputs
 
     @classmethod
     def from_logits(cls, forward: Callable[[Tensor], Tensor]) -> CategoricalPredictive:
-        return cls(forward, lambda x: torch.softmax(forward(x), dim=-1))
+        return cls(forward, lambda x: torch.softmax(forward(x), dim=-1),
+                   probabilities_of_outputs=lambda logits: torch.softmax(logits, dim=-1))
 
     @torch.no_grad()
-    def probabilities(self, x: Tensor) -> Tensor:
+    def probabilities(self, x: Tensor, outputs: Tensor | None = None) -> Tensor:
+        """Class probabilities ``[m, classes]`` of ``x``. ``outputs``: ``predictor(x)``,
+        when already computed; if the probabilities are a function of the outputs
+        (`from_logits`: their softmax) they are taken from it instead of running the
+        model again (the same numbers: the forward pass is deterministic)."""
+        if outputs is not None and self._probabilities_of_outputs is not None:
+            return self._probabilities_of_outputs(outputs)
         return self._probabilities(x)
 
 
@@ -127,15 +136,13 @@ def parameters_for(module: nn.Module, training: bool) -> dict[str, Tensor]:
 REGISTRY: dict[str, type[MetaLearner]] = {}
 
 
-def probability_scores(predictors: list[CategoricalPredictive], query_x: Tensor,
-                       query_y: Tensor) -> dict[str, Tensor]:
-    """Per task ``nll`` ``[T]`` and ``calibration_bins`` ``[T, bins, 3]`` of the predictors'
-    class probabilities on the query sets (`metalab.algorithms.calibration`)."""
+def probability_scores(probabilities: Iterable[Tensor], query_y: Tensor) -> dict[str, Tensor]:
+    """Per task ``nll`` ``[T]`` and ``calibration_bins`` ``[T, bins, 3]`` of each task's
+    query class probabilities ``[m, classes]`` (`metalab.algorithms.calibration`)."""
     nll, bins = [], []
-    for t, predictor in enumerate(predictors):
-        probabilities = predictor.probabilities(query_x[t])
-        nll.append(negative_log_likelihood(probabilities, query_y[t]))
-        bins.append(calibration_bins(probabilities, query_y[t]))
+    for t, p in enumerate(probabilities):
+        nll.append(negative_log_likelihood(p, query_y[t]))
+        bins.append(calibration_bins(p, query_y[t]))
     return {"nll": torch.stack(nll), "calibration_bins": torch.stack(bins)}
 
 
@@ -372,11 +379,12 @@ class MetaLearner(nn.Module):
         options = {**self.task_options(batch), **options}
         predictors = [self.adapt(batch.support_x[t], batch.support_y[t], **options)
                       for t in range(len(batch))]
-        losses, metrics = self.stacked_scores(
-            (predictor(batch.query_x[t]), batch.query_y[t])
-            for t, predictor in enumerate(predictors))
+        outputs = [predictor(batch.query_x[t]) for t, predictor in enumerate(predictors)]
+        losses, metrics = self.stacked_scores(zip(outputs, batch.query_y, strict=True))
         if all(isinstance(p, CategoricalPredictive) for p in predictors):
-            metrics.update(probability_scores(predictors, batch.query_x, batch.query_y))
+            metrics.update(probability_scores(
+                (p.probabilities(batch.query_x[t], outputs[t]) for t, p in enumerate(predictors)),
+                batch.query_y))
         return losses, metrics
 
     def stacked_scores(self, outputs_and_targets: Iterable[tuple[Tensor, Tensor]]
