@@ -8,7 +8,11 @@ end to end by the query cross-entropy.
 
 On the contract: `adapt_task` keeps the support sequence (embeddings and label channels);
 `predict` appends *each query independently* after the support, as in the paper, so a query
-never sees the other queries (one sequence of ``Ns + 1`` steps per query, run as a batch).
+never sees the other queries (one sequence of ``Ns + 1`` steps per query). The network is
+causal, so the support steps' activations are the same in every query's sequence: they are
+computed once (`SNAILNet.last_step_after`) and only the query step is run for the queries as
+a batch, in training and at meta-test (the same function and gradients as running the
+``Nq`` full sequences, `tests/test_snail_prefix.py`).
 With ``shuffle_support`` the support steps are put in a random order in meta-training (the
 sampler lists them class by class); at meta-test they keep the order they are given.
 
@@ -24,12 +28,7 @@ from torch import Tensor, nn
 
 from metalab.algorithms.base import MetaLearner, embedding_dimension, support_ways
 from metalab.nn.snail import SNAILNet
-from metalab.tasks.sequence import (
-    one_hot_labels,
-    queries_after_support,
-    random_order,
-    with_label_channel,
-)
+from metalab.tasks.sequence import one_hot_labels, random_order, with_label_channel
 from metalab.validation import check_positive_int
 
 
@@ -84,7 +83,7 @@ class SNAIL(MetaLearner, name="snail"):
         """Logits ``[N, ways]``: each query's output after the support sequence."""
         features = self.features(x)
         query_steps = with_label_channel(features, features.new_zeros(len(x), self.ways))
-        return self.net(queries_after_support(state, query_steps))[:, -1]
+        return self.net.last_step_after(state, query_steps)
 
     def step_logits(self, steps: Tensor) -> Tensor:
         """The sequence network on ready-made steps ``[B, T, D + ways]``: ``[B, T, ways]``."""

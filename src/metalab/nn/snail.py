@@ -21,6 +21,14 @@ Sequences are ``[B, T, C]`` (batch, steps, channels); each block appends channel
 `SNAILNet` stacks them as the paper's Omniglot model: attention(64, 32), TC(T, 128),
 attention(256, 128), TC(T, 128), attention(512, 256), then a 1x1 convolution (a linear map
 per step) to the class logits. ``filters``, ``key_sizes`` and ``value_sizes`` scale it down.
+
+Shared prefix: since every block is causal, the activations of a prefix do not depend on
+what follows it. `SNAILNet.last_step_after` runs a prefix of P steps through the stack once
+and then only the step after it, for B different last steps at once: the output at step P
+of each sequence ``[prefix, last_b]``, the same numbers as ``net(sequences)[:, -1]`` with
+``P + B`` steps of work instead of ``B (P + 1)``. Each block gives this through its
+``last_step_after(prefix, last) -> (prefix_out, last_out)``, ``prefix [P, C]`` (one
+sequence, no batch dimension) and ``last [B, C]``.
 """
 
 from __future__ import annotations
@@ -53,6 +61,21 @@ class CausalConv1d(nn.Conv1d):
         out = causal_conv1d(x.transpose(1, 2), self.weight, self.bias, self.dilation[0])
         return out.transpose(1, 2)
 
+    def last_output(self, prefix: Tensor, last: Tensor) -> Tensor:
+        """``[B, out]``: the output at step P of each sequence ``[prefix (P steps), last_b]``::
+
+            y_P = b + W_{k-1} last + sum_{j < k-1} W_j prefix_{P - (k-1-j) d}
+
+        (terms with ``P - (k-1-j) d < 0`` read the zero padding); the prefix terms are
+        computed once and broadcast over the B last steps."""
+        kernel, dilation, steps = self.weight.shape[-1], self.dilation[0], prefix.shape[-2]
+        out = F.linear(last, self.weight[:, :, -1], self.bias)
+        for j in range(kernel - 1):
+            s = steps - (kernel - 1 - j) * dilation
+            if s >= 0:
+                out = out + F.linear(prefix[s], self.weight[:, :, j])
+        return out
+
 
 class DenseBlock(nn.Module):
     """``[x, tanh(conv_f(x)) * sigmoid(conv_g(x))]``: ``filters`` channels appended."""
@@ -66,6 +89,12 @@ class DenseBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         activation = torch.tanh(self.filter_conv(x)) * torch.sigmoid(self.gate_conv(x))
         return torch.cat((x, activation), dim=-1)
+
+    def last_step_after(self, prefix: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
+        """``(self(prefix), output at the step after it for each of last [B, C])``."""
+        activation = (torch.tanh(self.filter_conv.last_output(prefix, last))
+                      * torch.sigmoid(self.gate_conv.last_output(prefix, last)))
+        return self(prefix.unsqueeze(0)).squeeze(0), torch.cat((last, activation), dim=-1)
 
 
 def tc_dilations(sequence_length: int) -> list[int]:
@@ -86,6 +115,18 @@ class TCBlock(nn.Sequential):
         super().__init__(*blocks)
         self.out_channels = in_channels
 
+    def last_step_after(self, prefix: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
+        """The dense blocks' `DenseBlock.last_step_after` in turn."""
+        return last_step_through(self, prefix, last)
+
+
+def last_step_through(blocks: nn.Sequential, prefix: Tensor, last: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+    """Blocks that each have ``last_step_after``, applied in order to ``(prefix, last)``."""
+    for block in blocks:
+        prefix, last = block.last_step_after(prefix, last)
+    return prefix, last
+
 
 def causal_mask(steps: int, device: torch.device | None = None) -> Tensor:
     """``[T, T]`` booleans, True where step t may attend to step s (``s <= t``)."""
@@ -104,11 +145,30 @@ class AttentionBlock(nn.Module):
         self.out_channels = in_channels + value_size
 
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.query(x) @ self.key(x).transpose(-1, -2) / math.sqrt(self.key_size)
-        allowed = causal_mask(x.shape[-2], x.device)
+        return torch.cat((x, self._causal_read(self.query(x), self.key(x), self.value(x))),
+                         dim=-1)
+
+    def _causal_read(self, queries: Tensor, keys: Tensor, values: Tensor) -> Tensor:
+        logits = queries @ keys.transpose(-1, -2) / math.sqrt(self.key_size)
+        allowed = causal_mask(keys.shape[-2], keys.device)
         logits = logits.masked_fill(~allowed, float("-inf"))
-        read = torch.softmax(logits, dim=-1) @ self.value(x)
-        return torch.cat((x, read), dim=-1)
+        return torch.softmax(logits, dim=-1) @ values
+
+    def last_step_after(self, prefix: Tensor, last: Tensor) -> tuple[Tensor, Tensor]:
+        """``(self(prefix), [last, read_P])`` for each of ``last [B, C]``: the step after
+        the prefix attends to the P prefix keys (computed once) and to its own::
+
+            read_P = sum_{s <= P} softmax_s(q_P . k_s / sqrt(K)) v_s,   k_P, v_P from last_b
+        """
+        keys, values = self.key(prefix), self.value(prefix)
+        prefix_out = torch.cat((prefix, self._causal_read(self.query(prefix), keys, values)),
+                               dim=-1)
+        query = self.query(last)
+        logits = torch.cat((query @ keys.transpose(-1, -2),
+                            (query * self.key(last)).sum(-1, keepdim=True)), dim=-1)
+        weights = torch.softmax(logits / math.sqrt(self.key_size), dim=-1)
+        read = weights[:, :-1] @ values + weights[:, -1:] * self.value(last)
+        return prefix_out, torch.cat((last, read), dim=-1)
 
 
 class SNAILNet(nn.Module):
@@ -145,3 +205,16 @@ class SNAILNet(nn.Module):
     def forward(self, steps: Tensor) -> Tensor:
         """``steps [B, T, in_channels]`` to logits ``[B, T, ways]``."""
         return self.output(self.blocks(steps))
+
+    def last_step_after(self, prefix: Tensor, last_steps: Tensor) -> Tensor:
+        """Logits ``[B, ways]`` at the last step of each sequence ``[prefix, last_steps[b]]``.
+
+        ``prefix [P, in_channels]`` is shared by the B sequences and goes through each block
+        once; ``last_steps [B, in_channels]``. Equal to
+        ``self(cat(prefix expanded to B, last_steps[:, None]))[:, -1]`` (the network is
+        causal), gradients included.
+        """
+        if prefix.dim() != 2 or last_steps.dim() != 2 or prefix.shape[1] != last_steps.shape[1]:
+            raise ValueError(f"prefix must be [P, C] and last_steps [B, C] with the same C, "
+                             f"got {tuple(prefix.shape)} and {tuple(last_steps.shape)}")
+        return self.output(last_step_through(self.blocks, prefix, last_steps)[1])
