@@ -143,6 +143,8 @@ def test_snail_rejects_other_ways():
         learner.adapt_task(sx, sy, training=False, ways=5)
     with pytest.raises(ValueError, match="key_sizes"):
         SNAILNet(7, 4, 6, key_sizes=(4, 5))
+    with pytest.raises(ValueError, match="strategy='loop' only, got 'vmap'"):
+        SNAIL(FlatEmbedding(4, D), ways=WAYS, shots=1, strategy="vmap")
 
 
 @pytest.mark.parametrize("name,shots", [("glyphs-5w1s", 1), ("glyphs-5w5s", 5),

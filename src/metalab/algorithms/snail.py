@@ -44,7 +44,7 @@ class SNAIL(MetaLearner, name="snail"):
             (32, 128, 256)).
         embedding_dim: D, when the model does not declare ``feature_dim``.
         shuffle_support: random support order in meta-training.
-        strategy: ``"loop"`` over tasks (``"vmap"`` is accepted by the base class).
+        strategy: ``"loop"`` over tasks (the only one).
     """
 
     model_role = "embedding"
@@ -55,6 +55,8 @@ class SNAIL(MetaLearner, name="snail"):
                  value_sizes: Sequence[int] = (32, 128, 256), embedding_dim: int | None = None,
                  shuffle_support: bool = True, strategy: str = "loop") -> None:
         super().__init__("cross_entropy", strategy)
+        if self.strategy != "loop":  # the label channel checks its labels' range per task
+            raise ValueError(f"SNAIL supports strategy='loop' only, got {strategy!r}")
         self.ways = check_positive_int("ways", ways)
         self.shots = check_positive_int("shots", shots)
         dim = embedding_dimension(model, embedding_dim, "SNAIL")
