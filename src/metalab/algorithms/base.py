@@ -127,15 +127,14 @@ def parameters_for(module: nn.Module, training: bool) -> dict[str, Tensor]:
 REGISTRY: dict[str, type[MetaLearner]] = {}
 
 
-def probability_scores(predictors: list[CategoricalPredictive], query_x: Tensor,
-                       query_y: Tensor) -> dict[str, Tensor]:
-    """Per task ``nll`` ``[T]`` and ``calibration_bins`` ``[T, bins, 3]`` of the predictors'
-    class probabilities on the query sets (`metalab.algorithms.calibration`)."""
+def probability_scores(probabilities: Iterable[Tensor], query_y: Tensor
+                       ) -> dict[str, Tensor]:
+    """Per task ``nll`` ``[T]`` and ``calibration_bins`` ``[T, bins, 3]`` of each task's class
+    probabilities ``[Nq, classes]`` on its query set (`metalab.algorithms.calibration`)."""
     nll, bins = [], []
-    for t, predictor in enumerate(predictors):
-        probabilities = predictor.probabilities(query_x[t])
-        nll.append(negative_log_likelihood(probabilities, query_y[t]))
-        bins.append(calibration_bins(probabilities, query_y[t]))
+    for t, task_probabilities in enumerate(probabilities):
+        nll.append(negative_log_likelihood(task_probabilities, query_y[t]))
+        bins.append(calibration_bins(task_probabilities, query_y[t]))
     return {"nll": torch.stack(nll), "calibration_bins": torch.stack(bins)}
 
 
@@ -376,7 +375,20 @@ class MetaLearner(nn.Module):
             (predictor(batch.query_x[t]), batch.query_y[t])
             for t, predictor in enumerate(predictors))
         if all(isinstance(p, CategoricalPredictive) for p in predictors):
-            metrics.update(probability_scores(predictors, batch.query_x, batch.query_y))
+            metrics.update(probability_scores(
+                (p.probabilities(batch.query_x[t]) for t, p in enumerate(predictors)),
+                batch.query_y))
+        return losses, metrics
+
+    def network_output_scores(self, outputs: Tensor, query_y: Tensor
+                              ) -> tuple[Tensor, dict[str, Tensor]]:
+        """What `evaluation_task_losses` reports, from one network's outputs ``[T, Nq, ...]``
+        on the query sets, computed without `adapt` (a method's batched evaluation): the
+        per-task loss and metric, and under cross-entropy (the outputs are logits, as in
+        `adapt`'s predictor) the ``nll`` and ``calibration_bins`` of their softmax."""
+        losses, metrics = self.stacked_scores(zip(outputs, query_y, strict=True))
+        if self.loss_name == "cross_entropy":
+            metrics.update(probability_scores(torch.softmax(outputs, dim=-1), query_y))
         return losses, metrics
 
     def stacked_scores(self, outputs_and_targets: Iterable[tuple[Tensor, Tensor]]
