@@ -138,17 +138,18 @@ def main() -> None:
     if args.quick:
         args.episodes, args.steps, args.rounds = 4, 3, 1
     default_threads = os.cpu_count() or 1
-    results = [measure(setting, threads or default_threads, args)
-               for setting in args.settings for threads in args.threads]
     info = {**machine_info(), "default_threads": default_threads}
     command = ("python benchmarks/reptile_eval_strategy.py --settings "
                f"{' '.join(args.settings)} --threads {' '.join(map(str, args.threads))} "
                f"--episodes {args.episodes} --steps {args.steps} --rounds {args.rounds}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out.with_suffix(".json"),
-                      json.dumps({"machine": info, "command": command, "results": results},
-                                 indent=2) + "\n")
-    atomic_write_text(args.out.with_suffix(".md"), markdown(results, info, command))
+    results = []
+    for setting in args.settings:
+        for threads in args.threads:  # the files are rewritten after every measurement
+            results.append(measure(setting, threads or default_threads, args))
+            atomic_write_text(args.out.with_suffix(".json"), json.dumps(
+                {"machine": info, "command": command, "results": results}, indent=2) + "\n")
+            atomic_write_text(args.out.with_suffix(".md"), markdown(results, info, command))
 
 
 if __name__ == "__main__":

@@ -38,9 +38,10 @@ with ``beta1 = 0`` amplify that to ~1e-3 in a query loss). Meta-training runs ta
 under either strategy. Which is faster depends on the threads (`benchmarks/
 reptile_eval_strategy.py`, Conv4-64, 20 episodes of 50 steps, one process, shared 2-core
 CPU): at one thread the loop (vmap takes 1.5x the loop's time at 5-way 1-shot, 2.1x at
-20-way 1-shot: the vmapped convolutions are grouped, their activations 20 times larger);
-at two threads on that loaded machine vmap (2.8x faster at 5-way 1-shot), hence the
-default ``"loop"`` for one-thread runs.
+20-way 1-shot; a profile of 3 steps at 20-way put the gap in the vmapped max-pooling,
+2.5 s against 0.2 s, and the grouped convolutions, 1.8 s against 0.9 s forward); at two
+threads on that loaded machine vmap (2.8x faster at 5-way 1-shot). Hence ``"loop"`` stays
+the default, for one-thread runs.
 
 Batch norm: metalab's `TaskBatchNorm` normalises every forward pass with the statistics
 of the batch it is given, so the query set is scored as one batch normalised together:
