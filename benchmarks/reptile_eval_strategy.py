@@ -24,6 +24,7 @@ import argparse
 import gc
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -107,14 +108,15 @@ def measure(setting: str, threads: int, args: argparse.Namespace) -> dict:
 def markdown(results: list[dict], info: dict, command: str) -> str:
     lines = ["# Reptile evaluation: vmap over episodes against the per-episode loop", "",
              f"`{command}`", "",
-             f"Machine: {info}. Conv4-64, 1x28x28, Adam (beta1 = 0, lr 1e-3), one batch of "
+             f"Machine: {info} (``threads``: the process's count when it ended). "
+             f"Conv4-64, 1x28x28, Adam (beta1 = 0, lr 1e-3), one batch of "
              f"episodes per timing; loop and vmap timed in turn in one process. Ratio = loop "
              f"seconds / vmap seconds (above 1: vmap faster).", "",
              "| setting | threads | episodes | inner steps | rounds | ratio per round: "
              "median (min-max) | loop s (median) | vmap s (median) | max query-loss diff |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        loop, vmap = (sorted(r["times_s"][s])[len(r["times_s"][s]) // 2] for s in STRATEGIES)
+        loop, vmap = (statistics.median(r["times_s"][s]) for s in STRATEGIES)
         lines.append(f"| {r['setting']} | {r['threads']} | {r['episodes']} | "
                      f"{r['inner_steps']} | {r['rounds']} | "
                      f"{r['loop_over_vmap_round_median']:.2f} "

@@ -39,9 +39,9 @@ under either strategy. Which is faster depends on the threads (`benchmarks/
 reptile_eval_strategy.py`, Conv4-64, 20 episodes of 50 steps, one process, shared 2-core
 CPU): at one thread the loop (vmap takes 1.5x the loop's time at 5-way 1-shot, 2.1x at
 20-way 1-shot; a profile of 3 steps at 20-way put the gap in the vmapped max-pooling,
-2.5 s against 0.2 s, and the grouped convolutions, 1.8 s against 0.9 s forward); at two
-threads on that loaded machine vmap (2.8x faster at 5-way 1-shot). Hence ``"loop"`` stays
-the default, for one-thread runs.
+2.5 s against 0.2 s, and the grouped convolutions, 1.8 s against 0.9 s forward). At two
+threads on that oversubscribed machine vmap came out ahead (2.8x at 5-way, 1.4x at 20-way),
+but both ran several times slower than at one thread. Hence ``"loop"`` stays the default.
 
 Batch norm: metalab's `TaskBatchNorm` normalises every forward pass with the statistics
 of the batch it is given, so the query set is scored as one batch normalised together:
