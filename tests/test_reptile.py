@@ -21,7 +21,8 @@ from metalab.algorithms.reptile import Reptile, minibatch_indices
 from metalab.cli.main import main
 from metalab.combiners import build_combiner
 from metalab.functional import Adam
-from metalab.tasks import Sinusoid
+from metalab.nn import Conv4
+from metalab.tasks import Sinusoid, TaskBatch
 from metalab.train import ConfigError, Trainer, load_config
 from metalab.train.run import train_run
 from metalab.train.trainer import scheduled_lr
@@ -227,11 +228,109 @@ def test_adapt_trains_on_the_support_set_only_for_eval_inner_steps():
         learner.adapt(sx, sy, ways=5)
 
 
+# -- meta-test, episodes adapted together (strategy="vmap") -------------------------------------
+def conv4_episodes(tasks: int = 3, ways: int = 3, shots: int = 2, queries: int = 2):
+    """Episodes of 1x16x16 images whose statistics differ from episode to episode (scale and
+    offset), so statistics pooled over episodes would move every logit."""
+    generator = torch.Generator().manual_seed(0)
+    scale = torch.tensor([0.5, 1.0, 3.0], dtype=torch.float64)[:tasks].view(tasks, 1, 1, 1, 1)
+    offset = torch.arange(tasks, dtype=torch.float64).view(tasks, 1, 1, 1, 1)
+
+    def images(n):
+        return torch.randn(tasks, n, 1, 16, 16, generator=generator,
+                           dtype=torch.float64) * scale + offset
+
+    def labels(per_class):
+        return torch.arange(ways).repeat(per_class).repeat(tasks, 1)
+
+    return TaskBatch(images(ways * shots), labels(shots), images(ways * queries),
+                     labels(queries), num_classes=ways)
+
+
+def conv4_learners(optimizer: str, steps: int = 4) -> tuple[Reptile, Reptile]:
+    """A loop and a vmap Reptile sharing one small float64 Conv4 (per-task batch norm)."""
+    torch.manual_seed(0)
+    model = Conv4(in_channels=1, hidden=4, out_features=3, image_size=16).double()
+    options = {"inner_optimizer": optimizer, "inner_lr": 0.01 if optimizer == "adam" else 0.5,
+               "inner_betas": (0.0, 0.999), "eval_inner_steps": steps}
+    return (Reptile(model, strategy="loop", **options),
+            Reptile(model, strategy="vmap", **options))
+
+
+def loop_logits(learner: Reptile, batch: TaskBatch, **options) -> torch.Tensor:
+    return torch.stack([learner.adapt(batch.support_x[t], batch.support_y[t], **options)(
+        batch.query_x[t]) for t in range(len(batch))])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_vmapped_evaluation_gives_every_episode_the_loops_logits(optimizer):
+    loop, batched = conv4_learners(optimizer)
+    batch = conv4_episodes()
+    expected = loop_logits(loop, batch)
+    torch.testing.assert_close(batched.batched_outputs(batch), expected, rtol=0, atol=1e-10)
+    torch.testing.assert_close(batched.batched_outputs(batch, inner_steps=6),
+                               loop_logits(loop, batch, inner_steps=6), rtol=0, atol=1e-10)
+    # the evaluator's scores: losses, accuracy, NLL and calibration statistics
+    losses, metrics = batched.task_losses(batch, training=False)
+    loop_losses, loop_metrics = loop.task_losses(batch, training=False)
+    torch.testing.assert_close(losses, loop_losses, rtol=0, atol=1e-10)
+    assert sorted(metrics) == sorted(loop_metrics) == ["accuracy", "calibration_bins", "nll"]
+    for name in loop_metrics:
+        torch.testing.assert_close(metrics[name], loop_metrics[name], rtol=0, atol=1e-10)
+    # the inner steps moved the logits well beyond the tolerance
+    assert (expected - loop_logits(loop, batch, inner_steps=0)).abs().max() > 1e-2
+
+
+def test_vmapped_evaluation_of_a_regression_learner_matches_the_loop():
+    batch = float64_batch(sinusoids())
+    loop, batched = linear_learner(eval_inner_steps=4), linear_learner(eval_inner_steps=4,
+                                                                       strategy="vmap")
+    losses, metrics = batched.task_losses(batch, training=False)
+    loop_losses, loop_metrics = loop.task_losses(batch, training=False)
+    torch.testing.assert_close(losses, loop_losses, rtol=0, atol=1e-12)
+    assert sorted(metrics) == sorted(loop_metrics) == ["mse"]
+
+
+def test_the_logit_comparison_detects_pooled_statistics_and_shared_adam_state():
+    """What the comparison above would see under two plausible batching bugs, on its data:
+    batch norm normalizing every episode with statistics pooled over the batch, and one Adam
+    state carried from episode to episode (not fresh per episode)."""
+    loop, _ = conv4_learners("adam")
+    batch = conv4_episodes()
+    expected = loop_logits(loop, batch)
+    ways, queries = 3, batch.query_x.shape[1]
+    with torch.no_grad():  # pooled: all episodes' queries in one batch-norm batch
+        pooled = loop.model(batch.query_x.flatten(0, 1)).view(len(batch), queries, ways)
+    assert (pooled - loop_logits(loop, batch, inner_steps=0)).abs().max() > 1e-3
+    rule, params = loop.update_rule, {n: p.detach() for n, p in loop.model.named_parameters()}
+    state, shared = rule.init(params), []
+    for t in range(len(batch)):  # shared: the state is never reset between episodes
+        adapted = params
+        for _ in range(loop.eval_inner_steps):
+            leaves = {n: p.requires_grad_(True) for n, p in
+                      ((n, p.detach()) for n, p in adapted.items())}
+            loss = loop.loss_fn(loop.predict(leaves, batch.support_x[t]), batch.support_y[t])
+            grads = dict(zip(leaves, torch.autograd.grad(loss, list(leaves.values())),
+                             strict=True))
+            with torch.no_grad():
+                adapted, state = rule.update(grads, state, leaves)
+        with torch.no_grad():
+            shared.append(loop.predict(adapted, batch.query_x[t]))
+    assert (torch.stack(shared) - expected).abs().max() > 1e-4
+    torch.testing.assert_close(shared[0], expected[0], rtol=0, atol=1e-10)  # episode 0 agrees
+
+
 def test_bad_options_are_errors_naming_them():
     with pytest.raises(ValueError, match="inner_optimizer"):
         linear_learner(inner_optimizer="rmsprop")
-    with pytest.raises(ValueError, match="strategy='loop'"):
-        linear_learner(strategy="vmap")
+    with pytest.raises(ValueError, match="strategy"):
+        linear_learner(strategy="pmap")
+    with pytest.raises(ValueError, match="inner_steps"):
+        linear_learner(strategy="vmap").task_losses(float64_batch(sinusoids()),
+                                                    training=False, inner_steps=-1)
+    with pytest.raises(ValueError, match="does not take the adaptation option"):
+        linear_learner(strategy="vmap").task_losses(float64_batch(sinusoids()),
+                                                    training=False, ways=5)
     with pytest.raises(ValueError, match="inner_betas"):
         linear_learner(inner_optimizer="adam", inner_betas=[1.0, 0.9])
     with pytest.raises(ConfigError, match="outer update is not a loss gradient"):

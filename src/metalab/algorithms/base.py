@@ -387,6 +387,17 @@ class MetaLearner(nn.Module):
                 batch.query_y))
         return losses, metrics
 
+    def network_output_scores(self, outputs: Tensor, query_y: Tensor
+                              ) -> tuple[Tensor, dict[str, Tensor]]:
+        """What `evaluation_task_losses` reports, from one network's outputs ``[T, Nq, ...]``
+        on the query sets, computed without `adapt` (a method's batched evaluation): the
+        per-task loss and metric, and under cross-entropy (the outputs are logits, as in
+        `adapt`'s predictor) the ``nll`` and ``calibration_bins`` of their softmax."""
+        losses, metrics = self.stacked_scores(zip(outputs, query_y, strict=True))
+        if self.loss_name == "cross_entropy":
+            metrics.update(probability_scores(torch.softmax(outputs, dim=-1), query_y))
+        return losses, metrics
+
     def stacked_scores(self, outputs_and_targets: Iterable[tuple[Tensor, Tensor]]
                        ) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-task losses and the (detached) metric from one ``(outputs, targets)`` pair per
