@@ -440,7 +440,8 @@ def draw_figure(runs: dict[str, tuple[Path, int, float, float]], tasks, ambiguou
             axis.scatter(batch.query_x[t, :, 0], batch.query_y[t, :, 0], s=3, color="0.6")
             for f, line, sine in zip(functions, is_line, is_sine, strict=True):
                 color = "tab:orange" if line else "tab:purple" if sine else "0.35"
-                axis.plot(GRID[:, 0], f, color=color, linewidth=0.9, alpha=0.8)
+                axis.plot(GRID[:, 0], f, color=color, linewidth=1.8 if sine else 0.9,
+                          alpha=0.8, zorder=2 if sine else 1)  # sinusoids: few, on top
             axis.scatter(sx[:, 0], sy[:, 0], color="tab:red", s=16, zorder=3)
             truth = "line" if batch.task_id[t] == LINE else "sine"
             how = "" if column < len(chosen) else ", selected: strict holds"
