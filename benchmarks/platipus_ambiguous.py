@@ -46,10 +46,14 @@ steps at test:
   (some fitting function *is* a family line / sinusoid; the strict score is both at once).
 - test-time adaptation (`--inner-steps`, `--inner-lr-scales`): extra rows with the inner
   loop at test run for other step counts and with its SGD step multiplied
-  (`scale_inner_lr`); training is untouched.
+  (`scale_inner_lr`); training is untouched. ``--prior-scales`` rows (PLATIPUS's prior std
+  multiplied at test, `scale_prior_std`) are measured under every such setting.
 - ``--figure PNG``: the functions of every run (seed 0) on the first ``--figure-tasks``
   ambiguous supports, coloured by `hypotheses` (`draw_figure`), under each of
-  ``--figure-settings`` (``STEPSxSCALE``: inner steps and step multiplier at test).
+  ``--figure-settings`` (``STEPSxSCALE``: inner steps and step multiplier at test), the
+  PLATIPUS rows with the prior std times ``--figure-prior-scale``; ``--figure-strict N``
+  adds N columns: the first later ambiguous supports (test order) on which the last row's
+  functions meet the strict criterion (`strict_holds`), a selection the figure says so.
 
 With ``--seeds``, each name is a directory of runs ``RUNS/<name>/seed<N>`` (the layout of
 `benchmarks/bayesian_table.py`); every seed's run is scored on the same tasks and a row is
@@ -165,12 +169,16 @@ def functions_of(learner, predictive, sx, sy, samples: int, x: torch.Tensor,
 
 
 def is_line_like(functions: torch.Tensor) -> torch.Tensor:
-    """``[K]`` bools: the line fit leaves a smaller residual than the sinusoid fit."""
+    """``[K]`` bools: the line fit leaves a smaller residual than the sinusoid fit (a
+    function with a non-finite value, a diverged draw, is not line-like)."""
     x = GRID.double()
     designs = (torch.cat([x, torch.ones_like(x)], 1), torch.cat([x.sin(), x.cos()], 1))
-    y = functions.double().T  # [200, K]
+    finite = functions.isfinite().all(1)
+    y = functions.double().T[:, finite]  # [200, K finite]
     residuals = [(d @ torch.linalg.lstsq(d, y).solution - y).pow(2).sum(0) for d in designs]
-    return residuals[0] < residuals[1]
+    line_like = torch.zeros(len(functions), dtype=torch.bool)
+    line_like[finite] = residuals[0] < residuals[1]
+    return line_like
 
 
 def scale_prior_std(learner, scale: float) -> None:
@@ -300,6 +308,18 @@ def parse_setting(text: str) -> tuple[int, float]:
                          f"{text!r}") from None
 
 
+def setting_rows(names: list[str], probed: list[str], inner_steps: list[int],
+                 lr_scales: list[float], prior_scales: list[float]
+                 ) -> list[tuple[str, tuple[float, int, float]]]:
+    """The rows measured: every name under every (inner steps, step multiplier) at test,
+    then every PLATIPUS name (``probed``) under each prior std multiplier other than 1 and
+    every such setting, as ``(name, (prior scale, inner steps, step multiplier))``."""
+    adaptations = [(s, c) for s in inner_steps for c in lr_scales]
+    return [(name, (1.0, s, c)) for name in names for s, c in adaptations] + [
+        (name, (p, s, c)) for name in probed for p in prior_scales if p != 1.0
+        for s, c in adaptations]
+
+
 def setting_label(name: str, setting: tuple[float, int, float]) -> str:
     """A row's name: the run's, plus what differs from the default test-time setting."""
     scale, steps, lr_scale = setting
@@ -346,41 +366,95 @@ def over_seed_rows(per_seed: list[dict]) -> dict:
     return {name: over_seeds([r[name]["mean"] for r in per_seed]) for name in per_seed[0]}
 
 
-def draw_figure(runs: dict[str, tuple[Path, int, float]], tasks, ambiguous: list[bool],
-                samples: int, hypothesis_tolerance: float, count: int, out: Path) -> Path:
-    """Rows: the runs (label -> (run, inner steps at test, step multiplier)); columns: the
-    first ``count`` ambiguous test supports. Each panel: the support (red), the task's query
-    points (grey), and every function the method gives (`functions_of`), orange when it is
-    a line of the family, purple a sinusoid, grey neither (`hypotheses`)."""
+def strict_holds(functions: torch.Tensor, sy: torch.Tensor, fit_tolerance: float,
+                 hypothesis_tolerance: float) -> bool:
+    """The strict criterion on one support: ``functions`` ``[K, len(GRID) + n]`` (the grid,
+    then the ``n`` support points) contain a function that fits the support (RMS <=
+    ``fit_tolerance``) and *is* a family line, and another that fits and is a sinusoid."""
+    grid = len(GRID)
+    fits = support_fit(functions[:, grid:], sy, fit_tolerance ** 2)[0] <= fit_tolerance ** 2
+    is_line, is_sine = hypotheses(functions[:, :grid], hypothesis_tolerance)
+    return bool((fits & is_line).any() and (fits & is_sine).any())
+
+
+def figure_learner(run: Path, steps: int, lr_scale: float, prior_scale: float):
+    """The learner of ``run`` under a test-time setting, and its ``adapt`` options."""
+    learner = load_run(run)
+    learner.eval()
+    scale_inner_lr(learner, lr_scale)
+    scale_prior_std(learner, prior_scale)
+    return learner, ({"inner_steps": steps} if "inner_steps" in learner.adapt_options
+                     else {})
+
+
+def task_functions(learner, options: dict, steps: int, samples: int, sx, sy) -> torch.Tensor:
+    """``[K, len(GRID) + n]``: the method's functions for one support, on the grid and on
+    the support points (`functions_of`)."""
+    return functions_of(learner, learner.adapt(sx, sy, **options), sx, sy, samples,
+                        torch.cat([GRID, sx]), steps)
+
+
+def draw_figure(runs: dict[str, tuple[Path, int, float, float]], tasks, ambiguous: list[bool],
+                samples: int, hypothesis_tolerance: float, count: int, out: Path,
+                strict_count: int = 0, select: str | None = None,
+                fit_tolerance: float = 0.6) -> Path:
+    """Rows: the runs (label -> (run, inner steps at test, step multiplier, prior std
+    multiplier)); columns: the first ``count`` ambiguous test supports, then (when
+    ``strict_count``) the first ``strict_count`` later ambiguous supports, in test order, on
+    which the functions of the row ``select`` meet the strict criterion (`strict_holds`):
+    a selection, stated in the column titles. Each panel: the support (red), the task's
+    query points (grey), and every function the method gives (`functions_of`), orange when
+    it is a line of the family, purple a sinusoid, grey neither (`hypotheses`)."""
     from metalab.cli.plot import _pyplot, _save
 
-    chosen = [(batch, t) for batch in tasks for t in range(len(batch))]
-    chosen = [task for task, flag in zip(chosen, ambiguous, strict=True) if flag][:count]
-    plt = _pyplot()
-    fig, axes = plt.subplots(len(runs), len(chosen), figsize=(3.2 * len(chosen),
-                                                              2.6 * len(runs)), squeeze=False)
-    for row, (name, (run, steps, lr_scale)) in enumerate(runs.items()):
-        learner = load_run(run)
-        learner.eval()
-        scale_inner_lr(learner, lr_scale)
-        options = {"inner_steps": steps} if "inner_steps" in learner.adapt_options else {}
-        for column, (batch, t) in enumerate(chosen):
+    every = [(batch, t) for batch in tasks for t in range(len(batch))]
+    every = [task for task, flag in zip(every, ambiguous, strict=True) if flag]
+    chosen, selected = every[:count], []
+    cache: dict[tuple[str, int], torch.Tensor] = {}
+    if strict_count:
+        run, steps, lr_scale, prior_scale = runs[select]
+        learner, options = figure_learner(run, steps, lr_scale, prior_scale)
+        for index, (batch, t) in enumerate(every[count:], start=count):
             sx, sy = batch.support_x[t], batch.support_y[t]
-            functions = functions_of(learner, learner.adapt(sx, sy, **options), sx, sy,
-                                     samples, GRID, steps)
+            functions = task_functions(learner, options, steps, samples, sx, sy)
+            cache[select, index] = functions
+            if strict_holds(functions, sy[:, 0], fit_tolerance, hypothesis_tolerance):
+                selected.append(index)
+                if len(selected) == strict_count:
+                    break
+    columns = list(range(len(chosen))) + selected
+    plt = _pyplot()
+    fig, axes = plt.subplots(len(runs), len(columns), figsize=(3.2 * len(columns),
+                                                               2.6 * len(runs)), squeeze=False)
+    for row, (name, (run, steps, lr_scale, prior_scale)) in enumerate(runs.items()):
+        learner, options = figure_learner(run, steps, lr_scale, prior_scale)
+        for column, index in enumerate(columns):
+            batch, t = every[index]
+            sx, sy = batch.support_x[t], batch.support_y[t]
+            functions = cache.get((name, index))
+            if functions is None:
+                functions = task_functions(learner, options, steps, samples, sx, sy)
+            functions = functions[:, : len(GRID)]
             is_line, is_sine = hypotheses(functions, hypothesis_tolerance)
             axis = axes[row, column]
             axis.scatter(batch.query_x[t, :, 0], batch.query_y[t, :, 0], s=3, color="0.6")
             for f, line, sine in zip(functions, is_line, is_sine, strict=True):
                 color = "tab:orange" if line else "tab:purple" if sine else "0.35"
-                axis.plot(GRID[:, 0], f, color=color, linewidth=0.9, alpha=0.8)
+                axis.plot(GRID[:, 0], f, color=color, linewidth=1.8 if sine else 0.9,
+                          alpha=0.8, zorder=2 if sine else 1)  # sinusoids: few, on top
             axis.scatter(sx[:, 0], sy[:, 0], color="tab:red", s=16, zorder=3)
             truth = "line" if batch.task_id[t] == LINE else "sine"
-            axis.set_title(f"{name}\ntask {column + 1} (a {truth})", fontsize=8)
+            how = "" if column < len(chosen) else ", selected: strict holds"
+            axis.set_title(f"{name}\nambiguous support {index + 1} (a {truth}){how}",
+                           fontsize=7)
             axis.set_ylim(-10, 10)
+    rule = "" if not strict_count else (
+        f"; the last {len(selected)} columns are the first later ambiguous supports on which "
+        f"{select} has a fitting line and a fitting sinusoid (selected, not typical)")
     fig.suptitle(f"functions on ambiguous supports (red): orange = a family line, purple = "
                  f"a family sinusoid (RMS <= {hypothesis_tolerance} on [-5, 5]), grey = "
-                 f"neither; grey dots: the task's queries", fontsize=9)
+                 f"neither; grey dots: the task's queries; first {len(chosen)} ambiguous "
+                 f"supports{rule}", fontsize=9)
     fig.tight_layout()
     return _save(fig, out)
 
@@ -413,7 +487,8 @@ def main() -> None:
                         help="the runs drawn in the figure (default: every name)")
     parser.add_argument("--prior-scales", nargs="+", type=float, default=[],
                         help="extra rows: every PLATIPUS name with its prior std "
-                             "sigma_theta multiplied by each of these at test")
+                             "sigma_theta multiplied by each of these at test (under every "
+                             "--inner-steps x --inner-lr-scales setting)")
     parser.add_argument("--inner-steps", nargs="+", type=int, default=[INNER_STEPS],
                         help="rows for each of these inner-step counts at test")
     parser.add_argument("--inner-lr-scales", nargs="+", type=float, default=[1.0],
@@ -422,6 +497,11 @@ def main() -> None:
     parser.add_argument("--figure-settings", nargs="+", default=[f"{INNER_STEPS}x1"],
                         help="the figure's rows: every --figure-names run under each "
                              "STEPSxSCALE (inner steps, step multiplier at test)")
+    parser.add_argument("--figure-prior-scale", type=float, default=1.0,
+                        help="the figure's PLATIPUS rows with the prior std multiplied so")
+    parser.add_argument("--figure-strict", type=int, default=0,
+                        help="add this many columns: the first later ambiguous supports on "
+                             "which the figure's last row meets the strict criterion")
     parser.add_argument("--jobs", type=int, default=1,
                         help="measure this many (name, seed) cells at once, one process each")
     parser.add_argument("--seeds", nargs="+", type=int, default=None,
@@ -443,9 +523,8 @@ def main() -> None:
     probed = [n for n in names if read_run_config(args.runs / n / (seed_dirs[0] or ""))[
         "algorithm"]["name"] == "platipus"]
     noise = read_run_config(first)["data"].get("noise", 0.3)
-    adaptations = [(s, c) for s in args.inner_steps for c in args.inner_lr_scales]
-    rows = [(name, (1.0, s, c)) for name in names for s, c in adaptations] + [
-        (name, (p, INNER_STEPS, 1.0)) for name in probed for p in args.prior_scales]
+    rows = setting_rows(names, probed, args.inner_steps, args.inner_lr_scales,
+                        args.prior_scales)
     cells = [(name, d, c) for name, c in rows for d in seed_dirs]
     cell = partial(measure_cell, args.runs, tasks, args.episodes, args.samples,
                    args.maml_noise_std, args.fit_tolerance, ambiguous,
@@ -465,11 +544,16 @@ def main() -> None:
             per_seed[name])
         print(name, {k: format_plain(v) for k, v in results[name].items()}, flush=True)
     if args.figure is not None:
-        drawn = {setting_label(name, (1.0, *parse_setting(s))): (
-            args.runs / name / (seed_dirs[0] or ""), *parse_setting(s))
-            for name in args.figure_names or names for s in args.figure_settings}
+        drawn = {}
+        for name in args.figure_names or names:
+            prior = args.figure_prior_scale if name in probed else 1.0
+            for text in args.figure_settings:
+                steps, lr_scale = parse_setting(text)
+                drawn[setting_label(name, (prior, steps, lr_scale))] = (
+                    args.runs / name / (seed_dirs[0] or ""), steps, lr_scale, prior)
         draw_figure(drawn, tasks, ambiguous, args.samples, args.hypothesis_tolerance,
-                    args.figure_tasks, args.figure)
+                    args.figure_tasks, args.figure, args.figure_strict, list(drawn)[-1],
+                    args.fit_tolerance)
     seconds = time.time() - start
     spread = ("mean ± 95% CI over tasks" if args.seeds is None else
               f"mean over seeds {args.seeds} ± t 95% CI over seeds")

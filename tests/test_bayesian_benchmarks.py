@@ -271,3 +271,39 @@ def test_settings_parse_and_label_the_rows():
     assert pa.setting_label("platipus", (1.0, pa.INNER_STEPS, 1.0)) == "platipus"
     assert pa.setting_label("platipus", (1.0, 50, 2.0)) == "platipus (50 steps, lr x2)"
     assert pa.setting_label("platipus", (4.0, 10, 1.0)) == "platipus (prior std x4)"
+
+
+def test_prior_scale_rows_cross_every_test_time_setting_for_platipus_only():
+    rows = pa.setting_rows(["maml", "platipus"], ["platipus"], [10, 100], [1.0],
+                           [1.0, 2.0, 4.0])
+    assert rows == [("maml", (1.0, 10, 1.0)), ("maml", (1.0, 100, 1.0)),
+                    ("platipus", (1.0, 10, 1.0)), ("platipus", (1.0, 100, 1.0)),
+                    ("platipus", (2.0, 10, 1.0)), ("platipus", (2.0, 100, 1.0)),
+                    ("platipus", (4.0, 10, 1.0)), ("platipus", (4.0, 100, 1.0))]
+    labels = [pa.setting_label(n, c) for n, c in rows]
+    assert len(set(labels)) == len(labels)
+    assert "platipus (prior std x4, 100 steps, lr x1)" in labels
+
+
+def test_strict_holds_needs_a_fitting_line_and_a_fitting_sinusoid():
+    """Support at x = 0, pi/2 with y = 0, 3: the line y = 6x/pi and 3 sin x both pass
+    through it; a sinusoid shifted off the support does not fit."""
+    sx = torch.tensor([0.0, math.pi / 2], dtype=torch.float64)
+    sy = torch.tensor([0.0, 3.0], dtype=torch.float64)
+    grid = pa.GRID[:, 0].double()
+
+    def on(f):
+        return torch.cat([f(grid), f(sx)])
+
+    line = on(lambda x: 6 * x / math.pi)
+    sine = on(lambda x: 3 * torch.sin(x))
+    off = on(lambda x: 3 * torch.sin(x - 1.0))
+    assert pa.strict_holds(torch.stack([line, sine]), sy, 0.6, 1.0)
+    assert not pa.strict_holds(torch.stack([line, off]), sy, 0.6, 1.0)
+    assert not pa.strict_holds(torch.stack([line, line]), sy, 0.6, 1.0)
+
+
+def test_line_like_labels_a_diverged_function_not_line_and_keeps_the_others():
+    x = pa.GRID[:, 0]
+    functions = torch.stack([2 * x + 1, 3 * torch.sin(x), torch.full_like(x, float("nan"))])
+    assert pa.is_line_like(functions).tolist() == [True, False, False]
