@@ -22,20 +22,19 @@ the equality of the computation do not depend on training).
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import json
 import shlex
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import fewshot_table as ft
 import torch
 from speed_against_commit import OLD, import_commit
 
+from metalab.profiling import time_in_turn
 from metalab.train.build import build_meta_learner, complete_model_config
 from metalab.train.checkpoint import atomic_write_text
 from metalab.train.sources import build_task_source
@@ -70,20 +69,6 @@ def largest_difference(a, b) -> float:
     if all(torch.equal(x, y) for x, y in zip(a, b, strict=True)):
         return 0.0
     return max((x.double() - y.double()).abs().max().item() for x, y in zip(a, b, strict=True))
-
-
-def time_in_turn(run_old, run_new, rounds: int) -> tuple[list[float], list[float]]:
-    """Seconds of ``run_old()`` and ``run_new()``, alternating which goes first."""
-    times = ([], [])
-    for index in range(rounds + 1):  # the first round warms up
-        order = [(0, run_old), (1, run_new)]
-        for slot, run in (order if index % 2 else order[::-1]):
-            gc.collect()
-            started = time.perf_counter()
-            run()
-            if index:
-                times[slot].append(time.perf_counter() - started)
-    return times
 
 
 def evaluation_case(old, new, batches, old_tasks, rounds: int) -> dict:

@@ -23,15 +23,14 @@ float64 equality is `tests/test_snail_prefix.py`):
 from __future__ import annotations
 
 import argparse
-import gc
 import statistics
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import metalab
+from metalab.profiling import time_in_turn
 from metalab.tasks.sequence import queries_after_support, with_label_channel
 from metalab.train.build import build_meta_learner
 from metalab.train.config import load_config
@@ -92,20 +91,6 @@ def net_run(learner, old: bool, steps, train: bool):
             return [logits]
         return [logits.detach(), *torch.autograd.grad(logits.logsumexp(1).sum(),
                                                       list(learner.net.parameters()))]
-
-
-def time_in_turn(run_old, run_new, rounds: int) -> tuple[list[float], list[float]]:
-    """Seconds of ``run_old()`` and ``run_new()``, alternating which goes first."""
-    times: tuple[list[float], list[float]] = ([], [])
-    for index in range(rounds + 1):  # the first round warms up
-        order = [(0, run_old), (1, run_new)]
-        for slot, run in (order if index % 2 else order[::-1]):
-            gc.collect()
-            started = time.perf_counter()
-            run()
-            if index:
-                times[slot].append(time.perf_counter() - started)
-    return times
 
 
 def largest_difference(a, b) -> float:

@@ -1,8 +1,10 @@
-"""Measuring what a step costs: peak allocated memory, and a census of the operators it runs.
+"""Measuring what a step costs: its time against another way, peak allocated memory, and a
+census of the operators it runs.
 
-Two tools used by the benchmarks and the memory tests (no metalab imports: any layer may use
+Tools used by the benchmarks and the memory tests (no metalab imports: any layer may use
 them).
 
+- `time_in_turn(old, new, rounds)`: two callables timed in alternation, for speed ratios.
 - `peak_allocated_bytes(fn)`: the peak of bytes allocated and not yet freed while ``fn()``
   runs, read from the profiler's allocator events. It is exact and does not depend on how
   the C allocator reuses freed pages (peak RSS does).
@@ -16,6 +18,7 @@ them).
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -37,6 +40,23 @@ def timings(function: Callable[[], Any], repeats: int, warmup: int = 1) -> list[
         start = time.perf_counter()
         function()
         times.append(time.perf_counter() - start)
+    return times
+
+
+def time_in_turn(run_old: Callable[[], Any], run_new: Callable[[], Any], rounds: int
+                 ) -> tuple[list[float], list[float]]:
+    """Seconds of ``rounds`` calls each of ``run_old()`` and ``run_new()``, alternating which
+    goes first (after one warm-up round), so that a machine shared with other jobs slows both
+    alike: compare them as a ratio."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for index in range(rounds + 1):
+        order = [(0, run_old), (1, run_new)]
+        for slot, run in (order if index % 2 else order[::-1]):
+            gc.collect()
+            started = time.perf_counter()
+            run()
+            if index:
+                times[slot].append(time.perf_counter() - started)
     return times
 
 
