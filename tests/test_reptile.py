@@ -291,6 +291,16 @@ def test_vmapped_evaluation_of_a_regression_learner_matches_the_loop():
     assert sorted(metrics) == sorted(loop_metrics) == ["mse"]
 
 
+def test_training_scores_run_task_by_task_under_either_strategy():
+    """``strategy="vmap"`` changes evaluation only: the training-mode scores (the support-set
+    inner loop of ``inner_steps``, then the query loss) are the loop's."""
+    batch = float64_batch(sinusoids())
+    losses, metrics = linear_learner(strategy="vmap").task_losses(batch, training=True)
+    loop_losses, loop_metrics = linear_learner().task_losses(batch, training=True)
+    torch.testing.assert_close(losses, loop_losses, rtol=0, atol=0)
+    torch.testing.assert_close(metrics["mse"], loop_metrics["mse"], rtol=0, atol=0)
+
+
 def test_the_logit_comparison_detects_pooled_statistics_and_shared_adam_state():
     """What the comparison above would see under two plausible batching bugs, on its data:
     batch norm normalizing every episode with statistics pooled over the batch, and one Adam

@@ -158,6 +158,14 @@ class Reptile(MetaLearner, name="reptile"):
     def predict(self, adapted: Params, x: Tensor) -> Tensor:
         return functional_call(self.model, adapted, (x,))
 
+    def training_task_losses(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """`adapt_task` then `predict`, task by task under either strategy (`train_on`
+        takes its gradients with autograd, which cannot run under `torch.func.vmap`)."""
+        return self.stacked_scores(
+            (self.predict(self.adapt_task(sx, sy, training=True), qx), qy)
+            for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x,
+                                      batch.query_y, strict=True))
+
     # -- evaluation of a batch of episodes ------------------------------------------------
     def evaluation_task_losses(self, batch: TaskBatch, **options
                                ) -> tuple[Tensor, dict[str, Tensor]]:
