@@ -47,6 +47,15 @@ def test_last_step_after_equals_the_full_sequences_values_and_gradients(steps):
         torch.testing.assert_close(grad, want, rtol=0, atol=1e-10, msg=name)
 
 
+def test_last_step_after_an_empty_prefix_is_the_one_step_sequences():
+    net = _net(6)
+    last = torch.randn(QUERIES, C, dtype=torch.float64,
+                       generator=torch.Generator().manual_seed(1))
+    prefix = last.new_zeros(0, C)
+    torch.testing.assert_close(net.last_step_after(prefix, last),
+                               _full_sequences(net, prefix, last), rtol=0, atol=1e-12)
+
+
 def test_snail_predict_equals_each_query_after_the_support_with_gradients():
     torch.manual_seed(3)
     learner = SNAIL(FlatEmbedding(4, 3), ways=WAYS, shots=2, filters=4, key_sizes=(4, 5, 6),

@@ -217,4 +217,6 @@ class SNAILNet(nn.Module):
         if prefix.dim() != 2 or last_steps.dim() != 2 or prefix.shape[1] != last_steps.shape[1]:
             raise ValueError(f"prefix must be [P, C] and last_steps [B, C] with the same C, "
                              f"got {tuple(prefix.shape)} and {tuple(last_steps.shape)}")
+        if len(prefix) == 0:  # nothing to share (and a convolution cannot run on 0 steps)
+            return self(last_steps[:, None])[:, -1]
         return self.output(last_step_through(self.blocks, prefix, last_steps)[1])
