@@ -13,22 +13,17 @@ the float64 computation:
 from __future__ import annotations
 
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+
+from metalab.profiling import timings
 
 SHAPES = [(100, 64, 28, 28), (75, 64, 14, 14), (20, 64, 28, 28), (5, 64, 28, 28)]
 
 
 def timed(function, rounds: int = 15) -> float:
-    function()
-    times = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
+    return statistics.median(timings(function, rounds))
 
 
 def main() -> None:
