@@ -257,10 +257,11 @@ class MetaLearner(nn.Module):
         return self.map_adapt_predict(batch, self.adapt_task, self.predict)
 
     def map_adapt_predict(self, batch: TaskBatch, adapt_task: Callable[..., State],
-                          predict: Callable[[State, Tensor], Tensor]
-                          ) -> tuple[Tensor, dict[str, Tensor]]:
+                          predict: Callable[[State, Tensor], Tensor],
+                          strategy: str | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Per-task ``(loss, metric)`` of ``predict(adapt_task(support), query)`` with
-        ``training=True``, over the tasks of ``batch`` with the learner's ``strategy``."""
+        ``training=True``, over the tasks of ``batch`` with ``strategy`` (default: the
+        learner's)."""
         options = self.task_options(batch)
 
         def per_task(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor):
@@ -268,7 +269,7 @@ class MetaLearner(nn.Module):
             return self.score(predict(state, qx), qy)
 
         losses, metric = map_tasks(per_task, batch.support_x, batch.support_y, batch.query_x,
-                                   batch.query_y, strategy=self.strategy)
+                                   batch.query_y, strategy=strategy or self.strategy)
         return losses, {self.metric_name: metric.detach()}
 
     def compile(self, **options) -> MetaLearner:

@@ -161,10 +161,7 @@ class Reptile(MetaLearner, name="reptile"):
     def training_task_losses(self, batch: TaskBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """`adapt_task` then `predict`, task by task under either strategy (`train_on`
         takes its gradients with autograd, which cannot run under `torch.func.vmap`)."""
-        return self.stacked_scores(
-            (self.predict(self.adapt_task(sx, sy, training=True), qx), qy)
-            for sx, sy, qx, qy in zip(batch.support_x, batch.support_y, batch.query_x,
-                                      batch.query_y, strict=True))
+        return self.map_adapt_predict(batch, self.adapt_task, self.predict, strategy="loop")
 
     # -- evaluation of a batch of episodes ------------------------------------------------
     def evaluation_task_losses(self, batch: TaskBatch, **options
