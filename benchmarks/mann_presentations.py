@@ -94,12 +94,15 @@ def synthetic_episodes(tasks: int, generator: torch.Generator, ways: int = 5,
                      flat(y[:, :, -1:]), num_classes=ways)
 
 
-def synthetic_comparison(steps: int, episodes: int, seed: int) -> list[dict]:
-    """MANN and its LSTM baseline trained for ``steps`` Adam steps (meta-batch 16, lr 1e-3)
-    on `synthetic_episodes` (features given: an identity embedding), then measured."""
+def synthetic_comparison(steps: int, episodes: int, seed: int,
+                         read_strengths: tuple[float | None, ...] = (None,)) -> list[dict]:
+    """MANN (once per entry of ``read_strengths``) and its LSTM baseline trained for
+    ``steps`` Adam steps (meta-batch 16, lr 1e-3) on `synthetic_episodes` (features given:
+    an identity embedding), then measured."""
+    learners = [("mann" if s is None else f"mann, read strength {s:g}", MANN,
+                 dict(slots=32, size=16, read_strength=s)) for s in read_strengths]
     results = []
-    for name, learner_class, options in (
-            ("mann", MANN, dict(slots=32, size=16)), ("mann-lstm", MANNLSTM, {})):
+    for name, learner_class, options in learners + [("mann-lstm", MANNLSTM, {})]:
         torch.manual_seed(seed)
         learner = learner_class(nn.Identity(), ways=5, controller_size=64, embedding_dim=16,
                                 **options)
@@ -130,11 +133,15 @@ def main() -> None:
                         help="instead of runs: train MANN and the LSTM for STEPS steps on "
                              "synthetic Gaussian-prototype episodes, then measure")
     parser.add_argument("--json", type=Path, help="with --synthetic: write the results here")
+    parser.add_argument("--read-strengths", nargs="+", default=["none"], metavar="S",
+                        help="with --synthetic: one MANN per value, 'none' for the paper's "
+                             "read, a number s for the key strength s (1 + softplus(.))")
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = []
     if args.synthetic is not None:
-        results = synthetic_comparison(args.synthetic, args.episodes, args.seed)
+        strengths = tuple(None if s == "none" else float(s) for s in args.read_strengths)
+        results = synthetic_comparison(args.synthetic, args.episodes, args.seed, strengths)
         if args.json is not None:
             args.json.write_text(json.dumps(results, indent=2) + "\n")
     for run_dir in args.run_dirs:

@@ -177,3 +177,40 @@ def test_the_configs_build(name, cls, data):
     learner = build_meta_learner(load_config(path))
     assert type(learner) is cls and learner.net.has_memory == (cls is MANN)
     assert learner.net.controller.hidden_size == 200
+
+
+def test_read_strength_sharpens_the_cosine_read_by_hand():
+    # the 2-slot memory above, beta = 3: softmax(3 cos)
+    memory = torch.tensor([[1.525, 0.525], [0.475, 0.475]], dtype=torch.float64)
+    key = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    cos1 = (1.525 + 0.525) / (math.sqrt(2) * math.sqrt(1.525 ** 2 + 0.525 ** 2))
+    w1 = math.exp(3 * cos1) / (math.exp(3 * cos1) + math.exp(3 * 1.0))
+    weights, read = cosine_read(memory, key, strength=torch.tensor(3.0, dtype=torch.float64))
+    torch.testing.assert_close(weights, torch.tensor([w1, 1 - w1], dtype=torch.float64))
+    torch.testing.assert_close(read, w1 * memory[0] + (1 - w1) * memory[1])
+
+
+def test_mann_step_reads_with_the_controllers_key_strength():
+    torch.manual_seed(0)
+    net = MANNNet(D + WAYS, WAYS, controller_size=5, slots=3, size=4, gamma=0.9,
+                  read_strength=2.5).double()
+    state = net.initial_state((2,), torch.zeros(1, dtype=torch.float64))
+    for _ in range(3):  # a few steps so that the memory rows differ
+        _, state = net.step(torch.randn(2, D + WAYS, dtype=torch.float64), state)
+    h, memory = state.hidden, state.memory
+    key = h @ net.key.weight.T + net.key.bias
+    beta = 2.5 * (1 + torch.log1p(torch.exp(h @ net.strength.weight[0] + net.strength.bias)))
+    cosines = torch.stack([torch.stack([
+        memory[b, i] @ key[b] / (memory[b, i].norm() * key[b].norm()) for i in range(3)])
+        for b in range(2)])
+    expected = torch.softmax(beta[:, None] * cosines, dim=-1)
+    torch.testing.assert_close(state.read_weights, expected)
+    assert not torch.allclose(state.read_weights, torch.softmax(cosines, dim=-1))
+
+
+def test_read_strength_is_checked():
+    with pytest.raises(ValueError, match="read_strength"):
+        MANNNet(7, 4, read_strength=0.0)
+    with pytest.raises(ValueError, match="read_strength"):
+        MANNNet(7, 4, memory=False, read_strength=5.0)
+    assert not hasattr(MANNNet(7, 4), "strength")

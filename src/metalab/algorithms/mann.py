@@ -52,6 +52,8 @@ class MANN(MetaLearner, name="mann"):
         ways: classes per episode (label channel and output size).
         controller_size, slots, size, gamma: of `MANNNet` (paper: 200, 128, 40, 0.95).
         memory: False for the LSTM baseline (``mann-lstm``).
+        read_strength: ``None`` (Santoro's read) or the scale ``s`` of a learned key
+            strength on the cosine read (`MANNNet`; NTM-style, not in the paper).
         sequence_loss: ``"all"`` steps of the shuffled episode (Santoro) or ``"query"``.
         embedding_dim: D, when the model does not declare ``feature_dim``.
         shuffle: put the steps in a random order (False keeps the sampler's order).
@@ -64,7 +66,8 @@ class MANN(MetaLearner, name="mann"):
     def __init__(self, model: nn.Module, ways: int, controller_size: int = 200,
                  slots: int = 128, size: int = 40, gamma: float = 0.95, memory: bool = True,
                  sequence_loss: str = "all", embedding_dim: int | None = None,
-                 shuffle: bool = True, strategy: str = "loop") -> None:
+                 shuffle: bool = True, strategy: str = "loop",
+                 read_strength: float | None = None) -> None:
         super().__init__("cross_entropy", strategy)
         self.ways = check_positive_int("ways", ways)
         self.sequence_loss = check_choice("sequence_loss", sequence_loss, SEQUENCE_LOSSES)
@@ -72,7 +75,7 @@ class MANN(MetaLearner, name="mann"):
         self.model = model
         self.shuffle = bool(shuffle)
         self.net = MANNNet(dim + self.ways, self.ways, controller_size, slots, size, gamma,
-                           memory)
+                           memory, read_strength)
 
     def features(self, x: Tensor) -> Tensor:
         return self.model(x).flatten(1)

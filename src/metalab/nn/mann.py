@@ -16,6 +16,11 @@ One read/write head on a memory ``M`` of ``slots x size``:
 
       w^r_t(i) = softmax_i( cos(k_t, M_t(i)) ),      r_t = sum_i w^r_t(i) M_t(i)
 
+- optionally (``read_strength``, not in Santoro et al.) a read sharpened by a key strength
+  as in the Neural Turing Machine (Graves et al. 2014, eq. 5),
+  ``w^r_t(i) = softmax_i( beta_t cos(k_t, M_t(i)) )`` with
+  ``beta_t = s (1 + softplus(w_beta . h_t + b_beta))`` emitted by the controller: with
+  cosines in [-1, 1] the paper's read over 128 slots is nearly uniform at initialisation;
 - usage (eq. 5): ``w^u_t = gamma w^u_{t-1} + w^r_t + w^w_t``;
 - output: class logits ``W_o [h_t, r_t] + b`` (the paper's softmax output).
 
@@ -71,9 +76,13 @@ def lru_write(memory: Tensor, usage: Tensor, last_read_weights: Tensor, gate_log
     return memory, write_weights
 
 
-def cosine_read(memory: Tensor, key: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
-    """``(w^r_t, r_t)``: softmax over slots of ``cos(k_t, M_t(i))`` and the weighted read."""
+def cosine_read(memory: Tensor, key: Tensor, eps: float = 1e-8,
+                strength: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(w^r_t, r_t)``: softmax over slots of ``beta_t cos(k_t, M_t(i))`` and the weighted
+    read; ``strength`` is ``beta_t [...]`` (``None``: 1, Santoro's eq. 2)."""
     cosines = F.cosine_similarity(memory, key.unsqueeze(-2), dim=-1, eps=eps)
+    if strength is not None:
+        cosines = strength.unsqueeze(-1) * cosines
     weights = torch.softmax(cosines, dim=-1)
     return weights, (weights.unsqueeze(-1) * memory).sum(dim=-2)
 
@@ -102,11 +111,13 @@ class MANNNet(nn.Module):
         slots, size: memory shape (128 x 40 in the paper).
         gamma: usage decay (0.95 in the paper's code; 0.99 in some re-implementations).
         memory: False for the LSTM baseline.
+        read_strength: ``None`` (the paper's read) or ``s > 0``: the read's key strength
+            ``beta_t = s (1 + softplus(w_beta . h_t + b_beta))`` (module doc).
     """
 
     def __init__(self, in_features: int, ways: int, controller_size: int = 200,
                  slots: int = 128, size: int = 40, gamma: float = 0.95,
-                 memory: bool = True) -> None:
+                 memory: bool = True, read_strength: float | None = None) -> None:
         super().__init__()
         self.has_memory = bool(memory)
         self.slots = check_positive_int("slots", slots)
@@ -114,12 +125,21 @@ class MANNNet(nn.Module):
         self.gamma = check_real("gamma", gamma)
         if self.gamma > 1:
             raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
+        self.read_strength = None if read_strength is None else check_real(
+            "read_strength", read_strength)
+        if self.read_strength is not None and not self.read_strength > 0:
+            raise ValueError(f"read_strength must be None or > 0, got {read_strength}")
+        if self.read_strength is not None and not self.has_memory:
+            raise ValueError("read_strength needs the memory (memory=True); the LSTM "
+                             "baseline has no read")
         controller_size = check_positive_int("controller_size", controller_size)
         read_width = self.size if self.has_memory else 0
         self.controller = nn.LSTMCell(in_features + read_width, controller_size)
         if self.has_memory:
             self.key = nn.Linear(controller_size, self.size)
             self.gate = nn.Linear(controller_size, 1)
+            if self.read_strength is not None:
+                self.strength = nn.Linear(controller_size, 1)
         self.output = nn.Linear(controller_size + read_width, check_positive_int("ways", ways))
 
     def initial_state(self, batch_shape: tuple[int, ...], like: Tensor) -> MemoryState:
@@ -140,10 +160,16 @@ class MANNNet(nn.Module):
         key = self.key(h)
         memory, write_weights = lru_write(state.memory, state.usage, state.read_weights,
                                           self.gate(h).squeeze(-1), key)
-        read_weights, read = cosine_read(memory, key)
+        read_weights, read = cosine_read(memory, key, strength=self.key_strength(h))
         usage = usage_update(state.usage, read_weights, write_weights, self.gamma)
         logits = self.output(torch.cat((h, read), dim=-1))
         return logits, MemoryState(h, c, memory, usage, read_weights, read)
+
+    def key_strength(self, h: Tensor) -> Tensor | None:
+        """``beta_t [...]`` from the controller output, or ``None`` (the paper's read)."""
+        if self.read_strength is None:
+            return None
+        return self.read_strength * (1 + F.softplus(self.strength(h).squeeze(-1)))
 
     def forward(self, steps: Tensor, state: MemoryState | None = None
                 ) -> tuple[Tensor, MemoryState]:
