@@ -126,9 +126,7 @@ class MANNNet(nn.Module):
         if self.gamma > 1:
             raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
         self.read_strength = None if read_strength is None else check_real(
-            "read_strength", read_strength)
-        if self.read_strength is not None and not self.read_strength > 0:
-            raise ValueError(f"read_strength must be None or > 0, got {read_strength}")
+            "read_strength", read_strength, inclusive=False)
         if self.read_strength is not None and not self.has_memory:
             raise ValueError("read_strength needs the memory (memory=True); the LSTM "
                              "baseline has no read")
