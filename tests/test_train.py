@@ -211,3 +211,29 @@ def test_initial_learner_is_what_a_run_starts_from_and_depends_on_the_seed_only(
         assert torch.equal(trained_from[name], value), name
     other = initial_learner(apply_overrides(config, ["train.seed=8"])).state_dict()
     assert any(not torch.equal(other[n], v) for n, v in initial.items())
+
+
+def test_validation_records_its_own_duration_which_the_train_clock_includes(
+        tiny_config, tmp_path, monkeypatch):
+    """A slowed validation: its records carry the time it took, and the train records'
+    ``seconds`` (the clock since the start) include it, so training time alone is
+    ``seconds`` minus the validations before."""
+    import time
+
+    evaluate = Evaluator.evaluate
+
+    def slow_evaluate(self, *args, **kwargs):
+        time.sleep(0.25)
+        return evaluate(self, *args, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate", slow_evaluate)
+    assert main(["train", str(tiny_config), "train.val_every=3", "--out",
+                 str(tmp_path / "run")]) == 0
+    records = [json.loads(line)
+               for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    val = [r for r in records if r["split"] == "val"]
+    assert [r["step"] for r in val] == [3, 6, 9, 12]
+    assert all(0.25 <= r["val_seconds"] < 5 for r in val)
+    last_train = [r for r in records if r["split"] == "train" and r["step"] == 12][0]
+    before = sum(r["val_seconds"] for r in val if r["step"] < 12)  # logged after step 12's
+    assert last_train["seconds"] >= before

@@ -108,7 +108,7 @@ def _curve_metrics(runs_records: list[list[dict]], x: str,
                                  f"logged keys: {sorted(keys - {'split'})}")
     if chosen:
         return list(chosen)
-    return sorted(keys - {"step", "split", "seconds", "ci95", x},
+    return sorted(keys - {"step", "split", "seconds", "val_seconds", "ci95", x},
                   key=lambda k: (k != "loss", k))
 
 

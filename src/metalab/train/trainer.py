@@ -271,9 +271,13 @@ class Trainer:
                                                 or step == self.steps)
 
     def validate(self) -> dict[str, float]:
+        """The validation metric with its interval and ``val_seconds``, the time it took
+        (the train records' ``seconds`` include it: subtract it for training time alone)."""
+        started = time.perf_counter()
         evaluator = Evaluator(self.config.val_episodes)
         result = evaluator.evaluate(self.learner, self.val_source(), self.device, self.dtype)
-        return {result["metric"]: result["mean"], "ci95": result["ci95"]}
+        return {result["metric"]: result["mean"], "ci95": result["ci95"],
+                "val_seconds": round(time.perf_counter() - started, 3)}
 
     def fit(self, resume: bool = False) -> MetaLearner:
         """Train to ``steps``; with ``resume`` continue from the last checkpoint.
