@@ -161,10 +161,6 @@ def run_budget(args: argparse.Namespace) -> dict:
     return record
 
 
-def read_records(results: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((results / "cells").rglob("seed*.json"))]
-
-
 def grid_accuracy(record: dict) -> float | None:
     """The same cell's accuracy at the grid's 200-iteration budget (its mean over seeds)."""
     variant = ft.Variant(record["backbone"], record["augment"])
@@ -197,7 +193,7 @@ def plot(results: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = read_records(results)
+    records = ft.read_records(results)
     outputs = []
     for dataset, setting in sorted({(r["dataset"], r["setting"]) for r in records}):
         fig, ax = plt.subplots(figsize=(7, 4.2))

@@ -1,8 +1,9 @@
 """Is iMAML's system ``I + H/lam`` positive definite on a trained Conv4? A diagnostic.
 
-    python benchmarks/imaml_cg_curvature.py RUN_DIR [--tasks 3]
+    python benchmarks/imaml_cg_curvature.py RUN_DIR [--tasks 3] [--ways 20 --queries 5]
 
-For a few training episodes of the run's data (glyphs 5-way 1-shot, 15 queries), runs plain
+For a few training episodes of Glyphs' training alphabets (5-way 1-shot, 15 queries, or
+``--ways``/``--shots``/``--queries``), runs plain
 conjugate gradient on ``(I + H/lam) x = grad L_query(phi*)`` (H: the support loss's Hessian
 at the run's ``phi*``) and prints the Rayleigh quotient ``p^T A p / |p|^2`` of each search
 direction (negative: the system is indefinite and CG is outside its premise), the norms of
@@ -58,10 +59,14 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run")
     parser.add_argument("--tasks", type=int, default=3)
+    parser.add_argument("--ways", type=int, default=5)
+    parser.add_argument("--shots", type=int, default=1)
+    parser.add_argument("--queries", type=int, default=15)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     learner = load_run(args.run)
-    batch = EpisodeSampler(Glyphs("train"), 5, 1, 15, seed=0, tasks_per_batch=args.tasks).sample()
+    batch = EpisodeSampler(Glyphs("train"), args.ways, args.shots, args.queries, seed=0,
+                           tasks_per_batch=args.tasks).sample()
     for t in range(len(batch)):
         print(f"task {t}:", diagnose(learner, batch.support_x[t], batch.support_y[t],
                                       batch.query_x[t], batch.query_y[t]), flush=True)
