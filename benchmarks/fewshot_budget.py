@@ -161,18 +161,20 @@ def run_budget(args: argparse.Namespace) -> dict:
     return record
 
 
-def grid_accuracy(record: dict) -> float | None:
-    """The same cell's accuracy at the grid's 200-iteration budget (its mean over seeds)."""
-    variant = ft.Variant(record["backbone"], record["augment"])
+def grid_accuracy(record: dict) -> tuple[float, str] | None:
+    """The grid's accuracy for the same (method, dataset, setting) at its 200-iteration
+    budget (mean over its seeds) and the variant it is of: the record's own variant where
+    the grid has it, else the shipped config's."""
     _, shipped = ft.resolve_variant(record["method"], record["dataset"], record["setting"],
                                     None, None)
-    values = []
-    for seed in range(10):
-        path = ft.cell_path(ft.RESULTS, record["method"], record["dataset"],
-                            record["setting"], seed, variant, shipped)
-        if path.is_file():
-            values.append(json.loads(path.read_text())["accuracy"])
-    return sum(values) / len(values) if values else None
+    for variant in (ft.Variant(record["backbone"], record["augment"]), shipped):
+        values = [json.loads(path.read_text())["accuracy"] for seed in range(10)
+                  if (path := ft.cell_path(ft.RESULTS, record["method"], record["dataset"],
+                                           record["setting"], seed, variant,
+                                           shipped)).is_file()]
+        if values:
+            return sum(values) / len(values), f"{variant.label}, {len(values)} seeds"
+    return None
 
 
 def markdown(records: list[dict]) -> str:
@@ -184,7 +186,7 @@ def markdown(records: list[dict]) -> str:
         lines.append(f"| {r['dataset']} | {r['setting']} | {r['method']} | {r['backbone']}_aug-"
                      f"{r['augment']} | {r['seed']} | {r['steps']} | {r['train_minutes']:.1f} "
                      f"| {100 * r['accuracy']:.1f} ± {100 * r['episode_ci95']:.1f} | "
-                     f"{'-' if grid is None else f'{100 * grid:.1f}'} |")
+                     f"{'-' if grid is None else f'{100 * grid[0]:.1f} ({grid[1]})'} |")
     return "\n".join(lines) + "\n"
 
 
