@@ -54,26 +54,22 @@ VALIDATIONS = 10
 def probe_seconds_per_step(config: dict, steps: int) -> float:
     """Seconds per training step of ``config`` over ``steps`` steps, start-up left out:
     the clock between the first and the last logged step."""
+    if steps < 2:
+        raise ValueError(f"--probe-steps must be at least 2, got {steps}")
     probe = {**config, "train": {**config["train"], "steps": steps, "val_every": 0,
                                  "log_every": 1, "checkpoint_every": steps}}
     with tempfile.TemporaryDirectory() as tmp:
         train_run(probe, Path(tmp) / "probe")
         log = [json.loads(line) for line in (Path(tmp) / "probe" / "metrics.jsonl").open()]
     train = [r for r in log if r["split"] == "train"]
-    if len(train) < 2:
-        raise ValueError(f"--probe-steps must be at least 2, got {steps}")
     return (train[-1]["seconds"] - train[0]["seconds"]) / (train[-1]["step"] - train[0]["step"])
 
 
 def budget_overrides(config: dict, steps: int, val_episodes: int) -> list[str]:
     """``steps`` training steps; step-counted lengths scaled from the config's; a cosine to
     0 unless the config has its own schedule; ten validations, each a checkpoint."""
-    own_steps = int(config["train"]["steps"])
-    out = [f"train.steps={steps}"]
-    for key in ft.SCHEDULE_KEYS:
-        value = ft._get(config, key)
-        if value:
-            out.append(f"{key}={max(1, round(int(value) * steps / own_steps))}")
+    out = [f"train.steps={steps}",
+           *ft.scaled_schedule_overrides(config, steps / int(config["train"]["steps"]))]
     if config["train"].get("lr_schedule", "constant") == "constant":
         out += ["train.lr_schedule=cosine", "train.lr_final=0.0"]
     every = max(1, steps // VALIDATIONS)
@@ -104,8 +100,8 @@ def training_clock(log: list[dict]) -> list[dict]:
 
 def record_path(results: Path, method: str, dataset: str, setting: str, seed: int,
                 variant: ft.Variant) -> Path:
-    safe = method.replace(" ", "_").replace("+", "p")
-    return (results / "cells" / dataset / setting / safe / variant.label / f"seed{seed}.json")
+    return (results / "cells" / dataset / setting / ft.method_folder(method) / variant.label
+            / f"seed{seed}.json")
 
 
 def run_budget(args: argparse.Namespace) -> dict:

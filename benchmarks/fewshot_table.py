@@ -247,6 +247,17 @@ def setting_overrides(config: dict, setting: Setting) -> list[str]:
     return out
 
 
+def scaled_schedule_overrides(config: dict, factor: float) -> list[str]:
+    """The lengths counted in steps (``SCHEDULE_KEYS``) that ``config`` sets, times
+    ``factor`` (at least 1), so a schedule keeps its shape over another number of steps."""
+    out = []
+    for key in SCHEDULE_KEYS:
+        value = _get(config, key)
+        if value:
+            out.append(f"{key}={max(1, round(int(value) * factor))}")
+    return out
+
+
 def budget_overrides(config: dict, setting: Setting, budget: Budget) -> list[str]:
     """The grid's budget; the image-equivalent steps for a pretrained baseline; schedule
     lengths scaled; one checkpoint at the end, no validation, 10 log lines."""
@@ -258,10 +269,7 @@ def budget_overrides(config: dict, setting: Setting, budget: Budget) -> list[str
     else:
         steps = budget.steps
         out = [f"train.steps={steps}", f"train.meta_batch={budget.meta_batch}"]
-    for key in SCHEDULE_KEYS:
-        value = _get(config, key)
-        if value:
-            out.append(f"{key}={max(1, round(int(value) * steps / shipped))}")
+    out += scaled_schedule_overrides(config, steps / shipped)
     return out + ["train.val_every=0", f"train.checkpoint_every={steps}",
                   f"train.log_every={max(1, steps // 10)}", "train.progress=false",
                   f"eval.episodes={budget.episodes}"]
@@ -290,13 +298,18 @@ def cell_config(method: str, dataset: str, setting: str, budget: Budget,
 
 
 # -- one cell -------------------------------------------------------------------------------
+def method_folder(method: str) -> str:
+    """A method label as a folder name (``Meta Networks`` -> ``Meta_Networks``, ``Baseline++``
+    -> ``Baselinepp``)."""
+    return method.replace(" ", "_").replace("+", "p")
+
+
 def cell_path(results: Path, method: str, dataset: str, setting: str, seed: int,
               variant: Variant | None = None, shipped: Variant | None = None) -> Path:
     """``cells/<dataset>/<setting>/<method>/seed<N>.json`` for the shipped config's own
     variant (``variant`` None or equal to ``shipped``), else
     ``cells/<dataset>/<setting>/<method>/<backbone>_aug-<off|on>/seed<N>.json``."""
-    safe = method.replace(" ", "_").replace("+", "p")
-    folder = results / "cells" / dataset / setting / safe
+    folder = results / "cells" / dataset / setting / method_folder(method)
     if variant is not None and variant != (shipped or Variant()):
         folder = folder / variant.label
     return folder / f"seed{seed}.json"

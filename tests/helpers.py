@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -105,3 +107,16 @@ def write_idx(path: Path, array: np.ndarray) -> None:
         int(d).to_bytes(4, "big") for d in array.shape)
     with gzip.open(path, "wb") as handle:
         handle.write(header + array.astype(np.uint8).tobytes())
+
+
+def load_benchmark(name: str):
+    """``benchmarks/<name>.py`` as the module ``name``, loaded once per test session: the
+    scripts import each other by that name (``import fewshot_table``) and dataclasses look
+    their module up in ``sys.modules``."""
+    if name not in sys.modules:
+        path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]

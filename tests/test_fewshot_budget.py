@@ -4,24 +4,12 @@ cell into a budget run, against values worked out by hand."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from helpers import load_benchmark
 
-def _load(name):
-    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-_load("fewshot_table")
-fb = _load("fewshot_budget")
+load_benchmark("fewshot_table")  # fewshot_budget imports it by name
+fb = load_benchmark("fewshot_budget")
 
 
 def test_training_clock_takes_out_validation_and_joins_a_resumed_clock():

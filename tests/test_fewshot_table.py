@@ -3,25 +3,15 @@ fake record set, the budget it gives each cell, and ``--reuse`` skipping cells a
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
 
-def _benchmark():
-    path = Path(__file__).parents[1] / "benchmarks" / "fewshot_table.py"
-    spec = importlib.util.spec_from_file_location("fewshot_table", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("fewshot_table", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-ft = _benchmark()
+ft = load_benchmark("fewshot_table")
 BUDGET = {"steps": 200, "meta_batch": 4, "episodes": 600}
 
 
