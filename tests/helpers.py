@@ -111,11 +111,13 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 def load_benchmark(name: str):
     """``benchmarks/<name>.py`` as the module ``name``, loaded once per test session: the
-    scripts import each other by that name (``import fewshot_table``) and dataclasses look
-    their module up in ``sys.modules``."""
+    scripts import each other by that name (``import fewshot_table``), so their folder goes
+    on ``sys.path``, and dataclasses look their module up in ``sys.modules``."""
+    benchmarks = Path(__file__).parents[1] / "benchmarks"
+    if str(benchmarks) not in sys.path:
+        sys.path.insert(0, str(benchmarks))
     if name not in sys.modules:
-        path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
-        spec = importlib.util.spec_from_file_location(name, path)
+        spec = importlib.util.spec_from_file_location(name, benchmarks / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)

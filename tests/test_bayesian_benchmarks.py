@@ -4,30 +4,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers import load_benchmark
 from metalab.algorithms.predictive import GaussianPredictive
 from metalab.algorithms.predictive_scores import Z90, central_z, predictive_scores
 
-
-def _benchmark(name: str):
-    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-pa = _benchmark("platipus_ambiguous")
-bt = _benchmark("bayesian_table")
+pa = load_benchmark("platipus_ambiguous")
+bt = load_benchmark("bayesian_table")
 
 
 def test_line_fit_is_exact_for_a_line_on_the_grid_and_respects_the_ranges():
@@ -154,7 +143,7 @@ def test_prior_scale_multiplies_platipus_prior_std_and_refuses_other_learners():
         pa.scale_prior_std(nn.Linear(1, 1), 2.0)
 
 
-bg = _benchmark("bayesian_glyphs")
+bg = load_benchmark("bayesian_glyphs")
 
 
 def test_glyph_rows_over_fewer_seeds_use_the_seeds_measured(tmp_path):
@@ -199,7 +188,7 @@ def test_support_width_override_of_the_test_tasks(tmp_path):
 def test_checkpoint_snapshots_copy_each_multiple_once(tmp_path):
     """`checkpoint_snapshots.snapshot` copies the checkpoint (with the config) to
     ``step<N>`` only when ``N`` is a multiple of ``every``, and once."""
-    snapshots = _benchmark("checkpoint_snapshots")
+    snapshots = load_benchmark("checkpoint_snapshots")
     run, out = tmp_path / "run", tmp_path / "run-snapshots"
     run.mkdir()
     (run / "config.yaml").write_text("algorithm: {name: platipus}\n")

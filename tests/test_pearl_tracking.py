@@ -3,26 +3,11 @@ from the episodes `PEARL.meta_test` collects (recorded on their way through the 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import torch
 
-BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
+from helpers import load_benchmark
 
-
-def _benchmark(name: str):
-    if str(BENCHMARKS) not in sys.path:  # the script imports its sibling scripts by name
-        sys.path.insert(0, str(BENCHMARKS))
-    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault(name, module)
-    spec.loader.exec_module(module)
-    return module
-
-
-tracking = _benchmark("pearl_cheetah_velocity_tracking")
+tracking = load_benchmark("pearl_cheetah_velocity_tracking")
 
 
 def episodes_of(speeds, masks):

@@ -1,12 +1,11 @@
 """The SNAIL and MANN configs through the CLI: train, evaluate, per-presentation accuracy,
 and the presentations plot."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
 from metalab.cli.main import main
 
 pytestmark = pytest.mark.slow  # each trains through the CLI (about 10 s alone, minutes loaded)
@@ -20,14 +19,6 @@ TINY = {"snail": ["model.hidden=4", "algorithm.filters=4", "algorithm.key_sizes=
         "mann-lstm": ["model.hidden=4", "algorithm.controller_size=8"]}
 CONFIGS = {"snail": "snail-glyphs-5w1s", "mann": "mann-glyphs-5w",
            "mann-lstm": "mann-lstm-glyphs-5w"}
-
-
-def _benchmark():
-    path = Path(__file__).parents[1] / "benchmarks" / "mann_presentations.py"
-    spec = importlib.util.spec_from_file_location("mann_presentations", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.mark.parametrize("method", sorted(CONFIGS))
@@ -45,7 +36,7 @@ def test_presentation_table_and_plot(tmp_path):
         run = tmp_path / method
         assert main(["train", CONFIGS[method], *FAST, *TINY[method], "--out", str(run)]) == 0
         runs.append(run)
-    table = _benchmark().presentation_table(runs[0], episodes=3, seed=0)
+    table = load_benchmark("mann_presentations").presentation_table(runs[0], episodes=3, seed=0)
     assert table["numbers"] == list(range(1, 11))  # 9 shots + 1 query per class
     assert len(table["accuracy"]) == 10 and all(0 <= a <= 1 for a in table["accuracy"])
     for run in runs:

@@ -3,27 +3,15 @@ summary over seeds is the hand-computed mean and Student-t interval."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
+from helpers import load_benchmark
 from metalab.algorithms import ALGORITHMS
 from metalab.train.build import build_meta_learner, complete_model_config
 
-
-def _benchmark():
-    path = Path(__file__).parents[1] / "benchmarks" / "sinusoid_table.py"
-    spec = importlib.util.spec_from_file_location("sinusoid_table", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("sinusoid_table", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-st = _benchmark()
+st = load_benchmark("sinusoid_table")
 
 
 @pytest.mark.parametrize("method", list(st.METHODS))

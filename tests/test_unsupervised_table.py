@@ -3,23 +3,11 @@ data overrides, and results of several datasets share one file, each with its ow
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
+from helpers import load_benchmark
 
-def _benchmark():
-    path = Path(__file__).parents[1] / "benchmarks" / "unsupervised_table.py"
-    spec = importlib.util.spec_from_file_location("unsupervised_table", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("unsupervised_table", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-ut = _benchmark()
+ut = load_benchmark("unsupervised_table")
 ROOT = "/data/omniglot"
 
 
