@@ -13,16 +13,19 @@ config is `fewshot_table.cell_config`'s):
    and MAML++'s annealing, scaled as in the grid), the outer learning rate annealed to 0 by
    a cosine over them unless the config has its own schedule (RFS's step decay is kept,
    scaled), validation on ``--val-episodes`` episodes of the val split (disjoint alphabets)
-   ten times, a checkpoint at each (an interrupted run resumes: rerun the same command).
-3. **Test** on ``--episodes`` (600) test episodes, the grid's episodes.
+   ten times, a checkpoint at each (an interrupted run resumes: rerun the same command),
+   the learner of the best validation kept (``train.keep_best``).
+3. **Test** on ``--episodes`` (600) test episodes, the grid's episodes: the last learner,
+   and the one of the best validation (model selection on the val alphabets).
 
 The record, ``benchmarks/results/fewshot_budget/cells/<dataset>/<setting>/<method>/<backbone>_
 aug-<off|on>/seed<N>.json`` (written atomically), holds the config, the steps, the probe's
 seconds per step, the training clock (the log's seconds less the validations' own), the
 validation curve (training minutes, accuracy, 95% interval over episodes), the test accuracy
-with its interval, and the load averages. ``--plot`` draws, per (dataset, setting),
-validation accuracy against training minutes, one line per (method, variant), the test
-accuracy in the legend:
+with its interval (``best_validation``: the best validation's step, minutes and test
+accuracy; records made before ``keep_best`` have none), and the load averages. ``--plot``
+draws, per (dataset, setting), validation accuracy against training minutes, one line per
+(method, variant), the test accuracy in the legend:
 
     OMP_NUM_THREADS=1 python benchmarks/fewshot_budget.py --method RFS --dataset glyphs \\
         --setting 20w1s --backbone resnet12-w0.25 --augment on --seed 0
@@ -67,7 +70,8 @@ def probe_seconds_per_step(config: dict, steps: int) -> float:
 
 def budget_overrides(config: dict, steps: int, val_episodes: int) -> list[str]:
     """``steps`` training steps; step-counted lengths scaled from the config's; a cosine to
-    0 unless the config has its own schedule; ten validations, each a checkpoint."""
+    0 unless the config has its own schedule; ten validations, each a checkpoint, the best
+    one's learner kept (``train.keep_best``)."""
     out = [f"train.steps={steps}",
            *ft.scaled_schedule_overrides(config, steps / int(config["train"]["steps"]))]
     if config["train"].get("lr_schedule", "constant") == "constant":
@@ -75,7 +79,7 @@ def budget_overrides(config: dict, steps: int, val_episodes: int) -> list[str]:
     every = max(1, steps // VALIDATIONS)
     return out + [f"train.val_every={every}", f"train.val_episodes={val_episodes}",
                   f"train.checkpoint_every={every}", f"train.log_every={every}",
-                  "train.progress=false"]
+                  "train.keep_best=true", "train.progress=false"]
 
 
 def training_clock(log: list[dict]) -> list[dict]:
@@ -138,6 +142,8 @@ def run_budget(args: argparse.Namespace) -> dict:
     curve = training_clock(log)
     started = time.perf_counter()
     result = evaluate_run(run_dir, episodes=args.episodes)
+    eval_seconds = time.perf_counter() - started
+    best = best_validation(run_dir, args.episodes, curve)
     record = {"method": args.method, "dataset": args.dataset, "setting": args.setting,
               "seed": args.seed, "backbone": variant.backbone, "augment": variant.augment,
               "minutes_budget": args.minutes, "probe_steps": args.probe_steps,
@@ -146,7 +152,8 @@ def run_budget(args: argparse.Namespace) -> dict:
               "train_minutes": curve[-1]["minutes"] if curve else wall / 60,
               "wall_minutes_with_validation": wall / 60, "validation": curve,
               "accuracy": result["mean"], "episode_ci95": result["ci95"],
-              "episodes": result["episodes"], "eval_seconds": time.perf_counter() - started,
+              "episodes": result["episodes"], "eval_seconds": eval_seconds,
+              **({"best_validation": best} if best else {}),
               "load_average_before": list(load_before), "load_average_after": list(load_after),
               "environment": ft.environment(), "config": config}
     write_json(path, record)
@@ -155,6 +162,18 @@ def run_budget(args: argparse.Namespace) -> dict:
           f"(probe {seconds_per_step:.3f} s/step): {100 * result['mean']:.1f} ± "
           f"{100 * result['ci95']:.1f}%", flush=True)
     return record
+
+
+def best_validation(run_dir: Path, episodes: int, curve: list[dict]) -> dict | None:
+    """The test accuracy of the learner at its best validation (``best.pt``; model selection
+    on the val alphabets), on the same test episodes, with that validation's step and
+    training minutes; ``None`` for a run without ``best.pt``."""
+    if not (run_dir / "best.pt").is_file():
+        return None
+    result = evaluate_run(run_dir, episodes=episodes, checkpoint="best")
+    minutes = {point["step"]: point["minutes"] for point in curve}
+    return {"step": result["step"], "minutes": minutes.get(result["step"]),
+            "accuracy": result["mean"], "episode_ci95": result["ci95"]}
 
 
 def grid_accuracy(record: dict) -> tuple[float, str] | None:
@@ -175,14 +194,17 @@ def grid_accuracy(record: dict) -> tuple[float, str] | None:
 
 def markdown(records: list[dict]) -> str:
     lines = ["| dataset | setting | method | variant | seed | steps | training min | "
-             "test accuracy ± 95% CI over episodes | at the grid's 200 iterations |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "test accuracy ± 95% CI over episodes | at the best validation (min) | "
+             "at the grid's 200 iterations |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(records, key=lambda r: (r["dataset"], r["setting"], -r["accuracy"])):
-        grid = grid_accuracy(r)
+        grid, best = grid_accuracy(r), r.get("best_validation")
+        at_best = ("-" if best is None else f"{100 * best['accuracy']:.1f} ± "
+                   f"{100 * best['episode_ci95']:.1f} ({best['minutes']:.1f})")
         lines.append(f"| {r['dataset']} | {r['setting']} | {r['method']} | {r['backbone']}_aug-"
                      f"{r['augment']} | {r['seed']} | {r['steps']} | {r['train_minutes']:.1f} "
                      f"| {100 * r['accuracy']:.1f} ± {100 * r['episode_ci95']:.1f} | "
-                     f"{'-' if grid is None else f'{100 * grid[0]:.1f} ({grid[1]})'} |")
+                     f"{at_best} | {'-' if grid is None else f'{100 * grid[0]:.1f} ({grid[1]})'} |")
     return "\n".join(lines) + "\n"
 
 

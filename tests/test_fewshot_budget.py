@@ -40,7 +40,7 @@ def test_budget_overrides_anneal_by_cosine_unless_the_config_has_a_schedule():
     assert "train.steps=1000" in out and "train.lr_schedule=cosine" in out
     assert "train.lr_final=0.0" in out
     assert {"train.val_every=100", "train.checkpoint_every=100", "train.log_every=100",
-            "train.val_episodes=50"} <= set(out)
+            "train.val_episodes=50", "train.keep_best=true"} <= set(out)
     step = fb.budget_overrides(_config("step", lr_step_every=120), steps=1000,
                                val_episodes=50)
     assert not any(o.startswith("train.lr_schedule") for o in step)

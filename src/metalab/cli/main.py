@@ -111,7 +111,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result = evaluate_run(args.run_dir, episodes=args.episodes, split=args.split,
                           inner_steps=args.inner_steps, seed=args.seed,
                           support_size=args.support_size, within=args.within, head=args.head,
-                          ways=args.ways)
+                          ways=args.ways, checkpoint=args.checkpoint)
     print(format_result(result))
     return 0
 
@@ -222,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "embedding method; writes eval-...-head-<name>.json)")
     evaluate.add_argument("--ways", type=int, help="classes per test episode (default: config; "
                                                    "writes eval-...-ways<N>.json)")
+    evaluate.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                          help="the last checkpoint (default) or the best on validation (a "
+                               "run trained with train.keep_best; writes eval-...-best.json)")
     evaluate.set_defaults(func=cmd_eval)
 
     report = commands.add_parser(

@@ -110,11 +110,13 @@ class TrainConfig(Section):
     ``step`` (``lr * lr_gamma ** floor(t / lr_step_every)``; needs ``lr_step_every``);
     ``seed``: torch's global RNG and the training
     tasks; ``device``, ``dtype`` (``null``: the model's own, or ``float32``/``float64``);
-    ``val_every`` (0: no validation), ``val_episodes``; ``checkpoint_every``, ``log_every``
-    in steps; ``grad_clip``: max global norm of the meta-gradient; ``task_chunk``:
-    back-propagate at most this many tasks at once (the update is the same, the peak memory
-    one chunk's graph); ``compile``: ``torch.compile`` the learner; ``progress``: a progress
-    bar; ``combiner``: a name or ``{name: ..., options}`` merging the tasks' losses or
+    ``val_every`` (0: no validation), ``val_episodes``; ``keep_best``: also keep the learner
+    at its best validation so far in ``best.pt`` (model selection on the val split:
+    ``metalab eval RUN --checkpoint best``); ``checkpoint_every``, ``log_every`` in steps;
+    ``grad_clip``: max global norm of the meta-gradient; ``task_chunk``: back-propagate at
+    most this many tasks at once (the update is the same, the peak memory one chunk's
+    graph); ``compile``: ``torch.compile`` the learner; ``progress``: a progress bar;
+    ``combiner``: a name or ``{name: ..., options}`` merging the tasks' losses or
     gradients (PCGrad, group DRO ...), ``null`` for the mean loss; ``combine_params``:
     ``all`` or ``shared`` (the parameters the combiner acts on); ``diagnostics``: log the
     task-gradient statistics and the curvature along the update on every logged step;
@@ -138,6 +140,7 @@ class TrainConfig(Section):
     dtype: Annotated[Literal["float32", "float64"] | None, BeforeValidator(_dtype_name)] = None
     val_every: NonNegativeInt = 500
     val_episodes: PositiveInt = 100
+    keep_best: bool = False
     checkpoint_every: PositiveInt = 500
     log_every: PositiveInt = 10
     grad_clip: PositiveFloat | None = None
@@ -154,6 +157,13 @@ class TrainConfig(Section):
         if self.lr_schedule == "step" and self.lr_step_every is None:
             raise ValueError("train.lr_schedule: step needs train.lr_step_every (the steps "
                              "between two decays by lr_gamma), a positive integer")
+        return self
+
+    @model_validator(mode="after")
+    def _keep_best_has_validation(self) -> TrainConfig:
+        if self.keep_best and self.val_every == 0:
+            raise ValueError("train.keep_best needs validation to choose the best learner: "
+                             "set train.val_every to a positive number of steps")
         return self
 
     @property

@@ -125,6 +125,8 @@ def format_result(result: dict[str, Any]) -> str:
     options = [f"{result[key]} {label}" for key, label in
                (("inner_steps", "inner steps"), ("support_size", "examples per test batch"))
                if key in result]
+    if result.get("checkpoint") == "best":
+        options.append(f"best validation checkpoint, step {result['step']}")
     if options:
         line += f" ({', '.join(options)})"
     if "nll" in result and "ece" in result:

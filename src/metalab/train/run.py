@@ -124,27 +124,31 @@ def train_run(config: dict[str, Any], run_dir: str | Path, resume: bool = False)
     return trainer
 
 
-def _restore(run_dir: str | Path) -> tuple[dict[str, Any], MetaLearner, int]:
-    """The config, the learner with its last checkpoint's parameters, and that step."""
+def _restore(run_dir: str | Path, checkpoint: str = "last"
+             ) -> tuple[dict[str, Any], MetaLearner, int]:
+    """The config, the learner with the parameters of its ``last`` or ``best`` checkpoint,
+    and that checkpoint's step."""
     config = read_run_config(run_dir)
     learner = build_meta_learner(config)
     dtype = TrainConfig.of(config).torch_dtype
     if dtype is not None:
         learner = learner.to(dtype)
-    state = load_checkpoint(run_dir)
+    state = load_checkpoint(run_dir, checkpoint)
     learner.load_state_dict(state["learner"])
     return config, learner.eval(), state["step"]
 
 
-def load_run(run_dir: str | Path) -> MetaLearner:
-    """The trained `MetaLearner` of ``run_dir`` (its last checkpoint), ready for `adapt`."""
-    return _restore(run_dir)[1]
+def load_run(run_dir: str | Path, checkpoint: str = "last") -> MetaLearner:
+    """The trained `MetaLearner` of ``run_dir``, ready for `adapt`: its ``last``
+    checkpoint, or the ``best`` one on validation (a run trained with ``train.keep_best``)."""
+    return _restore(run_dir, checkpoint)[1]
 
 
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = "test",
                  inner_steps: int | None = None, seed: int | None = None,
                  support_size: int | None = None, within: str | None = None,
-                 head: str | None = None, ways: int | None = None) -> dict[str, Any]:
+                 head: str | None = None, ways: int | None = None,
+                 checkpoint: str = "last") -> dict[str, Any]:
     """Meta-test ``run_dir`` on ``split`` and write ``eval.json`` (``eval-<split>.json``).
 
     ``support_size`` (group data) sets the number of unlabelled examples in each test
@@ -154,10 +158,12 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = 
     (default ``eval.head``) fits that head on the support set's embeddings instead of the
     method's own adaptation (`with_support_head`); ``ways`` sets the test episodes' number
     of classes (a method whose output size is fixed by its training ways cannot take
-    another). Each adds ``-within-<key>`` / ``-head-<name>`` / ``-ways<N>`` to the name.
+    another). ``checkpoint="best"`` meta-tests the learner at its best validation
+    (``train.keep_best``) instead of the last one. Each adds ``-within-<key>`` /
+    ``-head-<name>`` / ``-ways<N>`` / ``-best`` to the name.
     """
     run_dir = Path(run_dir)
-    config, learner, step = _restore(run_dir)
+    config, learner, step = _restore(run_dir, checkpoint)
     if config.get("online") is not None:
         raise ValueError(f"{str(run_dir)!r} is an online run: each task was scored along the "
                          f"stream (its stream.json; metalab plot --stream {run_dir})")
@@ -199,5 +205,8 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, split: str = 
     if ways is not None:
         result["ways"] = int(ways)
         name = f"{name}-ways{int(ways)}"
+    if checkpoint != "last":
+        result["checkpoint"] = checkpoint
+        name = f"{name}-{checkpoint}"
     atomic_write_text(run_dir / f"{name}.json", json.dumps(result, indent=2) + "\n")
     return result

@@ -5,7 +5,8 @@ one backward step (the mean loss's, or a combiner's: `backward_step_for`) and ta
 meta-optimizer step. Metrics go to ``RUN_DIR/metrics.jsonl``; a checkpoint with
 the learner, optimizer, task-source and RNG states is written atomically every
 ``checkpoint_every`` steps and at the end, so ``fit(resume=True)`` after an interruption
-ends with exactly the parameters of an uninterrupted run.
+ends with exactly the parameters of an uninterrupted run. With ``keep_best`` the learner at
+its best validation so far is also written to ``best.pt`` (model selection on the val split).
 
 A run whose task source changes between steps (a task stream: data arrive, and the learner
 is scored on each new task, between updates) gives the trainer *step hooks*: after every
@@ -31,10 +32,12 @@ from tqdm import tqdm
 from metalab.algorithms import MetaLearner
 from metalab.combiners import build_combiner
 from metalab.tasks import TaskSource
+from metalab.tasks.objective import lower_is_better
 from metalab.train import distributed
 from metalab.train.allocator import keep_freed_memory
 from metalab.train.backward import BackwardStep, MeanBackward
 from metalab.train.checkpoint import (
+    BEST_CHECKPOINT,
     CHECKPOINT,
     atomic_torch_save,
     atomic_write_text,
@@ -198,6 +201,9 @@ class Trainer:
             trained += list(self.combiner.parameters())
         self.optimizer = build_optimizer(self.config.optimizer, trained, self.config.lr)
         self.val_source = val_source if self.config.val_every else None
+        if self.config.keep_best and self.val_source is None:
+            raise ValueError("train.keep_best needs a validation source (val_source) to "
+                             "choose the best learner")
         self.backward_step = backward_step_for(self.learner, self.config, self.combiner)
         check_whole_update(self.learner, self.config)
         self._pending_diagnostics: dict[str, float] = {}
@@ -206,6 +212,7 @@ class Trainer:
         self.hooks = list(hooks or [])
         self.step = 0
         self.updates = 0  # optimizer updates taken (fewer than steps when a hook skips some)
+        self.best: dict[str, float] | None = None  # keep_best: {"step", metric} of best.pt
         self.log = MetricLog(self.run_dir / METRICS_FILE)
 
     @property
@@ -221,11 +228,14 @@ class Trainer:
             state["hooks"] = [hook.state_dict() for hook in self.hooks]
         if self.combiner is not None:
             state["combiner"] = self.combiner.state_dict()
+        if self.best is not None:
+            state["best"] = self.best
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]
         self.updates = state.get("updates", self.step)  # checkpoints before hooks: all
+        self.best = state.get("best")
         for hook, hook_state in zip(self.hooks, state.get("hooks", []), strict=False):
             hook.load_state_dict(hook_state)
         self.learner.load_state_dict(state["learner"])
@@ -279,6 +289,18 @@ class Trainer:
         return {result["metric"]: result["mean"], "ci95": result["ci95"],
                 "val_seconds": round(time.perf_counter() - started, 3)}
 
+    def _keep_if_best(self, value: float) -> None:
+        """Write the learner to ``best.pt`` when ``value`` beats every earlier validation
+        (a tie keeps the earlier learner)."""
+        metric = self.learner.metric_name
+        if self.best is not None:
+            best = self.best[metric]
+            if (value >= best) if lower_is_better(metric) else (value <= best):
+                return
+        self.best = {"step": self.step, metric: value}
+        atomic_torch_save({"step": self.step, "learner": self.learner.state_dict(),
+                           "metric": metric, "value": value}, self.run_dir / BEST_CHECKPOINT)
+
     def fit(self, resume: bool = False) -> MetaLearner:
         """Train to ``steps``; with ``resume`` continue from the last checkpoint.
 
@@ -318,7 +340,10 @@ class Trainer:
                     self._log_window("train", window, started)
                     window = []
                 if main and self._is_validation_step(self.step):
-                    self.log.write({"step": self.step, "split": "val", **self.validate()})
+                    record = self.validate()
+                    self.log.write({"step": self.step, "split": "val", **record})
+                    if self.config.keep_best:
+                        self._keep_if_best(record[self.learner.metric_name])
                 if self.step % self.config.checkpoint_every == 0 or self.step == self.steps:
                     self.save_checkpoint()
         distributed.barrier()
