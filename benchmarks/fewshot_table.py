@@ -34,9 +34,12 @@ Schedule lengths measured in meta-iterations (MAML++'s multi-step-loss annealing
 learning-rate step, the first-order period) are scaled by steps / the shipped steps, so
 each schedule keeps its shape. Everything else is the shipped config's.
 
-Datasets: ``glyphs`` (embedded, disjoint alphabets per split) and ``omniglot-small`` (the
+Datasets: ``glyphs`` (embedded, disjoint alphabets per split), ``omniglot-small`` (the
 Omniglot background subsets: train on small1's alphabets, test on small2's alphabets that
-small1 lacks; ``--omniglot-root`` the folder with the two zips). Settings: ``5w1s``,
+small1 lacks; ``--omniglot-root`` the folder with the two zips) and ``omniglot-small-rot``
+(the same, each training character also at 90, 180 and 270 degrees as three more classes,
+``data.train_options.rotations``; validation and test characters unrotated: issue 19's
+protocol). Settings: ``5w1s``,
 ``5w5s`` (15 queries per class), ``20w1s`` (5 queries per class) and ``20w1s-within`` (20
 ways, every episode's classes from one alphabet, in training and at test; alphabets with
 fewer than 20 characters are left out).
@@ -96,6 +99,11 @@ DATASETS = {
     "omniglot-small": ["data.name=omniglot", "data.root={root}", "data.split_by=alphabet",
                        "data.train_sources=[small1]", "data.test_sources=[small2]",
                        "data.rotations=false"],
+    # issue 19's protocol: small1's training characters at four rotations (each a class),
+    # validation and test characters unrotated
+    "omniglot-small-rot": ["data.name=omniglot", "data.root={root}", "data.split_by=alphabet",
+                           "data.train_sources=[small1]", "data.test_sources=[small2]",
+                           "data.rotations=false", "data.train_options.rotations=true"],
 }
 
 
@@ -606,6 +614,7 @@ def grid(methods: list[str], datasets: list[str], settings: list[str], seeds: li
 # new issues' methods" is Meta-Curvature: the best of issues 13-14's methods on the Omniglot
 # subsets at 5w1s (88.9) and 20w1s (74.1), within a point of the best on Glyphs 5w1s.
 BOTH = ["glyphs", "omniglot-small"]
+WITH_ROTATIONS = ["glyphs", "omniglot-small-rot"]  # issue 19: "small1 plus rotations"
 ISSUE_GRIDS = {
     "13": [dict(methods=["MAML", "MAML++", "FOMAML", "Reptile", "iMAML", "Meta-SGD", "ANIL",
                          "MT-Net", "T-Net", "Meta-Curvature", "WarpGrad", "ProtoNet"],
@@ -614,7 +623,7 @@ ISSUE_GRIDS = {
                          "Meta Networks", "SNAIL", "MAML"],
                 datasets=BOTH, settings=["5w1s", "5w5s", "20w1s"])],
     "19": [dict(methods=["ProtoNet", "MAML", "Baseline++", "RFS", "Meta-Curvature"],
-                datasets=BOTH, settings=["5w1s", "20w1s", "20w1s-within"],
+                datasets=WITH_ROTATIONS, settings=["5w1s", "20w1s", "20w1s-within"],
                 backbones=["conv4", "resnet12-w0.25"], augments=["off", "on"])],
 }
 
@@ -660,7 +669,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--meta-batch", type=int, default=Budget.meta_batch)
     parser.add_argument("--episodes", type=int, default=Budget.episodes)
     parser.add_argument("--omniglot-root", default=None,
-                        help="omniglot-small: the folder with images_background_small1/2.zip")
+                        help="omniglot-small(-rot): the folder with "
+                             "images_background_small1/2.zip")
     parser.add_argument("--results", type=Path, default=RESULTS,
                         help="the records (cells/...) and tables (table.md, table.json)")
     parser.add_argument("--runs", type=Path, default=None,

@@ -101,7 +101,8 @@ SAMPLER_KEYS = {"name", "root", "ways", "shots", "queries", "shuffle_labels", "t
                 "val_split", "test_split", "support_size", "sampling", "distinct_groups",
                 "batch_size", "partition_by", "tasks", "held_out", "examples",
                 "dataset_split", "split_seed", "within", "skip_small_groups", "augment",
-                "train_batch_size", "arrival_batch", "episodes", "unsupervised"}
+                "train_batch_size", "arrival_batch", "episodes", "unsupervised",
+                "train_options"}
 
 
 def data_objective(config: dict[str, Any]) -> Objective:
@@ -122,10 +123,23 @@ def _cached_dataset(name: str, split: str, root: str | None, options_json: str):
     return datasets.build(name, split=split, root=root, **json.loads(options_json))
 
 
-def _dataset(data: dict[str, Any], split: str):
-    """Datasets are built once per process (train, val and test sources share them)."""
+def _train_options(data: dict[str, Any]) -> dict[str, Any]:
+    """``data.train_options``: dataset options for the training split only, over ``data``'s
+    own (Omniglot's ``{rotations: true}``: rotated characters as extra training classes,
+    validation and test classes unrotated)."""
+    options = data.get("train_options") or {}
+    if not isinstance(options, dict):
+        raise ValueError(f"data.train_options must be a mapping of dataset options for the "
+                         f"training split (e.g. {{rotations: true}}), got {options!r}")
+    return options
+
+
+def _dataset(data: dict[str, Any], split: str, training: bool = False):
+    """Datasets are built once per process (train, val and test sources share them);
+    ``training``: the training split's, with ``data.train_options``."""
+    options = {**_options(data), **(_train_options(data) if training else {})}
     return _cached_dataset(data["name"], split, data.get("root"),
-                           json.dumps(_options(data), sort_keys=True))
+                           json.dumps(options, sort_keys=True))
 
 
 def _family_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
@@ -149,7 +163,7 @@ def _group_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed: 
     """Training: batches of several groups drawn as ``data.sampling`` says; evaluation:
     batches of one group each, cycling through the groups (``support_size`` examples, by
     default ``data.support_size``)."""
-    dataset = _dataset(data, data[f"{split}_split"])
+    dataset = _dataset(data, data[f"{split}_split"], training=split == "train")
     if not isinstance(dataset, GroupDataset):
         raise ValueError(f"data.support_size is for group datasets, and {data['name']!r} "
                          f"has no groups; use data.ways/shots/queries for episodes")
@@ -169,7 +183,7 @@ def _multitask_source(data: dict[str, Any], split: str, seed: int) -> TaskSource
     examples of every class are kept for evaluation (the val and test splits).
     """
     if "partition_by" not in data:
-        dataset = _dataset(data, data[f"{split}_split"])
+        dataset = _dataset(data, data[f"{split}_split"], training=split == "train")
         return MultiLabelSource(dataset, data["batch_size"], seed=seed)
     dataset = _dataset(data, data["train_split"])
     partition, names = partition_by_info(dataset, data["partition_by"], data.get("tasks", 20))
@@ -186,14 +200,14 @@ def _held_out_split(dataset, held_out: int):
 def _episode_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
                     queries: int | None, within: str | None = None) -> TaskSource:
     if split == "train" and data.get("train_batch_size") is not None:
-        return LabelledBatches(_dataset(data, data["train_split"]), data["train_batch_size"],
-                               seed=seed)
+        return LabelledBatches(_dataset(data, data["train_split"], training=True),
+                               data["train_batch_size"], seed=seed)
     for key in ("ways", "shots", "queries"):
         if key not in data:
             raise ValueError(f"config needs data.{key} for an episodic dataset (or "
                              f"data.support_size for group data, data.batch_size for "
                              f"multi-task data)")
-    dataset = _dataset(data, data[f"{split}_split"])
+    dataset = _dataset(data, data[f"{split}_split"], training=split == "train")
     return EpisodeSampler(dataset, ways=data["ways"], shots=data["shots"], queries=queries,
                           tasks_per_batch=tasks_per_batch,
                           shuffle_labels=data["shuffle_labels"], seed=seed,
@@ -215,7 +229,7 @@ def training_images(data: dict[str, Any]) -> UnlabelledImages:
     """The training split of ``data`` as unlabelled images (built once per process), the
     images CACTUs and UMTRA construct their tasks from."""
     return _unlabelled(data["name"], data["train_split"], data.get("root"),
-                       json.dumps(_options(data), sort_keys=True))
+                       json.dumps({**_options(data), **_train_options(data)}, sort_keys=True))
 
 
 def _unsupervised_source(data: dict[str, Any], tasks_per_batch: int, seed: int,
