@@ -144,6 +144,15 @@ def test_issue_grids_are_the_must_show_tables():
                                          "Meta-Curvature"}
     assert {(c.backbone, c.augment) for c in cells} == {
         ("conv4", "off"), ("conv4", "on"), ("resnet12-w0.25", "off"), ("resnet12-w0.25", "on")}
+    # issue 19: "train on the small1 alphabets plus rotations", val and test unrotated
+    assert {c.dataset for c in cells} == {"glyphs", "omniglot-small-rot"}
+    data = ft.cell_config("RFS", "omniglot-small-rot", "20w1s-within", ft.Budget(), "/data")[2][
+        "data"]
+    assert (data["rotations"], data["train_options"]) == (False, {"rotations": True})
+    assert (data["train_sources"], data["test_sources"]) == (["small1"], ["small2"])
+    assert "train_options" not in ft.cell_config("RFS", "omniglot-small", "5w1s", ft.Budget(),
+                                                 "/data")[2]["data"]
+    assert {c.dataset for c in ft.issue_cells("13", [0])} == {"glyphs", "omniglot-small"}
     assert {c.setting for c in ft.issue_cells("14", [0])} == {"5w1s", "5w5s", "20w1s"}
     assert len(ft.issue_cells("13", [0])) == 12 * 2 * 2
     with pytest.raises(ValueError, match="issue must be one of"):
