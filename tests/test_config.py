@@ -83,7 +83,7 @@ def test_defaults_are_those_old_runs_were_written_with(tmp_path):
     config = load_config(_write(tmp_path, TINY))
     # keys added since: their defaults are the behaviour old runs were trained with
     added = {"lr_schedule": "constant", "lr_final": 0.0, "lr_step_every": None,
-             "lr_gamma": 0.1, "keep_freed_memory": False}
+             "lr_gamma": 0.1, "keep_freed_memory": False, "keep_best": False}
     assert config["train"] | {"dtype": "float64"} == old["train"] | {"dtype": "float64",
                                                                      **added}
     assert {k: config["eval"][k] for k in old["eval"]} == old["eval"]
@@ -123,7 +123,8 @@ def test_train_keys_listed_are_exactly_the_documented_ones(tmp_path):
                             "dtype", "val_every", "val_episodes", "checkpoint_every",
                             "log_every", "grad_clip", "task_chunk", "compile", "progress",
                             "combiner", "combine_params", "diagnostics", "lr_schedule",
-                            "lr_final", "lr_step_every", "lr_gamma", "keep_freed_memory"])
+                            "lr_final", "lr_step_every", "lr_gamma", "keep_freed_memory",
+                            "keep_best"])
 
 
 @pytest.mark.parametrize("algorithm, key, closest", [
