@@ -46,7 +46,7 @@ from pathlib import Path
 import fewshot_table as ft
 
 from metalab.train import evaluate_run, load_config, train_run
-from metalab.train.checkpoint import atomic_write_text
+from metalab.train.checkpoint import BEST_CHECKPOINT, atomic_write_text
 from metalab.train.report import write_json
 from metalab.train.seeds import with_seed
 
@@ -168,7 +168,7 @@ def best_validation(run_dir: Path, episodes: int, curve: list[dict]) -> dict | N
     """The test accuracy of the learner at its best validation (``best.pt``; model selection
     on the val alphabets), on the same test episodes, with that validation's step and
     training minutes; ``None`` for a run without ``best.pt``."""
-    if not (run_dir / "best.pt").is_file():
+    if not (run_dir / BEST_CHECKPOINT).is_file():
         return None
     result = evaluate_run(run_dir, episodes=episodes, checkpoint="best")
     minutes = {point["step"]: point["minutes"] for point in curve}

@@ -39,10 +39,9 @@ Omniglot background subsets: train on small1's alphabets, test on small2's alpha
 small1 lacks; ``--omniglot-root`` the folder with the two zips) and ``omniglot-small-rot``
 (the same, each training character also at 90, 180 and 270 degrees as three more classes,
 ``data.train_options.rotations``; validation and test characters unrotated: issue 19's
-protocol). Settings: ``5w1s``,
-``5w5s`` (15 queries per class), ``20w1s`` (5 queries per class) and ``20w1s-within`` (20
-ways, every episode's classes from one alphabet, in training and at test; alphabets with
-fewer than 20 characters are left out).
+protocol). Settings: ``5w1s``, ``5w5s`` (15 queries per class), ``20w1s`` (5 queries per
+class) and ``20w1s-within`` (20 ways, every episode's classes from one alphabet, in training
+and at test; alphabets with fewer than 20 characters are left out).
 
 Two more dimensions (issue 19), each defaulting to the shipped config's own: ``--backbones``
 (``conv4``: Conv4-64, every shipped config's; ``resnet12``: ResNet-12, 64-160-320-640
@@ -94,16 +93,15 @@ METHODS = {
 BASE_DATASET, BASE_SETTING = "glyphs", "5w1s"
 
 # Data overrides of each dataset (``{root}``: --omniglot-root).
+OMNIGLOT_SMALL = ["data.name=omniglot", "data.root={root}", "data.split_by=alphabet",
+                  "data.train_sources=[small1]", "data.test_sources=[small2]",
+                  "data.rotations=false"]
 DATASETS = {
     "glyphs": [],
-    "omniglot-small": ["data.name=omniglot", "data.root={root}", "data.split_by=alphabet",
-                       "data.train_sources=[small1]", "data.test_sources=[small2]",
-                       "data.rotations=false"],
+    "omniglot-small": OMNIGLOT_SMALL,
     # issue 19's protocol: small1's training characters at four rotations (each a class),
     # validation and test characters unrotated
-    "omniglot-small-rot": ["data.name=omniglot", "data.root={root}", "data.split_by=alphabet",
-                           "data.train_sources=[small1]", "data.test_sources=[small2]",
-                           "data.rotations=false", "data.train_options.rotations=true"],
+    "omniglot-small-rot": [*OMNIGLOT_SMALL, "data.train_options.rotations=true"],
 }
 
 

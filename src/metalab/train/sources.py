@@ -134,12 +134,17 @@ def _train_options(data: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
+def _options_json(data: dict[str, Any], training: bool) -> str:
+    """The dataset options as a cache key; ``training``: with ``data.train_options``."""
+    options = {**_options(data), **(_train_options(data) if training else {})}
+    return json.dumps(options, sort_keys=True)
+
+
 def _dataset(data: dict[str, Any], split: str, training: bool = False):
     """Datasets are built once per process (train, val and test sources share them);
     ``training``: the training split's, with ``data.train_options``."""
-    options = {**_options(data), **(_train_options(data) if training else {})}
     return _cached_dataset(data["name"], split, data.get("root"),
-                           json.dumps(options, sort_keys=True))
+                           _options_json(data, training))
 
 
 def _family_source(data: dict[str, Any], split: str, tasks_per_batch: int, seed: int,
@@ -229,7 +234,7 @@ def training_images(data: dict[str, Any]) -> UnlabelledImages:
     """The training split of ``data`` as unlabelled images (built once per process), the
     images CACTUs and UMTRA construct their tasks from."""
     return _unlabelled(data["name"], data["train_split"], data.get("root"),
-                       json.dumps({**_options(data), **_train_options(data)}, sort_keys=True))
+                       _options_json(data, training=True))
 
 
 def _unsupervised_source(data: dict[str, Any], tasks_per_batch: int, seed: int,
