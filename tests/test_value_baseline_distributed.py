@@ -62,14 +62,16 @@ def fits_worker(out):
 
 def train_worker(out, config_path):
     from metalab.train import load_config, train_run
-    from metalab.train.distributed import init_from_environment
+    from metalab.train.distributed import process_group
 
-    init_from_environment()
-    trainer = train_run(load_config(config_path), out / "run")
+    with process_group() as distributed:
+        trainer = train_run(load_config(config_path), out / "run")
+        rank = torch.distributed.get_rank()
     value_baseline = trainer.learner.value_baseline
     skipped = all(p not in trainer.optimizer.state for p in value_baseline.parameters())
-    torch.save({"state": value_baseline.state_dict(), "trainer_optimizer_skipped": skipped},
-               out / f"rank{torch.distributed.get_rank()}.pt")
+    torch.save({"state": value_baseline.state_dict(), "trainer_optimizer_skipped": skipped,
+                "distributed": distributed,
+                "destroyed": not torch.distributed.is_initialized()}, out / f"rank{rank}.pt")
 
 
 def torchrun(tmp_path, *arguments):
@@ -162,6 +164,8 @@ def test_a_torchrun_maml_rl_run_ends_with_one_value_network(tmp_path):
     rank0, rank1 = torchrun(tmp_path, "train", str(tmp_path), str(config_path))
     assert_same_state(rank0["state"], rank1["state"])
     assert rank0["trainer_optimizer_skipped"] and rank1["trainer_optimizer_skipped"]
+    # the group `process_group` joined is destroyed on leaving it, not at interpreter exit
+    assert all(rank["distributed"] and rank["destroyed"] for rank in (rank0, rank1))
     steps = {m["step"].item() for m in rank0["state"]["_extra_state"]["optimizer"]["state"]
              .values()}
     assert steps == {3 * 2 * 5}  # 3 meta-steps of 2 fits (pre, post), none at validation

@@ -69,20 +69,21 @@ def _train_target(args: argparse.Namespace) -> tuple[dict, Path]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from metalab.train import train_run
-    from metalab.train.distributed import init_from_environment, is_main_process
+    from metalab.train.distributed import is_main_process, process_group
 
     config, out = _train_target(args)
-    init_from_environment(config["train"]["device"])
-    if args.seeds is not None:
-        return _train_seeds(config, out, args.seeds, args.resume)
-    try:
-        trainer = train_run(config, out, resume=args.resume)
-    except KeyboardInterrupt:
-        print(f"interrupted; continue with: metalab train --resume {out}", file=sys.stderr)
-        return 130
-    if is_main_process():
-        print(f"trained {trainer.step} steps; run directory: {out}")
-    return 0
+    with process_group(config["train"]["device"]):
+        if args.seeds is not None:
+            return _train_seeds(config, out, args.seeds, args.resume)
+        try:
+            trainer = train_run(config, out, resume=args.resume)
+        except KeyboardInterrupt:
+            print(f"interrupted; continue with: metalab train --resume {out}",
+                  file=sys.stderr)
+            return 130
+        if is_main_process():
+            print(f"trained {trainer.step} steps; run directory: {out}")
+        return 0
 
 
 def _train_seeds(config: dict, out: Path, seeds: str, resume: bool) -> int:

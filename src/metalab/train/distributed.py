@@ -12,6 +12,8 @@ meta-gradient synchronises itself in training mode (`metalab.rl.ValueFunctionBas
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -44,6 +46,23 @@ def init_from_environment(device: str = "cpu") -> bool:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     dist.init_process_group(backend=backend)
     return True
+
+
+@contextmanager
+def process_group(device: str = "cpu") -> Iterator[bool]:
+    """`init_from_environment` for the block; a group it joined is destroyed on leaving.
+
+    Without ``destroy_process_group`` the backend's threads are torn down at interpreter
+    exit, which PyTorch warns against (a gloo worker can then die with "terminate called
+    without an active exception" after its work is done). A group the caller had already
+    initialised is left alone.
+    """
+    joined = not dist.is_initialized() and init_from_environment(device)
+    try:
+        yield world_size() > 1
+    finally:
+        if joined and dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def shard(batch: TaskBatch) -> tuple[TaskBatch, float]:
