@@ -287,7 +287,7 @@ OMNIGLOT_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" /
 
 # The recommended recipe of each column (README) and the grid cell it was measured as.
 BEST_RECIPES = {
-    "best-glyphs-5w1s": ("RFS", "glyphs", "5w1s", ft.Variant("resnet12-w0.25", "on")),
+    "best-glyphs-5w1s": ("RFS", "glyphs", "5w1s", ft.Variant("resnet12-w0.25", "off")),
     "best-omniglot-small-5w1s": ("RFS", "omniglot-small", "5w1s", ft.Variant("conv4", "on")),
     "best-omniglot-small-20w1s": ("RFS", "omniglot-small", "20w1s",
                                   ft.Variant("resnet12-w0.25", "on")),
