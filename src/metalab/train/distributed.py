@@ -57,7 +57,8 @@ def process_group(device: str = "cpu") -> Iterator[bool]:
     without an active exception" after its work is done). A group the caller had already
     initialised is left alone.
     """
-    joined = not dist.is_initialized() and init_from_environment(device)
+    joined = (dist.is_available() and not dist.is_initialized()
+              and init_from_environment(device))
     try:
         yield world_size() > 1
     finally:
