@@ -24,6 +24,10 @@ the same config is read, not retrained, so later sessions add cells to the same 
 The tables (``table.md``, ``table.json``) give per (dataset, setting) and method the mean
 accuracy over seeds with its Student-t 95% interval over seeds (`metalab.train.report.
 over_seeds`), the mean of the per-seed intervals over episodes, s/iteration and parameters.
+``issue-<N>.md`` is issue N's must-show table (``ISSUE_GRIDS``, the default budget, seeds
+0-2): per (dataset, setting) a row per method and a column per (backbone, augmentation),
+the cells still missing, and the best complete row (the column's recommended recipe);
+``--issue N --table-only`` prints it.
 
 The budget is ``--steps`` meta-iterations x ``--meta-batch`` tasks per meta-iteration for
 every episodic method. The pretrained baselines (Baseline, Baseline++, RFS) train on plain
@@ -578,8 +582,13 @@ def markdown(rows: list[dict]) -> str:
 
 
 def write_tables(results: Path) -> list[dict]:
+    """``table.md`` and ``table.json`` (every record), and ``issue-<N>.md`` per issue of
+    ``ISSUE_GRIDS`` (its cells at the default budget and ``ISSUE_SEEDS``)."""
     rows = summarise(read_records(results))
     atomic_write_text(results / "table.md", "# Few-shot comparison table\n" + markdown(rows))
+    for issue in ISSUE_GRIDS:
+        atomic_write_text(results / f"issue-{issue}.md",
+                          issue_table(issue, rows, Budget(), ISSUE_SEEDS))
     best = [{"dataset": k[0], "setting": k[1], "method": r["method"],
              "backbone": r["backbone"], "augment": r["augment"]}
             for k, r in best_rows(rows).items()]
@@ -611,6 +620,7 @@ def grid(methods: list[str], datasets: list[str], settings: list[str], seeds: li
 # The cells each issue's must-show table asks for (3 seeds each). Issue 19's "best of the
 # new issues' methods" is Meta-Curvature: the best of issues 13-14's methods on the Omniglot
 # subsets at 5w1s (88.9) and 20w1s (74.1), within a point of the best on Glyphs 5w1s.
+ISSUE_SEEDS = [0, 1, 2]
 BOTH = ["glyphs", "omniglot-small"]
 WITH_ROTATIONS = ["glyphs", "omniglot-small-rot"]  # issue 19: "small1 plus rotations"
 ISSUE_GRIDS = {
@@ -634,6 +644,95 @@ def issue_cells(issue: str, seeds: list[int]) -> list[Cell]:
     for part in ISSUE_GRIDS[issue]:
         cells += [c for c in grid(seeds=seeds, **part) if c not in cells]
     return cells
+
+
+def _variants(part: dict) -> list[tuple[str | None, str | None]]:
+    return [(b, a) for b in part.get("backbones") or [None]
+            for a in part.get("augments") or [None]]
+
+
+def _variant_heading(backbone: str | None, augment: str | None) -> str:
+    if backbone is None and augment is None:
+        return "shipped config"
+    return f"{backbone or 'shipped backbone'}, aug {augment or 'as shipped'}"
+
+
+def _issue_cell(row: dict | None, seeds: list[int]) -> str:
+    """A must-show cell: accuracy over the asked seeds and the training minutes, or the
+    seeds recorded so far, or a dash."""
+    if row is None:
+        return "—"
+    have = [s for s in seeds if s in row["seeds"]]
+    if len(have) == len(seeds) and len(seeds) > 1:
+        return f"{format_percent(row['accuracy'])} ({_minutes(row['train_seconds'])} min)"
+    values = ", ".join(f"{100 * v:.1f}" for v in row["accuracy"]["values"])
+    return f"{values} ({len(have)} of {len(seeds)} seeds)"
+
+
+class IssueColumn(NamedTuple):
+    """One (dataset, setting) of an issue's table: ``rows[method][i]`` is the summarised row
+    of ``variants[i]`` (None: no record), ``missing`` the (cell, seed) pairs without one, and
+    ``best`` the row of highest mean accuracy among those with every seed (None if none)."""
+
+    dataset: str
+    setting: str
+    variants: list[tuple[str | None, str | None]]
+    rows: dict[str, list[dict | None]]
+    missing: int
+    total: int
+    best: dict | None
+
+
+def issue_columns(issue: str, rows: list[dict], budget: Budget,
+                  seeds: list[int]) -> list[IssueColumn]:
+    """``issue``'s must-show table (``ISSUE_GRIDS``) from the summarised ``rows`` at
+    ``budget``, one column per (dataset, setting)."""
+    at_budget = {(r["dataset"], r["setting"], r["method"], r["backbone"], r["augment"]): r
+                 for r in rows if r["budget"] == asdict(budget)}
+    columns = []
+    for part in ISSUE_GRIDS[issue]:
+        variants = _variants(part)
+        for dataset in part["datasets"]:
+            for setting in part["settings"]:
+                table, complete, missing_seeds = {}, [], 0
+                for method in part["methods"]:
+                    table[method] = []
+                    for backbone, augment in variants:
+                        variant, _ = resolve_variant(method, dataset, setting, backbone,
+                                                     augment)
+                        row = at_budget.get((dataset, setting, method, variant.backbone,
+                                             variant.augment))
+                        table[method].append(row)
+                        lacking = set(seeds) - set(row["seeds"] if row else [])
+                        missing_seeds += len(lacking)
+                        if row is not None and not lacking:
+                            complete.append(row)
+                best = max(complete, key=lambda r: r["accuracy"]["mean"], default=None)
+                columns.append(IssueColumn(dataset, setting, variants, table, missing_seeds,
+                                           len(table) * len(variants) * len(seeds), best))
+    return columns
+
+
+def issue_table(issue: str, rows: list[dict], budget: Budget, seeds: list[int]) -> str:
+    """Markdown of ``issue_columns``: per (dataset, setting) a row per method and a column
+    per (backbone, augmentation), each cell its accuracy over ``seeds`` with the training
+    minutes, or the seeds it has so far, or a dash; under it the cells still missing and
+    the best complete row (the column's recommended recipe)."""
+    out = [f"# Issue {issue}'s table: {budget.steps} meta-iterations x {budget.meta_batch} "
+           f"tasks, {budget.episodes} test episodes, seeds {seeds}"]
+    for column in issue_columns(issue, rows, budget, seeds):
+        out += [f"\n## {column.dataset} {column.setting}\n",
+                "| method | " + " | ".join(_variant_heading(*v) for v in column.variants)
+                + " |", "|---" * (len(column.variants) + 1) + "|"]
+        out += [f"| {method} | " + " | ".join(_issue_cell(row, seeds) for row in cells) + " |"
+                for method, cells in column.rows.items()]
+        out.append(f"\nMissing: {column.missing} of {column.total} cells.")
+        if column.best is not None:
+            b = column.best
+            label = "Best" if column.missing == 0 else "Best of the complete rows so far"
+            out.append(f"{label}: **{b['method']}, {b['backbone']}, augmentation "
+                       f"{b['augment']}**, {format_percent(b['accuracy'])}.")
+    return "\n".join(out) + "\n"
 
 
 def missing(cells: list[Cell], budget: Budget, results: Path,
@@ -700,7 +799,7 @@ def main(argv: list[str] | None = None) -> None:
             fill(cells, budget, args.results, args.runs or Path(tmp), args.reuse,
                  args.omniglot_root)
     rows = write_tables(args.results)
-    print(markdown(rows))
+    print(issue_table(args.issue, rows, budget, args.seeds) if args.issue else markdown(rows))
 
 
 if __name__ == "__main__":

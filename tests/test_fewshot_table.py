@@ -159,6 +159,33 @@ def test_issue_grids_are_the_must_show_tables():
         ft.issue_cells("12", [0])
 
 
+def test_the_issue_table_has_a_cell_per_method_and_variant_and_names_the_best_complete_row(
+        monkeypatch):
+    monkeypatch.setitem(ft.ISSUE_GRIDS, "T", [dict(
+        methods=["ProtoNet", "RFS"], datasets=["glyphs"], settings=["5w1s"],
+        backbones=["conv4"], augments=["off", "on"])])
+
+    def record(method, augment, seed, accuracy, **changes):
+        return {**_record(method, seed, accuracy, 0.01, 0.5), "backbone": "conv4",
+                "augment": augment, "train_seconds": 90.0, **changes}
+
+    records = [record("ProtoNet", "off", s, a) for s, a in ((0, 0.80), (1, 0.84), (2, 0.86))]
+    records += [record("ProtoNet", "on", 0, 0.90), record("ProtoNet", "on", 1, 0.92)]
+    records += [record("RFS", "on", s, a) for s, a in ((0, 0.85), (1, 0.86), (2, 0.87))]
+    records += [record("MAML", "off", s, 0.99) for s in (0, 1, 2)]  # not one of the issue's
+    records += [record("RFS", "off", s, 0.99, budget={**BUDGET, "steps": 400})
+                for s in (0, 1, 2)]  # another budget
+    table = ft.issue_table("T", ft.summarise(records), ft.Budget(200, 4, 600), [0, 1, 2])
+    assert "| method | conv4, aug off | conv4, aug on |" in table
+    assert "| ProtoNet | 83.3 ± 7.6 (1.5 min) | 90.0, 92.0 (2 of 3 seeds) |" in table
+    assert "| RFS | — | 86.0 ± 2.5 (1.5 min) |" in table
+    assert "MAML" not in table
+    assert "Missing: 4 of 12 cells." in table
+    # the 2-seed row (91.0) and the other method (99.0) are not candidates
+    assert "Best of the complete rows so far: **RFS, conv4, augmentation on**, 86.0 ± 2.5." \
+        in table
+
+
 def test_grid_is_seed_major():
     cells = ft.grid(["MAML", "ProtoNet"], ["glyphs"], ["5w1s"], [0, 1])
     assert [(c.method, c.seed) for c in cells] == [("MAML", 0), ("ProtoNet", 0), ("MAML", 1),
@@ -297,6 +324,21 @@ BEST_RECIPES = {
     "best-omniglot-small-rot-5w1s": ("RFS", "omniglot-small-rot", "5w1s",
                                      ft.Variant("resnet12-w0.25", "on")),
 }
+
+
+def test_every_complete_column_of_issue_19_ships_its_best_row_as_the_recipe():
+    """The committed records decide the recipe: a column whose 60 cells are all recorded
+    ships ``best-<dataset>-<setting>``, the method and variant of its best row."""
+    rows = ft.summarise(ft.read_records(ft.RESULTS))
+    columns = ft.issue_columns("19", rows, ft.Budget(), ft.ISSUE_SEEDS)
+    complete = [c for c in columns if c.missing == 0]
+    assert {(c.dataset, c.setting) for c in complete} >= {("glyphs", "5w1s"),
+                                                         ("omniglot-small-rot", "5w1s")}
+    for column in complete:
+        best = column.best
+        assert BEST_RECIPES[f"best-{column.dataset}-{column.setting}"] == (
+            best["method"], column.dataset, column.setting,
+            ft.Variant(best["backbone"], best["augment"]))
 
 
 @pytest.mark.parametrize("name", sorted(BEST_RECIPES))
