@@ -323,6 +323,8 @@ BEST_RECIPES = {
     "best-glyphs-20w1s": ("RFS", "glyphs", "20w1s", ft.Variant("conv4", "on")),
     "best-omniglot-small-rot-5w1s": ("RFS", "omniglot-small-rot", "5w1s",
                                      ft.Variant("resnet12-w0.25", "on")),
+    "best-omniglot-small-rot-20w1s-within": ("RFS", "omniglot-small-rot", "20w1s-within",
+                                             ft.Variant("resnet12-w0.25", "on")),
 }
 
 
