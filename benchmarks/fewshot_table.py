@@ -647,6 +647,7 @@ def issue_cells(issue: str, seeds: list[int]) -> list[Cell]:
 
 
 def _variants(part: dict) -> list[tuple[str | None, str | None]]:
+    """An ``ISSUE_GRIDS`` part's (backbone, augmentation) pairs; None: the shipped one."""
     return [(b, a) for b in part.get("backbones") or [None]
             for a in part.get("augments") or [None]]
 
@@ -671,8 +672,9 @@ def _issue_cell(row: dict | None, seeds: list[int]) -> str:
 
 class IssueColumn(NamedTuple):
     """One (dataset, setting) of an issue's table: ``rows[method][i]`` is the summarised row
-    of ``variants[i]`` (None: no record), ``missing`` the (cell, seed) pairs without one, and
-    ``best`` the row of highest mean accuracy among those with every seed (None if none)."""
+    of ``variants[i]`` (None: no record); ``missing`` counts the (cell, seed) pairs of the
+    ``total`` without a record; ``best`` is the row of highest mean accuracy among those
+    with every seed (None if none)."""
 
     dataset: str
     setting: str

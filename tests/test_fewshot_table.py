@@ -334,8 +334,9 @@ def test_every_complete_column_of_issue_19_ships_its_best_row_as_the_recipe():
     rows = ft.summarise(ft.read_records(ft.RESULTS))
     columns = ft.issue_columns("19", rows, ft.Budget(), ft.ISSUE_SEEDS)
     complete = [c for c in columns if c.missing == 0]
-    assert {(c.dataset, c.setting) for c in complete} >= {("glyphs", "5w1s"),
-                                                         ("omniglot-small-rot", "5w1s")}
+    assert {(c.dataset, c.setting) for c in complete} >= {
+        ("glyphs", "5w1s"), ("omniglot-small-rot", "5w1s"),
+        ("omniglot-small-rot", "20w1s-within")}
     for column in complete:
         best = column.best
         assert BEST_RECIPES[f"best-{column.dataset}-{column.setting}"] == (
