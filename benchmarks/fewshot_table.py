@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -410,11 +411,18 @@ class Cell(NamedTuple):
     augment: str | None = None
 
 
+@functools.cache
+def shipped_variant(method: str, dataset: str, setting: str) -> Variant:
+    """The backbone and augmentation of the cell's shipped config (read once per process:
+    the issue tables ask for it once per variant)."""
+    return variant_of(load_config(resolve_config_path(
+        base_config_name(method, dataset, setting))))
+
+
 def resolve_variant(method: str, dataset: str, setting: str, backbone: str | None,
                     augment: str | None) -> tuple[Variant, Variant]:
     """The cell's variant (None fields: the shipped config's) and the shipped config's."""
-    shipped = variant_of(load_config(resolve_config_path(
-        base_config_name(method, dataset, setting))))
+    shipped = shipped_variant(method, dataset, setting)
     return Variant(backbone or shipped.backbone, augment or shipped.augment), shipped
 
 
