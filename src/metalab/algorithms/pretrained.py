@@ -13,7 +13,21 @@ At meta-test the training classifier is dropped and a new head is fit on the sup
 embeddings (`metalab.algorithms.support_heads`): ``linear`` (Baseline), ``cosine``
 (Baseline++), ``logistic`` (RFS: logistic regression on L2-normalised features),
 ``prototypes``, or ``finetune`` (the whole network and a linear head, by gradient steps on
-the support set). RFS's self-distillation is not implemented.
+the support set).
+
+RFS's self-distillation (born-again networks): ``distill_from`` names a trained run of this
+method over the same training classes, the teacher ``t``; the student (a fresh network of
+the same config) minimises, per batch of ``n`` images,
+
+    L = (1 - a) CE(s(x), y) + a T^2 (1/n) sum_i KL(softmax(t(x_i)/T) || softmax(s(x_i)/T))
+
+with ``a = distill_weight`` and ``T = distill_temperature`` (Tian et al. 2020: their
+released commands weight both terms 0.5, with temperature 4; the T^2 keeps the soft term's
+gradients on the scale of the hard one, Hinton et al. 2015). Repeating it with the student
+as the next teacher gives the paper's later generations. The teacher is attached for
+training only (`attach_teacher`; `metalab.train.run.make_trainer` loads it), is never
+trained and is not saved in the student's checkpoints: a distilled run is evaluated
+without it (resuming its training needs it again).
 
 Batch norm: with ``norm: batch`` in the model (ordinary batch norm; this method does not
 adapt at training time) the running statistics serve meta-test; per-task batch norm works
@@ -32,7 +46,7 @@ from torch.func import functional_call
 from metalab.algorithms import support_heads as heads
 from metalab.algorithms.base import MetaLearner, support_ways
 from metalab.tasks import TaskBatch
-from metalab.validation import check_choice, check_positive_int
+from metalab.validation import check_choice, check_positive_int, check_real
 
 TRAIN_HEADS = ("linear", "cosine")
 DEFAULT_TEST_HEAD = {"linear": "linear", "cosine": "cosine"}
@@ -62,6 +76,8 @@ class PretrainedEmbedding(MetaLearner, name="pretrained"):
         logistic_c: inverse L2 strength of the ``logistic`` head (scikit-learn's ``C``).
         finetune_steps / finetune_lr: SGD (momentum 0.9) steps on the support set for the
             ``finetune`` head, which adapts every parameter of the network and a linear head.
+        distill_from: a trained run of this method (its directory) to distil from, or None.
+        distill_weight / distill_temperature: ``a`` and ``T`` of the distillation loss.
     """
 
     model_role = "embedding"
@@ -72,7 +88,9 @@ class PretrainedEmbedding(MetaLearner, name="pretrained"):
     def __init__(self, model: nn.Module, num_classes: int | None = None,
                  train_head: str = "linear", scale: float = 10.0, test_head: str | None = None,
                  head_steps: int = 100, weight_decay: float = 1e-3, logistic_c: float = 1.0,
-                 finetune_steps: int = 100, finetune_lr: float = 0.01) -> None:
+                 finetune_steps: int = 100, finetune_lr: float = 0.01,
+                 distill_from: str | None = None, distill_weight: float = 0.5,
+                 distill_temperature: float = 4.0) -> None:
         super().__init__("cross_entropy")
         self.model = model
         self.train_head = check_choice("train_head", train_head, TRAIN_HEADS)
@@ -86,6 +104,17 @@ class PretrainedEmbedding(MetaLearner, name="pretrained"):
         self.logistic_c = float(logistic_c)
         self.finetune_steps = check_positive_int("finetune_steps", finetune_steps)
         self.finetune_lr = float(finetune_lr)
+        if distill_from is not None and not isinstance(distill_from, str):
+            raise ValueError(f"distill_from must be the directory of a trained run (a "
+                             f"string), got {distill_from!r}")
+        self.distill_from = distill_from
+        self.distill_weight = check_real("distill_weight", distill_weight)
+        if self.distill_weight > 1:
+            raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight!r}")
+        self.distill_temperature = check_real("distill_temperature", distill_temperature,
+                                              inclusive=False)
+        # not a submodule: the teacher is neither trained nor saved with the student
+        object.__setattr__(self, "teacher", None)
         self.classifier = None
         if num_classes is not None:
             self.classifier = nn.Linear(feature_dim_of(model),
@@ -108,9 +137,47 @@ class PretrainedEmbedding(MetaLearner, name="pretrained"):
         if batch.support_x.shape[1] != 0:
             raise ValueError("the pretrained-embedding method trains on plain labelled "
                              "batches, not episodes: set data.train_batch_size")
-        return self.stacked_scores(
-            (self.classify(self.embed(x)), y)
-            for x, y in zip(batch.query_x, batch.query_y, strict=True))
+        if self.distill_from is not None and self.teacher is None:
+            raise ValueError(f"distill_from={self.distill_from!r}: no teacher is attached "
+                             f"(metalab train loads it; call attach_teacher(load_run(...)))")
+        logits = [self.classify(self.embed(x)) for x in batch.query_x]
+        losses, metrics = self.stacked_scores(zip(logits, batch.query_y, strict=True))
+        if self.teacher is None:
+            return losses, metrics
+        soft = torch.stack([self.distillation_loss(s, self.teacher_logits(x).to(s.dtype))
+                            for s, x in zip(logits, batch.query_x, strict=True)])
+        return (1 - self.distill_weight) * losses + self.distill_weight * soft, metrics
+
+    # -- self-distillation -----------------------------------------------------------------
+    def attach_teacher(self, teacher: MetaLearner) -> None:
+        """Distil from ``teacher``: a trained `PretrainedEmbedding` over the same classes."""
+        if not isinstance(teacher, PretrainedEmbedding) or teacher.classifier is None:
+            raise ValueError(f"distill_from={self.distill_from!r} must be a run of the "
+                             f"pretrained method with a training classifier, got "
+                             f"{type(teacher).__name__}")
+        if self.classifier is None or \
+                teacher.classifier.out_features != self.classifier.out_features:
+            ours = None if self.classifier is None else self.classifier.out_features
+            raise ValueError(f"distill_from={self.distill_from!r} classifies "
+                             f"{teacher.classifier.out_features} training classes; this "
+                             f"learner {ours}: distil over the same training data")
+        for parameter in teacher.parameters():
+            parameter.requires_grad_(False)
+        object.__setattr__(self, "teacher", teacher.eval())
+
+    def teacher_logits(self, x: Tensor) -> Tensor:
+        """The teacher's training-classifier logits for ``x`` (no gradient; eval mode)."""
+        reference = next(self.teacher.parameters())
+        if reference.device != x.device:  # the student was moved after the teacher attached
+            self.teacher.to(x.device)
+        with torch.no_grad():
+            return self.teacher.classify(self.teacher.embed(x.to(reference.dtype)))
+
+    def distillation_loss(self, student: Tensor, teacher: Tensor) -> Tensor:
+        """``T^2`` times the batch mean of ``KL(softmax(teacher/T) || softmax(student/T))``."""
+        t = self.distill_temperature
+        return F.kl_div(F.log_softmax(student / t, dim=1), F.log_softmax(teacher / t, dim=1),
+                        reduction="batchmean", log_target=True) * t * t
 
     # -- meta-test: a new head on the support set ------------------------------------------
     def adapt_task(self, support_x: Tensor, support_y: Tensor, *, training: bool,

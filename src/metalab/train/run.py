@@ -61,6 +61,7 @@ def make_trainer(config: dict[str, Any], run_dir: str | Path) -> Trainer:
     """The `Trainer` of ``config`` (ideally completed by `complete_model_config`)."""
     train = TrainConfig.of(config)
     learner = initial_learner(config)
+    attach_teacher(learner)
     if train.compile:
         learner.compile()
     source = build_task_source(config, "train", train.meta_batch, seed=train.seed)
@@ -73,6 +74,22 @@ def make_trainer(config: dict[str, Any], run_dir: str | Path) -> Trainer:
         hooks.append(StreamEvaluation(source, online))
     return Trainer(learner, source, run_dir, train, val_source=val_source,
                    combiner=build_combiner_for(config, source), hooks=hooks)
+
+
+def attach_teacher(learner: MetaLearner) -> None:
+    """Load the run a distilling learner names (``algorithm.distill_from``) as its teacher.
+
+    Only training needs the teacher; a trained student is evaluated without it.
+    """
+    teacher_dir = getattr(learner, "distill_from", None)
+    if teacher_dir is None:
+        return
+    try:
+        teacher = load_run(teacher_dir)
+    except (RunDirError, FileNotFoundError) as error:
+        raise ValueError(f"algorithm.distill_from: the teacher run cannot be loaded: "
+                         f"{error}") from error
+    learner.attach_teacher(teacher)
 
 
 # Keys a resumed run may change: how long it runs and whether it shows progress.
