@@ -46,12 +46,12 @@ def accuracy_of(args: argparse.Namespace, generation: int, seed: int) -> float:
     out = run_dir(args, generation, seed)
     if not (out / "eval.json").is_file():
         config = with_seed(ft.cell_config(
-            "RFS", args.dataset, args.setting, ft.Budget(), args.omniglot_root,
+            "RFS", args.dataset, args.setting, args.budget, args.omniglot_root,
             ft.Variant(args.backbone, args.augment))[2], seed)
         if generation > 0:
             config["algorithm"]["distill_from"] = str(run_dir(args, generation - 1, seed))
         train_run(config, out)
-        evaluate_run(out, episodes=ft.Budget().episodes)
+        evaluate_run(out, episodes=args.budget.episodes)
     return 100 * json.loads((out / "eval.json").read_text())["mean"]
 
 
@@ -80,6 +80,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--runs", type=Path, default=Path("runs/fewshot_table"))
     args = parser.parse_args()
+    args.budget = ft.Budget()  # the grid's: its cells are generation 0
     accuracies = {g: [accuracy_of(args, g, s) for s in args.seeds]
                   for g in range(args.generations + 1)}
     name = f"{args.dataset}_{args.setting}_{args.backbone}_aug-{args.augment}"

@@ -129,3 +129,26 @@ def test_a_born_again_student_trains_from_a_teacher_run_and_is_evaluated_without
     assert json.loads((student / "eval.json").read_text())["episodes"] == 3
     assert main(["train", "--resume", str(student), "train.steps=6"]) != 0
     assert "algorithm.distill_from: the teacher run cannot be loaded" in capsys.readouterr().err
+
+
+def test_the_benchmark_reuses_the_grid_cell_as_its_teacher_and_trains_a_student(tmp_path):
+    import argparse
+
+    from helpers import load_benchmark
+
+    ft = load_benchmark("fewshot_table")
+    sd = load_benchmark("self_distillation")
+    budget = ft.Budget(steps=2, meta_batch=1, episodes=2)
+    runs = tmp_path / "runs"
+    cells = ft.grid(["RFS"], ["glyphs"], ["5w1s"], [0], ["conv4"], ["off"])
+    [record] = ft.fill(cells, budget, tmp_path / "results", runs, reuse=True)
+    args = argparse.Namespace(dataset="glyphs", setting="5w1s", backbone="conv4",
+                              augment="off", omniglot_root=None, runs=runs, budget=budget)
+    assert (sd.run_dir(args, 0, 0) / "eval.json").is_file()  # the grid's run, reused
+    assert sd.accuracy_of(args, 0, 0) == pytest.approx(100 * record["accuracy"])
+    student = sd.run_dir(args, 1, 0)
+    sd.accuracy_of(args, 1, 0)
+    assert load_run(student).distill_from == str(sd.run_dir(args, 0, 0))
+    assert json.loads((student / "eval.json").read_text())["episodes"] == 2
+    assert "| born-again 1 | 80.0 ± 0.0 (80.0) | +10.0 ± 0.0 |" in sd.table({0: [70.0],
+                                                                           1: [80.0]})
