@@ -117,7 +117,7 @@ def run_budget(args: argparse.Namespace) -> dict:
     config = with_seed(config, args.seed)
     path = record_path(args.results, args.method, args.dataset, args.setting, args.seed,
                        variant)
-    run_dir = args.runs / path.relative_to(args.results / "cells").with_suffix("")
+    run_dir = ft.cell_run_dir(args.runs, args.results, path)
     probe_file = run_dir.parent / f"{run_dir.name}.probe.json"  # beside: a run dir starts empty
     resuming = (run_dir / "config.yaml").is_file() and probe_file.is_file()
     if resuming:

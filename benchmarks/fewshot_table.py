@@ -326,6 +326,12 @@ def cell_path(results: Path, method: str, dataset: str, setting: str, seed: int,
     return folder / f"seed{seed}.json"
 
 
+def cell_run_dir(runs: Path, results: Path, record: Path) -> Path:
+    """The run directory under ``runs`` of the cell recorded at ``record`` (under
+    ``results``): the record's path below ``cells/``, without its suffix."""
+    return runs / record.relative_to(results / "cells").with_suffix("")
+
+
 def _plain(value: Any) -> Any:
     return json.loads(json.dumps(value))
 
@@ -438,7 +444,7 @@ def fill(cells: list[Cell], budget: Budget, results: Path, runs: Path,
         path = cell_path(results, method, dataset, setting, seed, variant, shipped)
         record = reusable(path, budget, config) if reuse else None
         if record is None:
-            run_dir = runs / path.relative_to(results / "cells").with_suffix("")
+            run_dir = cell_run_dir(runs, results, path)
             if run_dir.exists():  # a run of an earlier, unrecorded attempt: start again
                 shutil.rmtree(run_dir)
             own = variant_of(config)

@@ -34,9 +34,8 @@ def run_dir(args: argparse.Namespace, generation: int, seed: int) -> Path:
     variant, shipped = ft.resolve_variant("RFS", args.dataset, args.setting, args.backbone,
                                           args.augment)
     if generation == 0:  # the grid's own layout, so its runs are reused
-        cell = ft.cell_path(Path(), "RFS", args.dataset, args.setting, seed, variant,
-                            shipped)
-        return args.runs / cell.relative_to("cells").with_suffix("")
+        return ft.cell_run_dir(args.runs, ft.RESULTS, ft.cell_path(
+            ft.RESULTS, "RFS", args.dataset, args.setting, seed, variant, shipped))
     return args.runs / "self_distillation" / args.dataset / args.setting / variant.label / \
         f"born{generation}-seed{seed}"
 
