@@ -106,19 +106,20 @@ TINY = ["train.steps=4", "model.hidden=8", "data.train_batch_size=16", "data.que
 
 
 def test_a_born_again_student_trains_from_a_teacher_run_and_is_evaluated_without_it(
-        tmp_path, capsys):
+        tmp_path, capsys, monkeypatch):
     teacher, student = tmp_path / "teacher", tmp_path / "student"
     assert main(["train", "rfs-glyphs-5w1s", *TINY, "--out", str(teacher)]) == 0
-    assert main(["train", "rfs-glyphs-5w1s", *TINY, f"algorithm.distill_from={teacher}",
-                 "--out", str(student)]) == 0
+    assert main(["train", "rfs-distill-glyphs-5w1s", *TINY,
+                 f"algorithm.distill_from={teacher}", "--out", str(student)]) == 0
     trained = load_run(student)
     assert trained.distill_from == str(teacher) and trained.teacher is None
-    # at weight 0 the student is the plain run of its seed, bit for bit; at 0.5 the soft
-    # labels move it
+    # at weight 0 the student is the plain run of its seed, bit for bit (the shipped config
+    # is its teacher's recipe plus distillation); at 0.5 the soft labels move it
     plain, unweighted = tmp_path / "plain", tmp_path / "unweighted"
     assert main(["train", "rfs-glyphs-5w1s", *TINY, "--out", str(plain)]) == 0
-    assert main(["train", "rfs-glyphs-5w1s", *TINY, f"algorithm.distill_from={teacher}",
-                 "algorithm.distill_weight=0.0", "--out", str(unweighted)]) == 0
+    assert main(["train", "rfs-distill-glyphs-5w1s", *TINY,
+                 f"algorithm.distill_from={teacher}", "algorithm.distill_weight=0.0",
+                 "--out", str(unweighted)]) == 0
     reference = load_run(plain).state_dict()
     for name, value in load_run(unweighted).state_dict().items():
         assert torch.equal(value, reference[name]), name
@@ -129,6 +130,10 @@ def test_a_born_again_student_trains_from_a_teacher_run_and_is_evaluated_without
     assert json.loads((student / "eval.json").read_text())["episodes"] == 3
     assert main(["train", "--resume", str(student), "train.steps=6"]) != 0
     assert "algorithm.distill_from: the teacher run cannot be loaded" in capsys.readouterr().err
+    # the shipped config's own teacher path (runs/rfs-glyphs-5w1s), before that run exists
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "rfs-distill-glyphs-5w1s", *TINY, "--out", "x"]) != 0
+    assert "'runs/rfs-glyphs-5w1s' is not a metalab run" in capsys.readouterr().err
 
 
 def test_the_benchmark_reuses_the_grid_cell_as_its_teacher_and_trains_a_student(tmp_path):
